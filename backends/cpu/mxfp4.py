@@ -1,0 +1,81 @@
+"""Reference MXFP4 quantize/dequantize (docs/SPEC.md, "MXFP4"), vectorized pure PyTorch."""
+
+import math
+
+import torch
+
+from lowbit import spec
+from lowbit.backend import Kernel
+from lowbit.capability import Capability
+
+from .float_bits import EXPONENT_BIAS, ceil_exponent_field, exponent_field, f32, pow2
+
+
+def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str) -> None:
+    """Write MXFP4 of `x` into `q` (..., K/2) and `scales` (..., K/32)."""
+    rows, k = math.prod(x.shape[:-1]), x.shape[-1]
+    blocks = x.to(torch.float32).reshape(rows, k // spec.MX_BLOCK, spec.MX_BLOCK)
+    nan = blocks.isnan()
+    block_nan = nan.any(-1)
+    amax = blocks.abs().masked_fill(nan, 0).amax(-1)  # [MX-AMAX]
+    if scale_rule == "rceil":  # [MX-RCEIL]
+        d = torch.clamp_min(amax, spec.RCEIL_AMAX_FLOOR) * f32(1 / 6, x.device)
+        e = ceil_exponent_field(d) - EXPONENT_BIAS
+    else:  # "floor" [MX-FLOOR]: exponent field - 127 - 2; zero and subnormals land below -127
+        e = exponent_field(amax) - EXPONENT_BIAS - 2
+    e = e.clamp(spec.SCALE_EXP_MIN, spec.SCALE_EXP_MAX)  # [MX-SCALE]
+    e = torch.where(amax.isinf(), spec.SCALE_EXP_MAX, e)  # [MX-INF]
+    scale_byte = torch.where(block_nan, spec.E8M0_NAN, e + spec.E8M0_BIAS)  # [MX-NAN]
+
+    y = (blocks * pow2(-e).unsqueeze(-1)).abs()  # [MX-SCALING]: an exact power-of-two product
+    code = _round_to_e2m1_code(y)
+    code = code | (blocks.signbit().to(torch.uint8) << 3)  # [MX-SIGN]
+    code = code.masked_fill(block_nan.unsqueeze(-1), spec.E2M1_NAN_BLOCK_NIBBLE)
+    nibbles = code.reshape(*x.shape)
+    packed = nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)  # [MX-PACK]
+    q.view(torch.uint8).copy_(packed)
+    scales.view(torch.uint8).copy_(scale_byte.to(torch.uint8).reshape(scales.shape))
+
+
+# Upper bounds of each E2M1 code's interval on |y| [MX-ROUND]: (threshold, inclusive). Ties go to
+# the even code: 0.25 -> 0, 0.75 -> 2, 1.25 -> 2, 1.75 -> 4, 2.5 -> 4, 3.5 -> 6, 5 -> 6.
+_E2M1_STEPS = ((0.25, True), (0.75, False), (1.25, True), (1.75, False), (2.5, True), (3.5, False), (5.0, True))
+
+
+def _round_to_e2m1_code(a: torch.Tensor) -> torch.Tensor:
+    """Codes 0..7 of |y| rounded to nearest-even on {0, .5, 1, 1.5, 2, 3, 4, 6}; > 5 saturates to 7."""
+    code = torch.zeros(a.shape, dtype=torch.uint8, device=a.device)
+    for threshold, inclusive in _E2M1_STEPS:
+        code += (a > threshold) if inclusive else (a >= threshold)
+    return code
+
+
+def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor) -> None:
+    """[MX-DEQUANT] value(code) * 2^(byte - 127) in float32, rounded to out's dtype."""
+    packed = q.view(torch.uint8)
+    nibbles = torch.stack((packed & 0xF, packed >> 4), dim=-1).reshape(out.shape).long()
+    magnitudes = torch.tensor(spec.E2M1_MAGNITUDES, dtype=torch.float32, device=q.device)
+    values = torch.where(nibbles >= spec.E2M1_SIGN, -magnitudes[nibbles & 7], magnitudes[nibbles & 7])
+    byte = scales.view(torch.uint8).to(torch.int32)
+    factor = torch.where(byte == spec.E8M0_NAN, torch.nan, pow2(byte - spec.E8M0_BIAS))
+    blocks = values.reshape(*out.shape[:-1], -1, spec.MX_BLOCK) * factor.unsqueeze(-1)
+    out.copy_(blocks.reshape(out.shape))
+
+
+_COMMON = dict(
+    backend="cpu",
+    devices=("cpu",),
+    any_device=True,
+    fidelity="bit-exact (the SPEC's reference)",
+    graph_safe=False,  # allocates temporaries even with out=
+    compile_safe=True,
+    min_ndim=1,
+    block_size=spec.MX_BLOCK,
+)
+
+KERNELS = (
+    Kernel(Capability(op="quantize_mxfp4", dtypes=spec.INPUT_DTYPES, scale_rules=spec.MX_SCALE_RULES,
+                      **_COMMON), quantize),
+    Kernel(Capability(op="dequantize_mxfp4", dtypes=(spec.MX_Q_DTYPE, torch.uint8),
+                      out_dtypes=spec.DEQUANT_DTYPES, **_COMMON), dequantize),
+)

@@ -1,0 +1,36 @@
+"""lowbit: low-bit quantization kernels with the same bits on every GPU vendor, behind one import.
+
+    import lowbit
+    q, scales = lowbit.quantize_mxfp4(x)                      # MXFP4, blocks of 32, E8M0 scales
+    q8, packed = lowbit.quantize_fp8_group_packed(x)          # E4M3 + DeepGEMM-packed UE8M0 scales
+    lowbit.supports("quantize_mxfp4", x, device="cuda", arch="sm_90").ok
+    print(lowbit.explain("quantize_fp8_group_packed", x, group_size=64))
+
+Bits follow docs/SPEC.md on every backend. Importing lowbit loads no backend and probes no
+hardware: both happen on the first call or query.
+"""
+
+from .capability import ArchRange, Call, Capability, Unmet
+from .errors import UnsupportedError
+from .fp8_group_packed import dequantize_fp8_group_packed, quantize_fp8_group_packed
+from .mxfp4 import dequantize_mxfp4, quantize_mxfp4
+from .ops import OPS
+from .query import capabilities, explain, supports
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchRange",
+    "Call",
+    "Capability",
+    "OPS",
+    "UnsupportedError",
+    "Unmet",
+    "capabilities",
+    "dequantize_fp8_group_packed",
+    "dequantize_mxfp4",
+    "explain",
+    "quantize_fp8_group_packed",
+    "quantize_mxfp4",
+    "supports",
+]

@@ -1,0 +1,49 @@
+"""What a backend is: a name, a priority, and one kernel (with its capability record) per op."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .capability import Capability
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A backend's implementation of one op and the capability record that describes it.
+
+    `run` writes into outputs allocated by the op's shape function (lowbit/<op>.py), so the real
+    outputs and the fake ones come from the same code.
+    """
+
+    capability: Capability
+    run: Callable
+
+    @property
+    def op(self) -> str:
+        return self.capability.op
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A set of kernels that dispatch may choose. Higher `priority` wins within a device type."""
+
+    name: str
+    priority: int
+    summary: str
+    kernels: tuple[Kernel, ...]
+    # Why this backend cannot run in this process (a missing package, say), or None. Called lazily,
+    # at most once per process, never at `import lowbit`.
+    unavailable: Callable[[], str | None] = lambda: None
+
+    def __post_init__(self) -> None:
+        for k in self.kernels:
+            if k.capability.backend != self.name:
+                raise ValueError(f"lowbit: kernel for {k.op} declares backend {k.capability.backend!r}, "
+                                 f"but is registered in backend {self.name!r}")
+
+    def kernel(self, op: str) -> Kernel | None:
+        for k in self.kernels:
+            if k.op == op:
+                return k
+        return None

@@ -1,0 +1,116 @@
+"""`python -m lowbit info` (the ops × backends matrix for this machine) and `python -m lowbit demo`."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+import torch
+
+from . import __version__, registry
+from .devices import device_arch, present_device_types
+from .capability import arch_name
+from .ops import OPS
+
+_COLUMNS = ("backend", "here", "devices", "arch", "dtypes", "ndim", "sizes", "rules", "strides", "fidelity",
+            "graph-safe", "compile-safe")
+
+
+def info(out=sys.stdout) -> None:
+    present = present_device_types()
+    archs = {d: device_arch(torch.device(d)) for d in present}
+    print(f"lowbit {__version__} | torch {torch.__version__} | Python {platform.python_version()} | "
+          f"devices here: " + ", ".join(d if archs[d] is None else f"{d} ({arch_name(archs[d])})" for d in present),
+          file=out)
+    for b in registry.backends():
+        why = registry.unavailable(b.name)
+        print(f"backend {b.name} (priority {b.priority}): {b.summary}" + (f" [cannot load: {why}]" if why else ""),
+              file=out)
+    for problem in registry.load_problems():
+        print(f"warning: {problem}", file=out)
+    for op in OPS.values():
+        print(f"\n{op.name}: {op.summary} [docs/SPEC.md: {op.spec}]", file=out)
+        kernels = [(b, b.kernel(op.name)) for b in registry.backends() if b.kernel(op.name)]
+        if not kernels:
+            print("  declared; no backend implements it yet", file=out)
+            continue
+        rows = [_row(b, k.capability, present) for b, k in kernels]
+        _table(rows, out)
+        for device_type in present:
+            print(f"  on {device_type}: {_choice(op.name, device_type, kernels)}", file=out)
+
+
+def _row(backend, cap, present) -> dict[str, str]:
+    why = registry.unavailable(backend.name)
+    usable = [d for d in cap.devices if d in present]
+    if why:
+        here = f"no: {why}"
+    elif usable:
+        here = "yes"
+    elif cap.any_device:
+        here = "fallback only"
+    else:
+        here = f"no: no {'/'.join(cap.devices)} device here"
+    return {"backend": backend.name, "here": here, **cap.as_row()}
+
+
+def _choice(op: str, device_type: str, kernels) -> str:
+    """The backend auto-dispatch tries first for a tensor on this device (before input checks)."""
+    for native in (True, False):
+        for b, k in kernels:
+            ok = device_type in k.capability.devices if native else k.capability.any_device
+            if ok and not registry.unavailable(b.name):
+                return b.name + ("" if native else " (pure-PyTorch fallback)")
+    return "none"
+
+
+def _table(rows: list[dict[str, str]], out) -> None:
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in _COLUMNS}
+    print("  " + "  ".join(c.ljust(widths[c]) for c in _COLUMNS).rstrip(), file=out)
+    for r in rows:
+        print("  " + "  ".join(r[c].ljust(widths[c]) for c in _COLUMNS).rstrip(), file=out)
+
+
+def demo(out=sys.stdout) -> None:
+    """Quantize a sample tensor on the best backend here, dequantize it, report the error and check
+    the bits against the CPU reference."""
+    from . import dequantize_fp8_group_packed, dequantize_mxfp4, quantize_fp8_group_packed, quantize_mxfp4, supports
+
+    device = torch.device(present_device_types()[-1])
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 4096, generator=gen).to(torch.bfloat16)
+    print(f"lowbit demo on {device}: x = randn{tuple(x.shape)}, {x.dtype}", file=out)
+    xd = x.to(device)
+    cases = (
+        ("quantize_mxfp4", quantize_mxfp4, dequantize_mxfp4),
+        ("quantize_fp8_group_packed", quantize_fp8_group_packed, dequantize_fp8_group_packed),
+    )
+    for name, quantize, dequantize in cases:
+        verdict = supports(name, xd)
+        got = quantize(xd)
+        ref = quantize(x, backend="cpu")
+        back = dequantize(*got, dtype=torch.float32).cpu()
+        err = (back - x.float()).abs()
+        rel = (err.square().sum() / x.float().square().sum()).sqrt().item()
+        exact = all(torch.equal(_raw_bytes(g.cpu()), _raw_bytes(r)) for g, r in zip(got, ref))
+        print(f"\n{name} on backend {verdict.backend!r} ({verdict.kernel.capability.fidelity})", file=out)
+        print(f"  outputs: " + ", ".join(f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in got),
+              file=out)
+        print(f"  round trip: relative RMS error {rel:.4f}, max abs error {err.max().item():.4g}", file=out)
+        print(f"  bits identical to the CPU reference: {'yes' if exact else 'NO'}", file=out)
+        if not exact:
+            raise SystemExit(f"lowbit demo: {name} on {verdict.backend} differs from the reference")
+
+
+def _raw_bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.uint8)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lowbit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="the ops x backends matrix for this machine")
+    sub.add_parser("demo", help="quantize a sample tensor here and check it against the reference")
+    args = parser.parse_args(argv)
+    {"info": info, "demo": demo}[args.command]()

@@ -1,0 +1,175 @@
+"""Choosing the backend for a call.
+
+Within the call's device type the highest-priority backend whose capability check passes wins;
+pure-PyTorch backends that take any device come last, as a fallback. `backend="name"` forces one;
+`LOWBIT_BACKEND` replaces the default "auto"; a fallback (a higher-priority backend refused the
+call, or nothing native to the device exists) logs one warning per decision, and `LOWBIT_STRICT=1`
+turns it into UnsupportedError. Decisions are cached by `Call`, which holds no row count, so the
+per-call cost after the first call of a kind is a dictionary look-up.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass, field
+
+from . import registry
+from .backend import Kernel
+from .capability import Call, Unmet
+from .errors import UnsupportedError
+
+log = logging.getLogger("lowbit")
+
+AUTO = "auto"
+ENV_BACKEND = "LOWBIT_BACKEND"
+ENV_STRICT = "LOWBIT_STRICT"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer for one call: which backend would run it, and why each other one would not."""
+
+    call: Call
+    requested: str  # "auto" or the forced backend's name
+    backend: str | None  # the backend that runs the call; None: none can
+    rejected: tuple[tuple[str, tuple[Unmet, ...]], ...]  # (backend, unmet) in the order tried
+    fallback: bool = False  # runs, but not on the first choice for its device
+    alternative: str = ""  # what would work instead, when refused
+    kernel: Kernel | None = field(default=None, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.backend is not None
+
+    @property
+    def reasons(self) -> dict[str, list[str]]:
+        """Per backend, the constraints it does not meet."""
+        return {name: [u.constraint for u in unmet] for name, unmet in self.rejected}
+
+    def explain(self) -> str:
+        c = self.call
+        head = f"lowbit.{c.op} for {c.describe()}"
+        if self.ok:
+            verb = "falls back to" if self.fallback else "runs on"
+            lines = [f"{head}: {verb} backend {self.backend!r}{_forced(self.requested)}"]
+        elif self.requested == AUTO:
+            lines = [f"{head}: no backend can run it:"]
+        else:
+            lines = [f"{head}: backend {self.requested!r} (forced) cannot run it:"]
+        lines += [f"  - {name}: {u.constraint}" for name, unmet in self.rejected for u in unmet]
+        if self.ok and self.fallback and c.device_type not in self.kernel.capability.devices:
+            lines.append(f"  - no installed backend for {c.device_type} takes it; {self.backend!r} is the "
+                         "pure-PyTorch fallback (slow)")
+        if self.ok and self.kernel is not None:
+            lines.append(f"  fidelity: {self.kernel.capability.fidelity}")
+        if self.alternative:
+            lines.append(f"Alternative: {self.alternative}")
+        return "\n".join(lines)
+
+    def error(self, reason: str = "") -> UnsupportedError:
+        return UnsupportedError(self.explain() + (f"\n{reason}" if reason else ""))
+
+
+def _forced(requested: str) -> str:
+    return "" if requested == AUTO else " (forced)"
+
+
+def _candidates(call: Call) -> list[tuple[Kernel, bool]]:
+    """(kernel, native) for every backend with a kernel for the op: natives by priority, then
+    the any-device backends as fallbacks."""
+    native, fallback = [], []
+    for b in registry.backends():
+        k = b.kernel(call.op)
+        if k is None:
+            continue
+        if call.device_type in k.capability.devices:
+            native.append((k, True))
+        elif k.capability.any_device:
+            fallback.append((k, False))
+    return native + fallback
+
+
+def _check(kernel: Kernel, call: Call) -> tuple[Unmet, ...]:
+    missing = registry.unavailable(kernel.capability.backend)
+    unmet = kernel.capability.unmet(call)
+    if missing:
+        unmet.insert(0, Unmet(f"cannot load here: {missing}", "install what it needs"))
+    return tuple(unmet)
+
+
+@functools.lru_cache(maxsize=4096)
+def select(call: Call, requested: str = AUTO) -> Verdict:
+    """The dispatch decision for `call` (cached). Never raises for an unsupported call."""
+    if requested != AUTO:
+        return _select_forced(call, requested)
+    rejected = []
+    for kernel, native in _candidates(call):
+        unmet = _check(kernel, call)
+        if unmet:
+            rejected.append((kernel.capability.backend, unmet))
+            continue
+        return Verdict(call, AUTO, kernel.capability.backend, tuple(rejected),
+                       fallback=bool(rejected) or not native,
+                       alternative=_strict_alternative(kernel.capability.backend), kernel=kernel)
+    if not rejected:
+        rejected.append(("(none)", (Unmet(f"no installed backend implements {call.op}",
+                                          "see `python -m lowbit info`"),)))
+    fixes = list(dict.fromkeys(u.fix for _, unmet in rejected for u in unmet))
+    return Verdict(call, AUTO, None, tuple(rejected), alternative="; or ".join(fixes))
+
+
+def _strict_alternative(chosen: str) -> str:
+    return f"pass backend={chosen!r} to accept the slower backend explicitly"
+
+
+def _select_forced(call: Call, requested: str) -> Verdict:
+    backend = registry.get(requested)
+    if backend is None:
+        known = ", ".join(b.name for b in registry.backends())
+        unmet = (Unmet(f"no backend is named {requested!r} (known: {known})", "use a known name"),)
+        return Verdict(call, requested, None, ((requested, unmet),), alternative=_auto_alternative(call))
+    kernel = backend.kernel(call.op)
+    if kernel is None:
+        unmet = (Unmet(f"has no kernel for {call.op}", "use another backend"),)
+        return Verdict(call, requested, None, ((requested, unmet),), alternative=_auto_alternative(call))
+    unmet = _check(kernel, call)
+    if unmet:
+        return Verdict(call, requested, None, ((requested, unmet),), alternative=_auto_alternative(call))
+    return Verdict(call, requested, requested, (), kernel=kernel)
+
+
+def _auto_alternative(call: Call) -> str:
+    auto = select(call, AUTO)
+    if auto.ok:
+        return f"backend={auto.backend!r} can run this call (backend='auto' picks it)"
+    return auto.alternative
+
+
+def resolve(call: Call, backend: str = AUTO) -> Kernel:
+    """The kernel that runs `call`, or UnsupportedError. Both the real op and its fake call this."""
+    verdict = select(call, requested_backend() if backend == AUTO else backend)
+    if not verdict.ok:
+        raise verdict.error()
+    if verdict.fallback:
+        if os.environ.get(ENV_STRICT, "0") not in ("", "0"):
+            raise verdict.error(f"{ENV_STRICT}=1 refuses fallbacks.")
+        _warn_once(verdict)
+    return verdict.kernel
+
+
+def requested_backend() -> str:
+    """The default request: LOWBIT_BACKEND when set, else "auto"."""
+    return os.environ.get(ENV_BACKEND) or AUTO
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(verdict: Verdict) -> None:
+    log.warning("%s", verdict.explain())
+
+
+def clear_cache() -> None:
+    """Forget every decision (after backends are registered or removed)."""
+    select.cache_clear()
+    _warn_once.cache_clear()

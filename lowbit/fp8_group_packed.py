@@ -1,0 +1,217 @@
+"""FP8 per-token-group quantization with DeepGEMM-packed UE8M0 scales (docs/SPEC.md, "FP8"): the
+public functions, their torch.library ops and fakes, the one shape function, and the out= checks.
+
+Kernels live in backends/<name>/fp8_group_packed.py with their capability records. A kernel
+receives `q` with R ≥ mn rows and `scales` with S ≥ mn logical rows and writes every row: rows
+≥ mn as zeros. Returned scales are a view of S = A rows of owned storage, so the TMA padding rows
+come out zero without a second pass; caller buffers get exactly their logical words.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import dispatch, spec
+from .capability import Call
+from .devices import device_arch
+
+OP = "quantize_fp8_group_packed"
+
+
+def quantize_fp8_group_packed(x: torch.Tensor, *, group_size: int = spec.FP8_DEFAULT_GROUP,
+                              eps: float = spec.FP8_DEFAULT_EPS,
+                              out: tuple[torch.Tensor, torch.Tensor] | None = None,
+                              backend: str = dispatch.AUTO) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize `x` (..., mn, K) to E4M3 per group of `group_size` along K, with UE8M0 scales packed
+    four to an int32 in DeepGEMM's MN-major, TMA-aligned layout.
+
+    Returns `q` (..., mn, K) float8_e4m3fn and `packed_scales` int32 of logical shape
+    (..., mn, ceil(G/4)) with strides (..., 1, A), A = ceil(mn/4)*4. With `out=(q_buf, s_buf)` the
+    results go into those buffers (no allocation: CUDA-graph safe on graph-safe backends), which
+    are returned. For 2-D input this is vLLM's per_token_group_quant_fp8_packed_for_deepgemm.
+    """
+    if out is None:
+        return torch.ops.lowbit.quantize_fp8_group_packed(x, group_size, eps, backend)
+    q_buf, s_buf = out
+    torch.ops.lowbit.quantize_fp8_group_packed_out(x, q_buf, s_buf, group_size, eps, backend)
+    return q_buf, s_buf
+
+
+def dequantize_fp8_group_packed(q: torch.Tensor, packed_scales: torch.Tensor, *,
+                                group_size: int = spec.FP8_DEFAULT_GROUP,
+                                dtype: torch.dtype = torch.bfloat16,
+                                backend: str = dispatch.AUTO) -> torch.Tensor:
+    """Expand `q` (..., mn, K) with its packed scales back to (..., mn, K) in `dtype`."""
+    return torch.ops.lowbit.dequantize_fp8_group_packed(q, packed_scales, group_size, dtype, backend)
+
+
+# --- what dispatch sees of a call ---------------------------------------------------------------
+
+def describe_quantize(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP,
+                      eps: float = spec.FP8_DEFAULT_EPS, out_given: bool = False) -> Call:
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"lowbit.{OP}: eps={eps} must be finite and >= 0")
+    return Call(
+        op=OP,
+        device_type=x.device.type,
+        arch=device_arch(x.device),
+        dtype=x.dtype,
+        ndim=x.dim(),
+        k=int(x.shape[-1]) if x.dim() else 0,
+        last_dim_contiguous=x.dim() == 0 or x.shape[-1] <= 1 or x.stride(-1) == 1,
+        group_size=group_size,
+        out_given=out_given,
+    )
+
+
+def describe_public_call(x: torch.Tensor, *, group_size: int = spec.FP8_DEFAULT_GROUP,
+                         eps: float = spec.FP8_DEFAULT_EPS, out=None) -> Call:
+    """describe_quantize for quantize_fp8_group_packed's own arguments (out= buffers checked too)."""
+    call = describe_quantize(x, group_size, eps, out_given=out is not None)
+    if out is not None:
+        check_out_buffers(x, *out, group_size)
+    return call
+
+
+def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP,
+                        dtype: torch.dtype = torch.bfloat16) -> Call:
+    """Also checks that q and its packed scales belong together (ValueError otherwise)."""
+    name = "lowbit.dequantize_fp8_group_packed"
+    if scales.dtype != spec.FP8_SCALE_DTYPE:
+        raise ValueError(f"{name}: packed scales dtype {scales.dtype} is not int32; pass the scales "
+                         f"{OP} returned")
+    if q.dim() >= 2 and group_size >= 1 and q.shape[-1] % group_size == 0:
+        words = spec.scale_words(int(q.shape[-1]) // group_size)
+        if scales.shape != (*q.shape[:-1], words):
+            raise ValueError(f"{name}: q {tuple(q.shape)} with group_size {group_size} needs packed scales "
+                             f"of shape {(*q.shape[:-1], words)}, got {tuple(scales.shape)}")
+    if q.device != scales.device:
+        raise ValueError(f"{name}: q is on {q.device} and scales on {scales.device}; move them to one device")
+    return Call(
+        op="dequantize_fp8_group_packed",
+        device_type=q.device.type,
+        arch=device_arch(q.device),
+        dtype=q.dtype,
+        ndim=q.dim(),
+        k=int(q.shape[-1]) if q.dim() else 0,
+        group_size=group_size,
+        out_dtype=dtype,
+    )
+
+
+# --- the one shape function per op, and the out= contract ---------------------------------------
+
+def quantize_outputs(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q, scales_to_write, scales_to_return) for input x [FP8-PACK, FP8-STORAGE].
+
+    The scale storage is (..., ceil(G/4), A) words, owned whole; the kernel writes all A rows of
+    its transpose, and the caller gets the first mn rows: shape (..., mn, ceil(G/4)), strides
+    (..., 1, A), batch stride ceil(G/4)*A.
+    """
+    *lead, mn, k = x.shape
+    q = torch.empty((*lead, mn, k), dtype=spec.FP8_Q_DTYPE, device=x.device)
+    storage = torch.empty((*lead, spec.scale_words(k // group_size), spec.tma_rows(mn)),
+                          dtype=spec.FP8_SCALE_DTYPE, device=x.device)
+    full = storage.transpose(-1, -2)
+    return q, full, full[..., :mn, :]
+
+
+def dequantize_output(q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(q.shape, dtype=dtype, device=q.device)
+
+
+def check_out_buffers(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor, group_size: int) -> None:
+    """[FP8-OUT]: raise ValueError for any buffer that does not fit, before anything is written.
+    An input the capability check refuses (too few dims, a group size that does not divide K) is
+    left to that check."""
+    if x.dim() < 2 or group_size < 1 or x.shape[-1] % group_size:
+        return
+    *lead, mn, k = x.shape
+    lead = tuple(lead)
+    words, rows = spec.scale_words(k // group_size), spec.tma_rows(mn)
+    name = f"lowbit.{OP}(out=...)"
+    problems = []
+    for what, buf, dtype in (("q_buf", q_buf, spec.FP8_Q_DTYPE), ("s_buf", s_buf, spec.FP8_SCALE_DTYPE)):
+        if buf.dtype != dtype:
+            problems.append(f"{what} dtype is {buf.dtype}, needs {dtype}")
+        if buf.device != x.device:
+            problems.append(f"{what} is on {buf.device}, the input on {x.device}")
+    if q_buf.dim() != x.dim() or tuple(q_buf.shape[:-2]) != lead or q_buf.shape[-1] != k \
+            or not mn <= q_buf.shape[-2] <= rows:
+        problems.append(f"q_buf shape is {tuple(q_buf.shape)}, needs {(*lead, 'R', k)} with {mn} <= R <= {rows}")
+    elif not q_buf.is_contiguous():
+        problems.append(f"q_buf strides {q_buf.stride()} are not contiguous")
+    if tuple(s_buf.shape) != (*lead, mn, words):
+        problems.append(f"s_buf shape is {tuple(s_buf.shape)}, needs {(*lead, mn, words)}")
+    else:
+        want = _packed_strides(lead, mn, words, rows)
+        got = s_buf.stride()
+        if any(size > 1 and g != w for size, g, w in zip(s_buf.shape, got, want)):
+            problems.append(f"s_buf strides are {got}, needs {want} (word (r, c) at c*A + r, A = {rows})")
+        else:
+            batches = math.prod(lead)
+            needed = (batches - 1) * words * rows + (words - 1) * rows + mn if batches and mn and words else 0
+            have = s_buf.untyped_storage().nbytes() // s_buf.element_size() - s_buf.storage_offset()
+            if have < needed:
+                problems.append(f"s_buf storage holds {have} words from its offset, needs {needed}")
+    if problems:
+        raise ValueError(f"{name}: the buffers do not fit this input ({tuple(x.shape)}, group_size "
+                         f"{group_size}): " + "; ".join(problems) + ". Allocate them as docs/SPEC.md "
+                         "[FP8-OUT] says, or drop out= to have lowbit allocate.")
+
+
+def _packed_strides(lead: tuple, mn: int, words: int, rows: int) -> tuple[int, ...]:
+    strides = [1, rows]
+    batch = words * rows
+    for size in reversed(lead):
+        strides.insert(0, batch)
+        batch *= size
+    return tuple(strides)
+
+
+# --- torch.library ops: the real path and the fake share describe, resolve and the shape ---------
+
+@torch.library.custom_op("lowbit::quantize_fp8_group_packed", mutates_args=())
+def _quantize_op(x: torch.Tensor, group_size: int, eps: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    kernel = dispatch.resolve(describe_quantize(x, group_size, eps), backend)
+    q, scales_all_rows, scales = quantize_outputs(x, group_size)
+    kernel.run(x, q, scales_all_rows, group_size=group_size, eps=eps)
+    return q, scales
+
+
+@_quantize_op.register_fake
+def _quantize_fake(x, group_size, eps, backend):
+    dispatch.resolve(describe_quantize(x, group_size, eps), backend)
+    q, _, scales = quantize_outputs(x, group_size)
+    return q, scales
+
+
+@torch.library.custom_op("lowbit::quantize_fp8_group_packed_out", mutates_args=("q_buf", "s_buf"))
+def _quantize_out_op(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor, group_size: int, eps: float,
+                     backend: str) -> None:
+    kernel = dispatch.resolve(describe_quantize(x, group_size, eps, out_given=True), backend)
+    check_out_buffers(x, q_buf, s_buf, group_size)
+    kernel.run(x, q_buf, s_buf, group_size=group_size, eps=eps)
+
+
+@_quantize_out_op.register_fake
+def _quantize_out_fake(x, q_buf, s_buf, group_size, eps, backend):
+    dispatch.resolve(describe_quantize(x, group_size, eps, out_given=True), backend)
+    check_out_buffers(x, q_buf, s_buf, group_size)
+
+
+@torch.library.custom_op("lowbit::dequantize_fp8_group_packed", mutates_args=())
+def _dequantize_op(q: torch.Tensor, packed_scales: torch.Tensor, group_size: int, dtype: torch.dtype,
+                   backend: str) -> torch.Tensor:
+    kernel = dispatch.resolve(describe_dequantize(q, packed_scales, group_size, dtype), backend)
+    out = dequantize_output(q, dtype)
+    kernel.run(q, packed_scales, out, group_size=group_size)
+    return out
+
+
+@_dequantize_op.register_fake
+def _dequantize_fake(q, packed_scales, group_size, dtype, backend):
+    dispatch.resolve(describe_dequantize(q, packed_scales, group_size, dtype), backend)
+    return dequantize_output(q, dtype)

@@ -1,0 +1,38 @@
+"""The op table: every op lowbit declares, where its spec lives, and how a call is described.
+
+`describe` takes the public function's arguments (tensors may be meta or fake) and returns the
+`Call` that dispatch checks, so `lowbit.supports` asks exactly what the real call would ask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from . import fp8_group_packed, mxfp4
+from .capability import Call
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    spec: str  # the docs/SPEC.md section
+    summary: str
+    describe: Callable[..., Call] | None  # None: declared, not implemented yet
+
+
+OPS = {
+    op.name: op
+    for op in (
+        OpDef("quantize_mxfp4", "MXFP4", "E2M1 elements, blocks of 32, E8M0 scales",
+              mxfp4.describe_quantize),
+        OpDef("dequantize_mxfp4", "MXFP4", "MXFP4 back to bfloat16/float16/float32",
+              mxfp4.describe_dequantize),
+        OpDef("quantize_fp8_group_packed", "FP8", "E4M3 per token group, UE8M0 scales packed for DeepGEMM",
+              fp8_group_packed.describe_public_call),
+        OpDef("dequantize_fp8_group_packed", "FP8", "FP8 group-packed back to bfloat16/float16/float32",
+              fp8_group_packed.describe_dequantize),
+        OpDef("unified_attention", "unified_attention (its own issue)",
+              "paged variable-length attention with FP8 descales", None),
+    )
+}

@@ -1,0 +1,47 @@
+"""Constants of docs/SPEC.md, named once so that every backend reads the same numbers."""
+
+import torch
+
+# MXFP4 [MX-*]
+MX_BLOCK = 32  # elements per block along the last dim
+MX_SCALE_RULES = ("rceil", "floor")
+MX_DEFAULT_SCALE_RULE = "rceil"
+E2M1_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # code 0..7; 0x8 is the sign bit
+E2M1_MAX = 6.0
+E2M1_SIGN = 0x8
+E2M1_NAN_BLOCK_NIBBLE = 0x7
+E8M0_BIAS = 127
+E8M0_NAN = 0xFF
+SCALE_EXP_MIN, SCALE_EXP_MAX = -127, 127  # clamp of e, both rules
+RCEIL_AMAX_FLOOR = 6.0 * 2.0**-126  # max(amax, 6·2^-126) keeps d normal
+MX_Q_DTYPE = torch.float4_e2m1fn_x2
+MX_SCALE_DTYPE = torch.float8_e8m0fnu
+
+# FP8 per-token-group, packed for DeepGEMM [FP8-*]
+FP8_MAX = 448.0
+FP8_MIN_SCALE = 1e-10  # y = max(y, 1e-10), as float32
+FP8_DEFAULT_GROUP = 128
+FP8_DEFAULT_EPS = 1e-10
+FP8_MAX_SCALE_BYTE = 254
+FP8_NAN_BYTE = 0x7F
+FP8_GROUPS_PER_WORD = 4  # UE8M0 bytes packed little-endian into one int32
+FP8_TMA_ROW_ALIGN = 4  # A = ceil(mn / 4) * 4
+FP8_Q_DTYPE = torch.float8_e4m3fn
+FP8_SCALE_DTYPE = torch.int32
+
+INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DEQUANT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def tma_rows(mn: int) -> int:
+    """A: the row count of the packed-scale layout, mn rounded up to the TMA alignment [FP8-PACK]."""
+    return ceil_div(mn, FP8_TMA_ROW_ALIGN) * FP8_TMA_ROW_ALIGN
+
+
+def scale_words(groups: int) -> int:
+    """ceil(G/4): int32 words per row of packed scales [FP8-PACK]."""
+    return ceil_div(groups, FP8_GROUPS_PER_WORD)
