@@ -1,0 +1,85 @@
+"""Asking before dispatch: capabilities, supports and explain on meta and fake tensors."""
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import lowbit
+
+
+def meta(*shape, dtype=torch.bfloat16):
+    return torch.empty(*shape, dtype=dtype, device="meta")
+
+
+def test_capabilities_lists_every_op_of_every_backend():
+    records = lowbit.capabilities()
+    assert {(c.backend, c.op) for c in records} == {
+        ("cpu", "quantize_mxfp4"), ("cpu", "dequantize_mxfp4"),
+        ("cpu", "quantize_fp8_group_packed"), ("cpu", "dequantize_fp8_group_packed"),
+    }
+    assert all(c.fidelity and c.dtypes for c in records)
+
+
+def test_capabilities_for_a_device_include_the_any_device_reference():
+    assert {c.backend for c in lowbit.capabilities("cuda")} == {"cpu"}
+    assert all(c.any_device for c in lowbit.capabilities("xpu"))
+
+
+def test_supports_answers_for_hardware_this_machine_lacks():
+    verdict = lowbit.supports("quantize_fp8_group_packed", meta(4096, 7168), device="cuda", arch="sm_90")
+    assert verdict.ok and verdict.backend == "cpu" and verdict.fallback
+    assert verdict.call.arch == 90 and verdict.call.device_type == "cuda"
+
+
+def test_supports_reports_reasons_per_backend():
+    verdict = lowbit.supports("quantize_fp8_group_packed", meta(16, 200), group_size=128, device="cpu")
+    assert not verdict.ok and verdict.backend is None
+    assert verdict.reasons == {"cpu": ["group_size 128 does not divide the last dim 200"]}
+
+
+def test_supports_on_fake_tensors_uses_their_device():
+    with FakeTensorMode():
+        x = torch.empty(8, 64, device="xpu")
+        verdict = lowbit.supports("quantize_mxfp4", x, scale_rule="floor")
+    assert verdict.call.device_type == "xpu" and verdict.call.scale_rule == "floor"
+    assert verdict.ok and verdict.fallback
+
+
+def test_meta_tensors_need_a_device():
+    with pytest.raises(ValueError, match="pass device="):
+        lowbit.supports("quantize_mxfp4", meta(8, 64))
+
+
+def test_supports_checks_out_buffers_too():
+    x = torch.randn(3, 1024)  # 8 groups: 2 words a row
+    q_buf = torch.empty(3, 1024, dtype=torch.float8_e4m3fn)
+    s_buf = torch.empty(3, 2, dtype=torch.int32)  # row-major: not the MN-major packed layout
+    with pytest.raises(ValueError, match="s_buf strides are"):
+        lowbit.supports("quantize_fp8_group_packed", x, out=(q_buf, s_buf))
+
+
+def test_explain_reads_as_text():
+    text = lowbit.explain("quantize_mxfp4", meta(8, 48), device="cuda", arch=(10, 0))
+    assert text == (
+        "lowbit.quantize_mxfp4 for bfloat16 input, ndim 2, last dim 48, scale_rule 'rceil', on cuda sm_100: "
+        "no backend can run it:\n"
+        "  - cpu: last dim 48 is not a multiple of the block size 32\n"
+        "Alternative: pad the last dim with zeros to a multiple of 32"
+    )
+
+
+def test_explain_names_the_fidelity_of_the_choice():
+    text = lowbit.explain("dequantize_mxfp4", meta(2, 16, dtype=torch.uint8), meta(2, 1, dtype=torch.uint8),
+                          device="cpu")
+    assert "runs on backend 'cpu'" in text and "fidelity: bit-exact" in text
+
+
+def test_declared_but_unimplemented_op():
+    assert "unified_attention" in lowbit.OPS
+    with pytest.raises(lowbit.UnsupportedError, match="no backend implements it yet"):
+        lowbit.supports("unified_attention")
+
+
+def test_unknown_op():
+    with pytest.raises(ValueError, match="unknown op 'quantize_int3'"):
+        lowbit.supports("quantize_int3", meta(2, 32))
