@@ -48,7 +48,9 @@ class Verdict:
         """Per backend, the constraints it does not meet."""
         return {name: [u.constraint for u in unmet] for name, unmet in self.rejected}
 
-    def explain(self) -> str:
+    def explain(self, note: str = "") -> str:
+        """Readable text: the decision, each refusal with its reason, the alternative. `note` is
+        a line said right after the decision."""
         c = self.call
         head = f"lowbit.{c.op} for {c.describe()}"
         if self.ok:
@@ -58,6 +60,8 @@ class Verdict:
             lines = [f"{head}: no backend can run it:"]
         else:
             lines = [f"{head}: backend {self.requested!r} (forced) cannot run it:"]
+        if note:
+            lines.append(note)
         lines += [f"  - {name}: {u.constraint}" for name, unmet in self.rejected for u in unmet]
         if self.ok and self.fallback and c.device_type not in self.kernel.capability.devices:
             lines.append(f"  - no installed backend for {c.device_type} takes it; {self.backend!r} is the "
@@ -68,8 +72,8 @@ class Verdict:
             lines.append(f"Alternative: {self.alternative}")
         return "\n".join(lines)
 
-    def error(self, reason: str = "") -> UnsupportedError:
-        return UnsupportedError(self.explain() + (f"\n{reason}" if reason else ""))
+    def error(self, note: str = "") -> UnsupportedError:
+        return UnsupportedError(self.explain(note))
 
 
 def _forced(requested: str) -> str:
@@ -110,18 +114,15 @@ def select(call: Call, requested: str = AUTO) -> Verdict:
         if unmet:
             rejected.append((kernel.capability.backend, unmet))
             continue
-        return Verdict(call, AUTO, kernel.capability.backend, tuple(rejected),
-                       fallback=bool(rejected) or not native,
-                       alternative=_strict_alternative(kernel.capability.backend), kernel=kernel)
+        fallback = bool(rejected) or not native
+        alternative = f"pass backend={kernel.capability.backend!r} to choose the slower backend explicitly"
+        return Verdict(call, AUTO, kernel.capability.backend, tuple(rejected), fallback=fallback,
+                       alternative=alternative if fallback else "", kernel=kernel)
     if not rejected:
         rejected.append(("(none)", (Unmet(f"no installed backend implements {call.op}",
                                           "see `python -m lowbit info`"),)))
     fixes = list(dict.fromkeys(u.fix for _, unmet in rejected for u in unmet))
     return Verdict(call, AUTO, None, tuple(rejected), alternative="; or ".join(fixes))
-
-
-def _strict_alternative(chosen: str) -> str:
-    return f"pass backend={chosen!r} to accept the slower backend explicitly"
 
 
 def _select_forced(call: Call, requested: str) -> Verdict:
@@ -154,7 +155,7 @@ def resolve(call: Call, backend: str = AUTO) -> Kernel:
         raise verdict.error()
     if verdict.fallback:
         if os.environ.get(ENV_STRICT, "0") not in ("", "0"):
-            raise verdict.error(f"{ENV_STRICT}=1 refuses fallbacks.")
+            raise verdict.error(f"{ENV_STRICT}=1 refuses fallbacks; this one is needed because:")
         _warn_once(verdict)
     return verdict.kernel
 

@@ -72,6 +72,7 @@ def test_explain_names_the_fidelity_of_the_choice():
     text = lowbit.explain("dequantize_mxfp4", meta(2, 16, dtype=torch.uint8), meta(2, 1, dtype=torch.uint8),
                           device="cpu")
     assert "runs on backend 'cpu'" in text and "fidelity: bit-exact" in text
+    assert "Alternative" not in text  # nothing to suggest when the first choice runs
 
 
 def test_declared_but_unimplemented_op():
