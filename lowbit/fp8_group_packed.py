@@ -16,6 +16,7 @@ import torch
 from . import dispatch, spec
 from .capability import Call
 from .devices import device_arch
+from .errors import require_type
 
 OP = "quantize_fp8_group_packed"
 
@@ -32,8 +33,13 @@ def quantize_fp8_group_packed(x: torch.Tensor, *, group_size: int = spec.FP8_DEF
     results go into those buffers (no allocation: CUDA-graph safe on graph-safe backends), which
     are returned. For 2-D input this is vLLM's per_token_group_quant_fp8_packed_for_deepgemm.
     """
+    require_type(OP, "group_size", group_size, int, "128")
+    require_type(OP, "eps", eps, (float, int), "1e-10")
+    require_type(OP, "backend", backend, str, '"auto"')
     if out is None:
         return torch.ops.lowbit.quantize_fp8_group_packed(x, group_size, eps, backend)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
+        raise ValueError(f"lowbit.{OP}: out= must be a pair of tensors (q_buf, s_buf), not {type(out).__name__}")
     q_buf, s_buf = out
     torch.ops.lowbit.quantize_fp8_group_packed_out(x, q_buf, s_buf, group_size, eps, backend)
     return q_buf, s_buf
@@ -44,6 +50,9 @@ def dequantize_fp8_group_packed(q: torch.Tensor, packed_scales: torch.Tensor, *,
                                 dtype: torch.dtype = torch.bfloat16,
                                 backend: str = dispatch.AUTO) -> torch.Tensor:
     """Expand `q` (..., mn, K) with its packed scales back to (..., mn, K) in `dtype`."""
+    require_type("dequantize_fp8_group_packed", "group_size", group_size, int, "128")
+    require_type("dequantize_fp8_group_packed", "dtype", dtype, torch.dtype, "torch.bfloat16")
+    require_type("dequantize_fp8_group_packed", "backend", backend, str, '"auto"')
     return torch.ops.lowbit.dequantize_fp8_group_packed(q, packed_scales, group_size, dtype, backend)
 
 
@@ -60,7 +69,7 @@ def describe_quantize(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP,
         dtype=x.dtype,
         ndim=x.dim(),
         k=int(x.shape[-1]) if x.dim() else 0,
-        last_dim_contiguous=x.dim() == 0 or x.shape[-1] <= 1 or x.stride(-1) == 1,
+        last_dim_contiguous=bool(x.dim() == 0 or x.shape[-1] <= 1 or x.stride(-1) == 1),
         group_size=group_size,
         out_given=out_given,
     )
@@ -115,7 +124,7 @@ def quantize_outputs(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, to
     storage = torch.empty((*lead, spec.scale_words(k // group_size), spec.tma_rows(mn)),
                           dtype=spec.FP8_SCALE_DTYPE, device=x.device)
     full = storage.transpose(-1, -2)
-    return q, full, full[..., :mn, :]
+    return q, full, full.narrow(-2, 0, mn)  # narrow, not [..., :mn]: fake cuda tensors on CPU-only torch
 
 
 def dequantize_output(q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -150,16 +159,19 @@ def check_out_buffers(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor,
         got = s_buf.stride()
         if any(size > 1 and g != w for size, g, w in zip(s_buf.shape, got, want)):
             problems.append(f"s_buf strides are {got}, needs {want} (word (r, c) at c*A + r, A = {rows})")
-        else:
-            batches = math.prod(lead)
-            needed = (batches - 1) * words * rows + (words - 1) * rows + mn if batches and mn and words else 0
-            have = s_buf.untyped_storage().nbytes() // s_buf.element_size() - s_buf.storage_offset()
-            if have < needed:
-                problems.append(f"s_buf storage holds {have} words from its offset, needs {needed}")
+    for what, buf in (("q_buf", q_buf), ("s_buf", s_buf)):
+        have = buf.untyped_storage().nbytes() // buf.element_size() - buf.storage_offset()
+        if have < _extent(buf):
+            problems.append(f"{what} storage holds {have} elements from its offset, its view needs {_extent(buf)}")
     if problems:
         raise ValueError(f"{name}: the buffers do not fit this input ({tuple(x.shape)}, group_size "
                          f"{group_size}): " + "; ".join(problems) + ". Allocate them as docs/SPEC.md "
                          "[FP8-OUT] says, or drop out= to have lowbit allocate.")
+
+
+def _extent(t: torch.Tensor) -> int:
+    """Elements of storage a strided view spans from its offset."""
+    return 0 if t.numel() == 0 else 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
 
 
 def _packed_strides(lead: tuple, mn: int, words: int, rows: int) -> tuple[int, ...]:
@@ -191,15 +203,13 @@ def _quantize_fake(x, group_size, eps, backend):
 @torch.library.custom_op("lowbit::quantize_fp8_group_packed_out", mutates_args=("q_buf", "s_buf"))
 def _quantize_out_op(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor, group_size: int, eps: float,
                      backend: str) -> None:
-    kernel = dispatch.resolve(describe_quantize(x, group_size, eps, out_given=True), backend)
-    check_out_buffers(x, q_buf, s_buf, group_size)
+    kernel = dispatch.resolve(describe_public_call(x, group_size=group_size, eps=eps, out=(q_buf, s_buf)), backend)
     kernel.run(x, q_buf, s_buf, group_size=group_size, eps=eps)
 
 
 @_quantize_out_op.register_fake
 def _quantize_out_fake(x, q_buf, s_buf, group_size, eps, backend):
-    dispatch.resolve(describe_quantize(x, group_size, eps, out_given=True), backend)
-    check_out_buffers(x, q_buf, s_buf, group_size)
+    dispatch.resolve(describe_public_call(x, group_size=group_size, eps=eps, out=(q_buf, s_buf)), backend)
 
 
 @torch.library.custom_op("lowbit::dequantize_fp8_group_packed", mutates_args=())

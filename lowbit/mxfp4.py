@@ -11,6 +11,7 @@ import torch
 from . import dispatch, spec
 from .capability import Call
 from .devices import device_arch
+from .errors import require_type
 
 
 def quantize_mxfp4(x: torch.Tensor, *, scale_rule: str = spec.MX_DEFAULT_SCALE_RULE,
@@ -21,12 +22,16 @@ def quantize_mxfp4(x: torch.Tensor, *, scale_rule: str = spec.MX_DEFAULT_SCALE_R
     and `scales` (..., K/32) float8_e8m0fnu. `scale_rule` is "rceil" (DeepSeek/vLLM, the default)
     or "floor" (OCP MX v1.0). Bits follow docs/SPEC.md on every backend.
     """
+    require_type("quantize_mxfp4", "scale_rule", scale_rule, str, '"rceil"')
+    require_type("quantize_mxfp4", "backend", backend, str, '"auto"')
     return torch.ops.lowbit.quantize_mxfp4(x, scale_rule, backend)
 
 
 def dequantize_mxfp4(q: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16,
                      backend: str = dispatch.AUTO) -> torch.Tensor:
     """Expand MXFP4 `q` (..., K/2) with `scales` (..., K/32) back to (..., K) in `dtype`."""
+    require_type("dequantize_mxfp4", "dtype", dtype, torch.dtype, "torch.bfloat16")
+    require_type("dequantize_mxfp4", "backend", backend, str, '"auto"')
     return torch.ops.lowbit.dequantize_mxfp4(q, scales, dtype, backend)
 
 
@@ -70,7 +75,7 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtyp
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> bool:
-    return x.dim() == 0 or x.shape[-1] <= 1 or x.stride(-1) == 1
+    return bool(x.dim() == 0 or x.shape[-1] <= 1 or x.stride(-1) == 1)  # bool: no SymBool in the cache key
 
 
 # --- the one shape function per op --------------------------------------------------------------

@@ -46,7 +46,7 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *, grou
     *lead, mn, k = q.shape
     groups = k // group_size
     word = scales.to(torch.int64) & 0xFFFFFFFF
-    byte = torch.stack([(word >> (8 * j)) & 0xFF for j in range(4)], dim=-1).reshape(*lead, mn, -1)
+    byte = torch.stack([(word >> (8 * j)) & 0xFF for j in range(4)], dim=-1).reshape(*lead, mn, 4 * scales.shape[-1])
     factor = pow2(byte[..., :groups].to(torch.int32) - EXPONENT_BIAS)
     values = q.view(spec.FP8_Q_DTYPE).to(torch.float32).reshape(*lead, mn, groups, group_size)
     out.copy_((values * factor.unsqueeze(-1)).reshape(out.shape))

@@ -58,7 +58,7 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor) -> None
     values = torch.where(nibbles >= spec.E2M1_SIGN, -magnitudes[nibbles & 7], magnitudes[nibbles & 7])
     byte = scales.view(torch.uint8).to(torch.int32)
     factor = torch.where(byte == spec.E8M0_NAN, torch.nan, pow2(byte - spec.E8M0_BIAS))
-    blocks = values.reshape(*out.shape[:-1], -1, spec.MX_BLOCK) * factor.unsqueeze(-1)
+    blocks = values.reshape(*out.shape[:-1], out.shape[-1] // spec.MX_BLOCK, spec.MX_BLOCK) * factor.unsqueeze(-1)
     out.copy_(blocks.reshape(out.shape))
 
 
