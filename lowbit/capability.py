@@ -220,6 +220,12 @@ class Capability:
     def replace(self, **changes) -> Capability:
         return dataclasses.replace(self, **changes)
 
+    def __str__(self) -> str:
+        row = self.as_row()
+        return (f"{self.backend}/{self.op}: devices {row['devices']}; arch {row['arch']}; dtypes {row['dtypes']}; "
+                f"ndim {row['ndim']}; sizes {row['sizes']}; rules {row['rules']}; strides {row['strides']}; "
+                f"{row['fidelity']}; graph-safe {row['graph-safe']}; compile-safe {row['compile-safe']}")
+
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from lowbit import dispatch, registry
 
@@ -13,3 +14,22 @@ def _fresh_dispatch(monkeypatch):
     for name in list(registry._registered):
         registry.unregister(name)
     dispatch.clear_cache()
+
+
+def spicy_tensor(shape, dtype, seed, exponent_run):
+    """Random values over the whole float32 exponent range (runs of `exponent_run` elements along
+    the last dim share a power of two) with NaN, ±Inf, ±0, subnormals and 672 mixed in."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    runs = torch.randint(-150, 125, (*shape[:-1], shape[-1] // exponent_run, 1), generator=g)
+    x = x * torch.exp2(runs.double()).expand(*runs.shape[:-1], exponent_run).reshape(shape)
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 2.0**-140, -(2.0**-149), 672.0,
+                             torch.finfo(dtype).max, torch.finfo(dtype).tiny], dtype=torch.float64)
+    pick = torch.rand(shape, generator=g) < 0.004
+    x[pick] = specials[torch.randint(0, len(specials), (int(pick.sum()),), generator=g)]
+    return x.to(dtype)
+
+
+@pytest.fixture(name="spicy")
+def _spicy():
+    return spicy_tensor
