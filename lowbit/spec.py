@@ -31,6 +31,13 @@ FP8_SCALE_DTYPE = torch.int32
 
 INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DEQUANT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+# [MX-DEQUANT, FP8-DEQUANT]: NaN outputs are written with these bits (quiet, sign clear), since the
+# payload arithmetic leaves in a NaN differs between CPUs and GPUs. Keyed by dtype: (int view, bits).
+CANONICAL_NAN = {
+    torch.float32: (torch.int32, 0x7FC00000),
+    torch.bfloat16: (torch.int16, 0x7FC0),
+    torch.float16: (torch.int16, 0x7E00),
+}
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -1000,3 +1000,21 @@ def test_fp8_dequant_round_trip(dtype):
         small = exp32.abs() < 2.0**-133
         assert not small[exp32 != 0].any()
     _same_floats(out, exp32)
+
+
+# --------------------------------------------------------------------------------------------
+# [NAN-BITS]: NaNs written by dequantize carry the canonical quiet-NaN bits of the output dtype
+# --------------------------------------------------------------------------------------------
+
+NAN_BITS = {torch.float32: (torch.int32, 0x7FC00000), torch.bfloat16: (torch.int16, 0x7FC0),
+            torch.float16: (torch.int16, 0x7E00)}
+
+
+@pytest.mark.parametrize("dtype", list(NAN_BITS))
+def test_nan_bits_fp8_dequant_of_both_nan_codes(dtype):
+    q = torch.tensor([[0x7F, 0xFF, 0x38, 0xB8]], dtype=torch.uint8)  # +NaN, -NaN, 1.0, -1.0
+    packed = torch.tensor([[0x80]], dtype=torch.int32)  # group 0 scale byte 0x80: 2^1
+    out = lowbit.dequantize_fp8_group_packed(q, packed, group_size=4, dtype=dtype)
+    int_dtype, bits = NAN_BITS[dtype]
+    assert torch.equal(out.view(int_dtype)[0, :2], torch.tensor([bits, bits], dtype=int_dtype))
+    assert out[0, 2:].tolist() == [2.0, -2.0]

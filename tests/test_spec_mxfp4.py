@@ -1114,3 +1114,20 @@ def test_mx_dequant_round_trip(rule, dtype):
     nan = torch.isnan(exp)
     assert torch.equal(torch.isnan(out), nan)
     assert torch.equal(f32_bits_of(out)[~nan], f32_bits_of(exp)[~nan])
+
+
+# --------------------------------------------------------------------------------------------
+# [NAN-BITS]: NaNs written by dequantize carry the canonical quiet-NaN bits of the output dtype
+# --------------------------------------------------------------------------------------------
+
+NAN_BITS = {torch.float32: (torch.int32, 0x7FC00000), torch.bfloat16: (torch.int16, 0x7FC0),
+            torch.float16: (torch.int16, 0x7E00)}
+
+
+@pytest.mark.parametrize("dtype", list(NAN_BITS))
+def test_nan_bits_mx_dequant_of_a_nan_block(dtype):
+    q = torch.tensor([[0x7F, 0xF7] * 8], dtype=torch.uint8)  # 32 nibbles 7, 15, ...: ±6 in a NaN block
+    scales = torch.tensor([[0xFF]], dtype=torch.uint8)
+    out = lowbit.dequantize_mxfp4(q, scales, dtype=dtype)
+    int_dtype, bits = NAN_BITS[dtype]
+    assert torch.equal(out.view(int_dtype), torch.full((1, 32), bits, dtype=int_dtype))

@@ -2,6 +2,8 @@
 
 import torch
 
+from lowbit import spec
+
 MANTISSA_BITS = 23
 MANTISSA_MASK = (1 << MANTISSA_BITS) - 1
 EXPONENT_BIAS = 127
@@ -28,3 +30,9 @@ def pow2(n: torch.Tensor) -> torch.Tensor:
 def f32(value: float, device) -> torch.Tensor:
     """fl32(value) as a 0-dim tensor, so products and quotients stay in float32."""
     return torch.tensor(value, dtype=torch.float32, device=device)
+
+
+def write_canonical_nans(out: torch.Tensor) -> None:
+    """Give every NaN of `out` the canonical bits of its dtype (spec.CANONICAL_NAN)."""
+    int_dtype, bits = spec.CANONICAL_NAN[out.dtype]
+    out.view(int_dtype).masked_fill_(out.isnan(), bits)

@@ -10,7 +10,7 @@ from lowbit import spec
 from lowbit.backend import Kernel
 from lowbit.capability import ANY_GROUP_SIZE, Capability
 
-from .float_bits import EXPONENT_BIAS, ceil_exponent_field, f32, pow2
+from .float_bits import EXPONENT_BIAS, ceil_exponent_field, f32, pow2, write_canonical_nans
 
 
 def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, group_size: int, eps: float) -> None:
@@ -50,6 +50,7 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *, grou
     factor = pow2(byte[..., :groups].to(torch.int32) - EXPONENT_BIAS)
     values = q.view(spec.FP8_Q_DTYPE).to(torch.float32).reshape(*lead, mn, groups, group_size)
     out.copy_((values * factor.unsqueeze(-1)).reshape(out.shape))
+    write_canonical_nans(out)
 
 
 _COMMON = dict(

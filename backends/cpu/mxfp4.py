@@ -8,7 +8,7 @@ from lowbit import spec
 from lowbit.backend import Kernel
 from lowbit.capability import Capability
 
-from .float_bits import EXPONENT_BIAS, ceil_exponent_field, exponent_field, f32, pow2
+from .float_bits import EXPONENT_BIAS, ceil_exponent_field, exponent_field, f32, pow2, write_canonical_nans
 
 
 def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str) -> None:
@@ -60,6 +60,7 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor) -> None
     factor = torch.where(byte == spec.E8M0_NAN, torch.nan, pow2(byte - spec.E8M0_BIAS))
     blocks = values.reshape(*out.shape[:-1], out.shape[-1] // spec.MX_BLOCK, spec.MX_BLOCK) * factor.unsqueeze(-1)
     out.copy_(blocks.reshape(out.shape))
+    write_canonical_nans(out)
 
 
 _COMMON = dict(
