@@ -11,10 +11,11 @@ import importlib.util
 import os
 import subprocess
 import sys
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the package works there, this runner needs 3.11+
-    raise SystemExit("ci/run.py needs Python 3.11 or newer (tomllib)")
+    raise SystemExit("ci/run.py needs Python 3.11 or newer (tomllib)") from None
 import xml.etree.ElementTree as ET
 from pathlib import Path
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Union
 
 import torch
 
 # An accelerator generation. CUDA: the compute capability as an int (90 is sm_90, 100 is sm_100).
 # Other vendors: the lower-case architecture name ("gfx942", an Intel device name).
-Arch = Union[int, str]
+Arch = int | str
 
 _SM = re.compile(r"^(?:sm_?|compute_?)?(\d+)(?:\.(\d+))?[af]?$")
 

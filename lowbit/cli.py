@@ -9,8 +9,8 @@ import sys
 import torch
 
 from . import __version__, registry
-from .devices import device_arch, present_device_types
 from .capability import arch_name
+from .devices import device_arch, present_device_types
 from .ops import OPS
 
 _COLUMNS = ("backend", "here", "devices", "arch", "dtypes", "ndim", "sizes", "rules", "strides", "fidelity",
@@ -75,7 +75,13 @@ def _table(rows: list[dict[str, str]], out) -> None:
 def demo(out=sys.stdout) -> None:
     """Quantize a sample tensor on the best backend here, dequantize it, report the error and check
     the bits against the CPU reference."""
-    from . import dequantize_fp8_group_packed, dequantize_mxfp4, quantize_fp8_group_packed, quantize_mxfp4, supports
+    from . import (
+        dequantize_fp8_group_packed,
+        dequantize_mxfp4,
+        quantize_fp8_group_packed,
+        quantize_mxfp4,
+        supports,
+    )
 
     device = torch.device(present_device_types()[-1])
     gen = torch.Generator().manual_seed(0)
@@ -95,7 +101,7 @@ def demo(out=sys.stdout) -> None:
         rel = (err.square().sum() / x.float().square().sum()).sqrt().item()
         exact = all(torch.equal(_raw_bytes(g.cpu()), _raw_bytes(r)) for g, r in zip(got, ref))
         print(f"\n{name} on backend {verdict.backend!r} ({verdict.kernel.capability.fidelity})", file=out)
-        print(f"  outputs: " + ", ".join(f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in got),
+        print("  outputs: " + ", ".join(f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in got),
               file=out)
         print(f"  round trip: relative RMS error {rel:.4f}, max abs error {err.max().item():.4g}", file=out)
         same = " (auto chose the reference itself here)" if verdict.backend == "cpu" else ""

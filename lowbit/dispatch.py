@@ -165,7 +165,7 @@ def requested_backend() -> str:
     return os.environ.get(ENV_BACKEND) or AUTO
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_once(verdict: Verdict) -> None:
     log.warning("%s", verdict.explain())
 

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from lowbit.capability import ANY_GROUP_SIZE, ArchRange, Call, Capability, normalize_arch
+from lowbit.capability import (
+    ANY_GROUP_SIZE,
+    ArchRange,
+    Call,
+    Capability,
+    normalize_arch,
+)
 
 
 @pytest.mark.parametrize("spelling", [90, (9, 0), "sm_90", "sm_90a", "SM90", "9.0", "compute_90"])

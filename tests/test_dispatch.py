@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import torch
+from lowbit.backends.cpu import mxfp4 as cpu_mxfp4
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit
 from lowbit import dispatch, registry
 from lowbit.backend import Backend, Kernel
-from lowbit.backends.cpu import mxfp4 as cpu_mxfp4
 from lowbit.capability import ArchRange
 
 

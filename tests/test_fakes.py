@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 import torch
+from oracles import packed_strides
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit
 from lowbit import dispatch
-
 
 
 def _fake_tensors_unavailable(device: str) -> str:
@@ -58,17 +58,6 @@ def randn(*shape, dtype=torch.float32, seed=0) -> torch.Tensor:
     x = torch.randn(shape, generator=g, dtype=torch.float32)
     x = x * torch.exp2(torch.randint(-6, 7, shape, generator=g).to(torch.float32))
     return x.to(dtype)
-
-
-def packed_strides(lead: tuple, mn: int, words: int) -> tuple:
-    """[FP8-PACK] strides of (..., mn, words) packed scales: (..., 1, A), batch stride words*A."""
-    rows = -(-mn // 4) * 4
-    strides = [1, rows]
-    batch = words * rows
-    for size in reversed(lead):
-        strides.insert(0, batch)
-        batch *= size
-    return tuple(strides)
 
 
 def out_buffers(x: torch.Tensor, group_size: int, rows: str = "mn", device=None):
@@ -117,7 +106,7 @@ def outputs(result) -> tuple:
 def caught(fn) -> BaseException | None:
     try:
         fn()
-    except Exception as exc:  # noqa: BLE001 - the test compares whatever is raised
+    except Exception as exc:
         return exc
     return None
 

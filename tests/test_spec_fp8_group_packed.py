@@ -12,48 +12,28 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from oracles import (
+    ALL16,
+    F32_MAX,
+    NAN_BITS,
+    U8,
+    bf16_from_bits,
+    dn32,
+    f32_bits_tensor,
+    f32_tensor,
+    fl32,
+    u8,
+    up32,
+)
 
 import lowbit
 
-U8 = torch.uint8
 E4M3 = torch.float8_e4m3fn
 SENTINEL = 0x5A5A5A5A
 
 # --------------------------------------------------------------------------------------------
 # Independent helpers
 # --------------------------------------------------------------------------------------------
-
-
-def fl32(fr):
-    """Nearest float32 to the rational ``fr`` (ties to even), as a Fraction (no overflow)."""
-    fr = Fraction(fr)
-    if fr == 0:
-        return Fraction(0)
-    sign = -1 if fr < 0 else 1
-    fr = abs(fr)
-    e = fr.numerator.bit_length() - fr.denominator.bit_length()
-    while Fraction(2) ** e > fr:
-        e -= 1
-    while Fraction(2) ** (e + 1) <= fr:
-        e += 1
-    quantum = Fraction(2) ** (max(e, -126) - 23)
-    n = fr / quantum
-    i = n.numerator // n.denominator
-    rem = n - i
-    if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and i % 2 == 1):
-        i += 1
-    return sign * i * quantum
-
-
-def up32(v):
-    return float(np.nextafter(np.float32(v), np.float32(np.inf)))
-
-
-def dn32(v):
-    return float(np.nextafter(np.float32(v), np.float32(-np.inf)))
-
-
-F32_MAX = float(np.finfo(np.float32).max)
 
 
 def e4m3_value(code):
@@ -151,23 +131,6 @@ def exact64(x):
         with np.errstate(all="ignore"):
             return bits.view(np.float32).astype(np.float64)
     return x.numpy().astype(np.float64)
-
-
-def bf16_from_bits(bits):
-    arr = np.asarray(bits, dtype=np.uint32).astype(np.uint16).view(np.int16)
-    return torch.from_numpy(arr.copy()).view(torch.bfloat16)
-
-
-def f32_tensor(vals):
-    return torch.from_numpy(np.array(vals, dtype=np.float32))
-
-
-def f32_bits_tensor(bits):
-    return torch.from_numpy(np.array(bits, dtype=np.uint32).view(np.float32).copy())
-
-
-def u8(vals):
-    return torch.tensor(vals, dtype=U8)
 
 
 def i32(vals):
@@ -459,9 +422,6 @@ def _pinned_groups(pattern_bits, anchor_bits, per_row=8):
     return out.reshape(ng // per_row, per_row * 32)
 
 
-ALL16 = np.arange(65536, dtype=np.uint32)
-
-
 def _bf16_values(bits):
     with np.errstate(all="ignore"):
         return (np.asarray(bits, dtype=np.uint32) << 16).view(np.float32).astype(np.float64)
@@ -751,8 +711,8 @@ def test_fp8_out_random_matches_allocating_call():
 
 
 def _bad_buffers():
-    good_q = lambda: _qbuf((4, 20))  # noqa: E731
-    good_s = lambda: _vllm_sbuf((), 3, 2)  # noqa: E731
+    good_q = lambda: _qbuf((4, 20))
+    good_s = lambda: _vllm_sbuf((), 3, 2)
 
     def strided(shape, strides, dtype=torch.int32):
         n = 1 + sum((d - 1) * st for d, st in zip(shape, strides))
@@ -1005,9 +965,6 @@ def test_fp8_dequant_round_trip(dtype):
 # --------------------------------------------------------------------------------------------
 # [NAN-BITS]: NaNs written by dequantize carry the canonical quiet-NaN bits of the output dtype
 # --------------------------------------------------------------------------------------------
-
-NAN_BITS = {torch.float32: (torch.int32, 0x7FC00000), torch.bfloat16: (torch.int16, 0x7FC0),
-            torch.float16: (torch.int16, 0x7E00)}
 
 
 @pytest.mark.parametrize("dtype", list(NAN_BITS))

@@ -13,11 +13,23 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from oracles import (
+    ALL16,
+    F32_MAX,
+    NAN_BITS,
+    U8,
+    bf16_from_bits,
+    dn32,
+    f32_bits_tensor,
+    f32_tensor,
+    fl32,
+    u8,
+    up32,
+)
 
 import lowbit
 
 RULES = ("rceil", "floor")
-U8 = torch.uint8
 
 # --------------------------------------------------------------------------------------------
 # Independent helpers (exact arithmetic, no lowbit code)
@@ -28,40 +40,10 @@ def f32_from_bits(b):
     return struct.unpack("<f", struct.pack("<I", b))[0]
 
 
-def fl32(fr):
-    """Nearest float32 to the rational ``fr`` (ties to even), as a Fraction (no overflow)."""
-    fr = Fraction(fr)
-    if fr == 0:
-        return Fraction(0)
-    sign = -1 if fr < 0 else 1
-    fr = abs(fr)
-    e = fr.numerator.bit_length() - fr.denominator.bit_length()
-    while Fraction(2) ** e > fr:
-        e -= 1
-    while Fraction(2) ** (e + 1) <= fr:
-        e += 1
-    quantum = Fraction(2) ** (max(e, -126) - 23)
-    n = fr / quantum
-    i = n.numerator // n.denominator
-    rem = n - i
-    if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and i % 2 == 1):
-        i += 1
-    return sign * i * quantum
-
-
 # fl32(1/6) = 0x3E2AAAAB = 11184811 * 2^-26 (asserted against the exact rounding below)
 RECIP6 = f32_from_bits(0x3E2AAAAB)
 
-F32_MAX = float(np.finfo(np.float32).max)  # (2 - 2^-23) * 2^127
 MAGS = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
-
-
-def up32(v):
-    return float(np.nextafter(np.float32(v), np.float32(np.inf)))
-
-
-def dn32(v):
-    return float(np.nextafter(np.float32(v), np.float32(-np.inf)))
 
 
 def e2m1_code_exact(a):
@@ -153,19 +135,6 @@ def exact64(x):
     return x.numpy().astype(np.float64)
 
 
-def bf16_from_bits(bits):
-    arr = np.asarray(bits, dtype=np.uint32).astype(np.uint16).view(np.int16)
-    return torch.from_numpy(arr.copy()).view(torch.bfloat16)
-
-
-def f32_tensor(vals):
-    return torch.from_numpy(np.array(vals, dtype=np.float32))
-
-
-def f32_bits_tensor(bits):
-    return torch.from_numpy(np.array(bits, dtype=np.uint32).view(np.float32).copy())
-
-
 def block(vals, n=32, fill=0.0):
     vals = list(vals)
     assert len(vals) <= n
@@ -175,10 +144,6 @@ def block(vals, n=32, fill=0.0):
 def pack(nibbles):
     """[MX-PACK] written independently: byte i = nib[2i] | nib[2i+1] << 4."""
     return [nibbles[2 * i] | (nibbles[2 * i + 1] << 4) for i in range(len(nibbles) // 2)]
-
-
-def u8(vals):
-    return torch.tensor(vals, dtype=U8)
 
 
 def assert_bytes(got, exp, what=""):
@@ -258,7 +223,7 @@ def test_mx_round_oracle_matches_spec_threshold_table():
             return 6
         return 7
 
-    vals = [Fraction(i, 64) for i in range(0, 64 * 9)]
+    vals = [Fraction(i, 64) for i in range(64 * 9)]
     for t in (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0):
         vals += [Fraction(dn32(t)), Fraction(t), Fraction(up32(t))]
     np_codes = e2m1_codes_np(np.array([float(v) for v in vals]))
@@ -647,9 +612,6 @@ def _pinned_blocks(values_bits, anchor_bits):
     mask = np.arange(32)[None, :] != (np.arange(nb) % 32)[:, None]
     out[mask] = padded
     return out
-
-
-ALL16 = np.arange(65536, dtype=np.uint32)
 
 
 def _bf16_values(bits):
@@ -1119,9 +1081,6 @@ def test_mx_dequant_round_trip(rule, dtype):
 # --------------------------------------------------------------------------------------------
 # [NAN-BITS]: NaNs written by dequantize carry the canonical quiet-NaN bits of the output dtype
 # --------------------------------------------------------------------------------------------
-
-NAN_BITS = {torch.float32: (torch.int32, 0x7FC00000), torch.bfloat16: (torch.int16, 0x7FC0),
-            torch.float16: (torch.int16, 0x7E00)}
 
 
 @pytest.mark.parametrize("dtype", list(NAN_BITS))

@@ -10,7 +10,13 @@ from lowbit import spec
 from lowbit.backend import Kernel
 from lowbit.capability import ANY_GROUP_SIZE, Capability
 
-from .float_bits import EXPONENT_BIAS, ceil_exponent_field, f32, pow2, write_canonical_nans
+from .float_bits import (
+    EXPONENT_BIAS,
+    ceil_exponent_field,
+    f32,
+    pow2,
+    write_canonical_nans,
+)
 
 
 def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, group_size: int, eps: float) -> None:

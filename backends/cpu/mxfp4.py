@@ -8,7 +8,14 @@ from lowbit import spec
 from lowbit.backend import Kernel
 from lowbit.capability import Capability
 
-from .float_bits import EXPONENT_BIAS, ceil_exponent_field, exponent_field, f32, pow2, write_canonical_nans
+from .float_bits import (
+    EXPONENT_BIAS,
+    ceil_exponent_field,
+    exponent_field,
+    f32,
+    pow2,
+    write_canonical_nans,
+)
 
 
 def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str) -> None:

@@ -38,12 +38,12 @@ def test_row_markers_are_registered_and_the_cpu_row_excludes_all_hardware_rows()
 
 def readme_commands():
     text = (ROOT / "README.md").read_text()
-    return re.findall(r"^```sh\n(.+?)\n```", text, flags=re.M | re.S)
+    return re.findall(r"^```sh\n(.+?)\n```", text, flags=re.MULTILINE | re.DOTALL)
 
 
 def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     setup = (ROOT / "README.md").read_text().split("## Set up", 1)[1].split("\n## ", 1)[0]
-    commands = re.findall(r"```sh\n(.+?)\n```", setup, flags=re.S)
+    commands = re.findall(r"```sh\n(.+?)\n```", setup, flags=re.DOTALL)
     assert len(commands) == 2, commands
     demo, tests = commands
     assert "python -m lowbit demo" in demo

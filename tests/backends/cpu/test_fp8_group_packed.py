@@ -5,9 +5,9 @@ random tensors with every special value mixed in; the kernel is device-agnostic 
 import numpy as np
 import pytest
 import torch
+from lowbit.backends.cpu import fp8_group_packed as reference
 
 import lowbit
-from lowbit.backends.cpu import fp8_group_packed as reference
 
 
 def e4m3_grid() -> np.ndarray:

@@ -5,9 +5,9 @@ reference kernel runs on meta tensors, so it is device-agnostic and never reads 
 import numpy as np
 import pytest
 import torch
+from lowbit.backends.cpu import mxfp4 as reference
 
 import lowbit
-from lowbit.backends.cpu import mxfp4 as reference
 
 E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 
