@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from . import registry
 from .backend import Kernel
 from .capability import Call, Unmet
+from .devices import device_arch
 from .errors import UnsupportedError
 
 log = logging.getLogger("lowbit")
@@ -78,6 +79,22 @@ class Verdict:
 
 def _forced(requested: str) -> str:
     return "" if requested == AUTO else " (forced)"
+
+
+def call_for(op: str, x, **options) -> Call:
+    """The Call of `op` whose primary tensor is `x`: its device, arch, dtype, ndim, last dim and
+    last-dim stride, plus (or replaced by) `options`."""
+    fields = dict(
+        op=op,
+        device_type=x.device.type,
+        arch=device_arch(x.device),
+        dtype=x.dtype,
+        ndim=x.dim(),
+        k=int(x.shape[-1]) if x.dim() else 0,
+        # bool(): under dynamic shapes a SymBool must not reach the cache key
+        last_dim_contiguous=bool(x.dim() == 0 or x.shape[-1] <= 1 or x.stride(-1) == 1),
+    )
+    return Call(**{**fields, **options})
 
 
 def _candidates(call: Call) -> list[tuple[Kernel, bool]]:

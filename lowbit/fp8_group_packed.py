@@ -15,7 +15,6 @@ import torch
 
 from . import dispatch, spec
 from .capability import Call
-from .devices import device_arch
 from .errors import require_type
 
 OP = "quantize_fp8_group_packed"
@@ -62,17 +61,7 @@ def describe_quantize(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP,
                       eps: float = spec.FP8_DEFAULT_EPS, out_given: bool = False) -> Call:
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"lowbit.{OP}: eps={eps} must be finite and >= 0")
-    return Call(
-        op=OP,
-        device_type=x.device.type,
-        arch=device_arch(x.device),
-        dtype=x.dtype,
-        ndim=x.dim(),
-        k=int(x.shape[-1]) if x.dim() else 0,
-        last_dim_contiguous=bool(x.dim() == 0 or x.shape[-1] <= 1 or x.stride(-1) == 1),
-        group_size=group_size,
-        out_given=out_given,
-    )
+    return dispatch.call_for(OP, x, group_size=group_size, out_given=out_given)
 
 
 def describe_public_call(x: torch.Tensor, *, group_size: int = spec.FP8_DEFAULT_GROUP,
@@ -98,16 +87,7 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, group_size: int =
                              f"of shape {(*q.shape[:-1], words)}, got {tuple(scales.shape)}")
     if q.device != scales.device:
         raise ValueError(f"{name}: q is on {q.device} and scales on {scales.device}; move them to one device")
-    return Call(
-        op="dequantize_fp8_group_packed",
-        device_type=q.device.type,
-        arch=device_arch(q.device),
-        dtype=q.dtype,
-        ndim=q.dim(),
-        k=int(q.shape[-1]) if q.dim() else 0,
-        group_size=group_size,
-        out_dtype=dtype,
-    )
+    return dispatch.call_for("dequantize_fp8_group_packed", q, group_size=group_size, out_dtype=dtype)
 
 
 # --- the one shape function per op, and the out= contract ---------------------------------------

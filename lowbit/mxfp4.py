@@ -10,7 +10,6 @@ import torch
 
 from . import dispatch, spec
 from .capability import Call
-from .devices import device_arch
 from .errors import require_type
 
 
@@ -38,16 +37,7 @@ def dequantize_mxfp4(q: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtyp
 # --- what dispatch sees of a call ---------------------------------------------------------------
 
 def describe_quantize(x: torch.Tensor, scale_rule: str = spec.MX_DEFAULT_SCALE_RULE) -> Call:
-    return Call(
-        op="quantize_mxfp4",
-        device_type=x.device.type,
-        arch=device_arch(x.device),
-        dtype=x.dtype,
-        ndim=x.dim(),
-        k=int(x.shape[-1]) if x.dim() else 0,
-        last_dim_contiguous=_last_dim_contiguous(x),
-        scale_rule=scale_rule,
-    )
+    return dispatch.call_for("quantize_mxfp4", x, scale_rule=scale_rule)
 
 
 def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> Call:
@@ -62,20 +52,7 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtyp
     if q.device != scales.device:
         raise ValueError(f"lowbit.dequantize_mxfp4: q is on {q.device} and scales on {scales.device}; "
                          "move them to one device")
-    return Call(
-        op="dequantize_mxfp4",
-        device_type=q.device.type,
-        arch=device_arch(q.device),
-        dtype=q.dtype,
-        ndim=q.dim(),
-        k=int(q.shape[-1]) * 2,
-        last_dim_contiguous=_last_dim_contiguous(q),
-        out_dtype=dtype,
-    )
-
-
-def _last_dim_contiguous(x: torch.Tensor) -> bool:
-    return bool(x.dim() == 0 or x.shape[-1] <= 1 or x.stride(-1) == 1)  # bool: no SymBool in the cache key
+    return dispatch.call_for("dequantize_mxfp4", q, k=int(q.shape[-1]) * 2, out_dtype=dtype)
 
 
 # --- the one shape function per op --------------------------------------------------------------
