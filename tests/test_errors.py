@@ -545,3 +545,30 @@ def test_wrongly_typed_arguments_name_the_argument(call, needle):
     with pytest.raises(ValueError) as error:
         call()
     assert type(error.value) is ValueError and needle in str(error.value)
+
+
+# --------------------------------------------------------------------------------------------
+# [ERR-UNSUPPORTED]
+# --------------------------------------------------------------------------------------------
+
+
+def test_err_unsupported_names_every_unmet_constraint_per_backend_and_an_alternative():
+    x = torch.zeros(40, dtype=torch.int32)  # wrong dtype and K = 40 not a multiple of 32, at once
+    with pytest.raises(lowbit.UnsupportedError) as error:
+        lowbit.quantize_mxfp4(x)
+    assert isinstance(error.value, ValueError)
+    assert str(error.value).splitlines() == [
+        "lowbit.quantize_mxfp4 for int32 input, ndim 1, last dim 40, scale_rule 'rceil', on cpu: no backend can run it:",
+        "  - cpu: input dtype int32 is not one of float32, float16, bfloat16",
+        "  - cpu: last dim 40 is not a multiple of the block size 32",
+        "Alternative: cast the input to float32; or pad the last dim with zeros to a multiple of 32",
+    ]
+
+
+def test_err_unsupported_is_raised_before_anything_is_written():
+    x = torch.randn(4, 256, dtype=torch.float64)  # float64: refused
+    q_buf = torch.full((4, 256), 0x11, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    s_buf = torch.full((8,), 0x22222222, dtype=torch.int32).as_strided((4, 2), (1, 4))
+    with pytest.raises(lowbit.UnsupportedError, match="input dtype float64"):
+        lowbit.quantize_fp8_group_packed(x, group_size=32, out=(q_buf, s_buf))
+    assert (q_buf.view(torch.uint8) == 0x11).all() and (s_buf == 0x22222222).all()
