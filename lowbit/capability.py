@@ -9,7 +9,6 @@ reach it through `lowbit.dispatch.resolve`, so they accept and refuse exactly th
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -216,9 +215,6 @@ class Capability:
             "graph-safe": "yes" if self.graph_safe else "no",
             "compile-safe": "yes" if self.compile_safe else "no",
         }
-
-    def replace(self, **changes) -> Capability:
-        return dataclasses.replace(self, **changes)
 
     def __str__(self) -> str:
         row = self.as_row()

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from . import __version__, registry
+from . import __version__, dispatch, registry
 from .capability import arch_name
 from .devices import device_arch, present_device_types
 from .ops import OPS
@@ -38,7 +38,7 @@ def info(out=sys.stdout) -> None:
         rows = [_row(b, k.capability, present) for b, k in kernels]
         _table(rows, out)
         for device_type in present:
-            print(f"  on {device_type}: {_choice(op.name, device_type, kernels)}", file=out)
+            print(f"  on {device_type}: {_choice(op.name, device_type)}", file=out)
 
 
 def _row(backend, cap, present) -> dict[str, str]:
@@ -55,13 +55,12 @@ def _row(backend, cap, present) -> dict[str, str]:
     return {"backend": backend.name, "here": here, **cap.as_row()}
 
 
-def _choice(op: str, device_type: str, kernels) -> str:
+def _choice(op: str, device_type: str) -> str:
     """The backend auto-dispatch tries first for a tensor on this device (before input checks)."""
-    for native in (True, False):
-        for b, k in kernels:
-            ok = device_type in k.capability.devices if native else k.capability.any_device
-            if ok and not registry.unavailable(b.name):
-                return b.name + ("" if native else " (pure-PyTorch fallback)")
+    for kernel, native in dispatch.candidates(op, device_type):
+        name = kernel.capability.backend
+        if not registry.unavailable(name):
+            return name + ("" if native else " (pure-PyTorch fallback)")
     return "none"
 
 

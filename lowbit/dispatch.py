@@ -97,15 +97,15 @@ def call_for(op: str, x, **options) -> Call:
     return Call(**{**fields, **options})
 
 
-def _candidates(call: Call) -> list[tuple[Kernel, bool]]:
-    """(kernel, native) for every backend with a kernel for the op: natives by priority, then
-    the any-device backends as fallbacks."""
+def candidates(op: str, device_type: str) -> list[tuple[Kernel, bool]]:
+    """(kernel, native) for every backend with a kernel for `op`, in the order auto-dispatch tries
+    them on `device_type`: natives by priority, then the any-device backends as fallbacks."""
     native, fallback = [], []
     for b in registry.backends():
-        k = b.kernel(call.op)
+        k = b.kernel(op)
         if k is None:
             continue
-        if call.device_type in k.capability.devices:
+        if device_type in k.capability.devices:
             native.append((k, True))
         elif k.capability.any_device:
             fallback.append((k, False))
@@ -126,7 +126,7 @@ def select(call: Call, requested: str = AUTO) -> Verdict:
     if requested != AUTO:
         return _select_forced(call, requested)
     rejected = []
-    for kernel, native in _candidates(call):
+    for kernel, native in candidates(call.op, call.device_type):
         unmet = _check(kernel, call)
         if unmet:
             rejected.append((kernel.capability.backend, unmet))

@@ -7,7 +7,6 @@ MX_BLOCK = 32  # elements per block along the last dim
 MX_SCALE_RULES = ("rceil", "floor")
 MX_DEFAULT_SCALE_RULE = "rceil"
 E2M1_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # code 0..7; 0x8 is the sign bit
-E2M1_MAX = 6.0
 E2M1_SIGN = 0x8
 E2M1_NAN_BLOCK_NIBBLE = 0x7
 E8M0_BIAS = 127

@@ -28,8 +28,9 @@ def pow2(n: torch.Tensor) -> torch.Tensor:
 
 
 def f32(value: float, device) -> torch.Tensor:
-    """fl32(value) as a 0-dim tensor, so products and quotients stay in float32."""
-    return torch.tensor(value, dtype=torch.float32, device=device)
+    """fl32(value) as a 0-dim tensor, so products and quotients stay in float32. A fill, not
+    torch.tensor: no host-to-device copy when the reference runs on a GPU's tensors."""
+    return torch.full((), value, dtype=torch.float32, device=device)
 
 
 def write_canonical_nans(out: torch.Tensor) -> None:
