@@ -26,7 +26,9 @@ class Kernel:
 
 @dataclass(frozen=True)
 class Backend:
-    """A set of kernels that dispatch may choose. Higher `priority` wins within a device type."""
+    """A set of kernels that dispatch may choose. Higher `priority` wins within a device type.
+    A backend may hold several kernels for one op (variants); dispatch tries them in order, and
+    moving on to a later variant of the same backend is not a fallback."""
 
     name: str
     priority: int
@@ -42,8 +44,12 @@ class Backend:
                 raise ValueError(f"lowbit: kernel for {k.op} declares backend {k.capability.backend!r}, "
                                  f"but is registered in backend {self.name!r}")
 
+    def kernels_for(self, op: str) -> tuple[Kernel, ...]:
+        """The backend's kernels for `op`, in the order it prefers them (a specialised variant
+        first, the general one after it)."""
+        return tuple(k for k in self.kernels if k.op == op)
+
     def kernel(self, op: str) -> Kernel | None:
-        for k in self.kernels:
-            if k.op == op:
-                return k
-        return None
+        """The backend's first choice for `op`, or None."""
+        found = self.kernels_for(op)
+        return found[0] if found else None

@@ -126,7 +126,13 @@ class Capability:
     out_dtypes: tuple[torch.dtype, ...] | None = None
     last_dim_contiguous: bool = False  # True: needs stride 1 along the last dim
     out_buffers: bool = True  # takes preallocated out= buffers
+    variant: str = ""  # one of several kernels a backend has for the op, tried in its order ("ptx")
     notes: str = ""
+
+    @property
+    def label(self) -> str:
+        """The backend's name, with the variant when it has one: "cuda/ptx"."""
+        return f"{self.backend}/{self.variant}" if self.variant else self.backend
 
     def unmet(self, call: Call) -> list[Unmet]:
         """Every constraint of this record that `call` breaks (empty: this backend can run it)."""
@@ -218,7 +224,7 @@ class Capability:
 
     def __str__(self) -> str:
         row = self.as_row()
-        return (f"{self.backend}/{self.op}: devices {row['devices']}; arch {row['arch']}; dtypes {row['dtypes']}; "
+        return (f"{self.op} on {self.label}: devices {row['devices']}; arch {row['arch']}; dtypes {row['dtypes']}; "
                 f"ndim {row['ndim']}; sizes {row['sizes']}; rules {row['rules']}; strides {row['strides']}; "
                 f"{row['fidelity']}; graph-safe {row['graph-safe']}; compile-safe {row['compile-safe']}")
 

@@ -1,7 +1,9 @@
 """Choosing the backend for a call.
 
 Within the call's device type the highest-priority backend whose capability check passes wins;
-pure-PyTorch backends that take any device come last, as a fallback. `backend="name"` forces one;
+pure-PyTorch backends that take any device come last, as a fallback. A backend's variants of one
+kernel (cuda: PTX, then portable Triton) are tried in its order. `backend="name"` forces a backend
+(its variants still in order), `backend="name/variant"` one variant;
 `LOWBIT_BACKEND` replaces the default "auto"; a fallback (a higher-priority backend refused the
 call, or nothing native to the device exists) logs one warning per decision, and `LOWBIT_STRICT=1`
 turns it into UnsupportedError. Decisions are cached by `Call`, which holds no row count, so the
@@ -35,10 +37,15 @@ class Verdict:
     call: Call
     requested: str  # "auto" or the forced backend's name
     backend: str | None  # the backend that runs the call; None: none can
-    rejected: tuple[tuple[str, tuple[Unmet, ...]], ...]  # (backend, unmet) in the order tried
+    rejected: tuple[tuple[str, tuple[Unmet, ...]], ...]  # (backend or backend/variant, unmet) as tried
     fallback: bool = False  # runs, but not on the first choice for its device
     alternative: str = ""  # what would work instead, when refused
     kernel: Kernel | None = field(default=None, compare=False)
+
+    @property
+    def variant(self) -> str:
+        """The chosen kernel's variant within its backend ("" when the backend has one kernel)."""
+        return self.kernel.capability.variant if self.kernel is not None else ""
 
     @property
     def ok(self) -> bool:
@@ -56,7 +63,8 @@ class Verdict:
         head = f"lowbit.{c.op} for {c.describe()}"
         if self.ok:
             verb = "falls back to" if self.fallback else "runs on"
-            lines = [f"{head}: {verb} backend {self.backend!r}{_forced(self.requested)}"]
+            variant = f" ({self.variant})" if self.variant else ""
+            lines = [f"{head}: {verb} backend {self.backend!r}{variant}{_forced(self.requested)}"]
         elif self.requested == AUTO:
             lines = [f"{head}: no backend can run it:"]
         else:
@@ -98,17 +106,16 @@ def call_for(op: str, x, **options) -> Call:
 
 
 def candidates(op: str, device_type: str) -> list[tuple[Kernel, bool]]:
-    """(kernel, native) for every backend with a kernel for `op`, in the order auto-dispatch tries
-    them on `device_type`: natives by priority, then the any-device backends as fallbacks."""
+    """(kernel, native) for every backend's kernels for `op`, in the order auto-dispatch tries them
+    on `device_type`: natives by priority (each backend's variants in its order), then the
+    any-device backends as fallbacks."""
     native, fallback = [], []
     for b in registry.backends():
-        k = b.kernel(op)
-        if k is None:
-            continue
-        if device_type in k.capability.devices:
-            native.append((k, True))
-        elif k.capability.any_device:
-            fallback.append((k, False))
+        for k in b.kernels_for(op):
+            if device_type in k.capability.devices:
+                native.append((k, True))
+            elif k.capability.any_device:
+                fallback.append((k, False))
     return native + fallback
 
 
@@ -129,33 +136,42 @@ def select(call: Call, requested: str = AUTO) -> Verdict:
     for kernel, native in candidates(call.op, call.device_type):
         unmet = _check(kernel, call)
         if unmet:
-            rejected.append((kernel.capability.backend, unmet))
+            rejected.append((kernel.capability.label, unmet))
             continue
-        fallback = bool(rejected) or not native
+        # A fallback: an earlier *backend* refused (an earlier variant of this one does not count)
+        chosen = kernel.capability.backend
+        fallback = not native or any(label.split("/")[0] != chosen for label, _ in rejected)
         alternative = f"pass backend={kernel.capability.backend!r} to choose the slower backend explicitly"
         return Verdict(call, AUTO, kernel.capability.backend, tuple(rejected), fallback=fallback,
                        alternative=alternative if fallback else "", kernel=kernel)
     if not rejected:
         rejected.append(("(none)", (Unmet(f"no installed backend implements {call.op}",
                                           "see `python -m lowbit info`"),)))
-    fixes = list(dict.fromkeys(u.fix for _, unmet in rejected for u in unmet))
+    # A backend's later variant is its more general one: its fixes are the ones worth saying
+    last_variant = {label.split("/")[0]: unmet for label, unmet in rejected}
+    fixes = list(dict.fromkeys(u.fix for unmet in last_variant.values() for u in unmet))
     return Verdict(call, AUTO, None, tuple(rejected), alternative="; or ".join(fixes))
 
 
 def _select_forced(call: Call, requested: str) -> Verdict:
-    backend = registry.get(requested)
+    name, _, variant = requested.partition("/")
+    backend = registry.get(name)
     if backend is None:
         known = ", ".join(b.name for b in registry.backends())
-        unmet = (Unmet(f"no backend is named {requested!r} (known: {known})", "use a known name"),)
+        unmet = (Unmet(f"no backend is named {name!r} (known: {known})", "use a known name"),)
         return Verdict(call, requested, None, ((requested, unmet),), alternative=_auto_alternative(call))
-    kernel = backend.kernel(call.op)
-    if kernel is None:
-        unmet = (Unmet(f"has no kernel for {call.op}", "use another backend"),)
+    kernels = [k for k in backend.kernels_for(call.op) if not variant or k.capability.variant == variant]
+    if not kernels:
+        what = f"variant {variant!r} for {call.op}" if variant else f"kernel for {call.op}"
+        unmet = (Unmet(f"has no {what}", "use another backend"),)
         return Verdict(call, requested, None, ((requested, unmet),), alternative=_auto_alternative(call))
-    unmet = _check(kernel, call)
-    if unmet:
-        return Verdict(call, requested, None, ((requested, unmet),), alternative=_auto_alternative(call))
-    return Verdict(call, requested, requested, (), kernel=kernel)
+    rejected = []
+    for kernel in kernels:
+        unmet = _check(kernel, call)
+        if not unmet:
+            return Verdict(call, requested, name, tuple(rejected), kernel=kernel)
+        rejected.append((kernel.capability.label, unmet))
+    return Verdict(call, requested, None, tuple(rejected), alternative=_auto_alternative(call))
 
 
 def _auto_alternative(call: Call) -> str:

@@ -103,6 +103,6 @@ def test_as_row_states_the_record_in_words():
 
 
 def test_a_record_prints_as_one_line():
-    assert str(RECORD) == ("fast/quantize_fp8_group_packed: devices cuda; arch cuda sm_89+; dtypes bfloat16/float16; "
+    assert str(RECORD) == ("quantize_fp8_group_packed on fast: devices cuda; arch cuda sm_89+; dtypes bfloat16/float16; "
                            "ndim 2..3; sizes group 128; rules -; strides last dim contiguous; bit-exact to SPEC; "
                            "graph-safe yes; compile-safe yes")
