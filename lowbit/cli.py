@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import platform
 import sys
 
@@ -31,36 +32,43 @@ def info(out=sys.stdout) -> None:
         print(f"warning: {problem}", file=out)
     for op in OPS.values():
         print(f"\n{op.name}: {op.summary} [docs/SPEC.md: {op.spec}]", file=out)
-        kernels = [(b, b.kernel(op.name)) for b in registry.backends() if b.kernel(op.name)]
+        kernels = [(b, k) for b in registry.backends() for k in b.kernels_for(op.name)]
         if not kernels:
             print("  declared; no backend implements it yet", file=out)
             continue
-        rows = [_row(b, k.capability, present) for b, k in kernels]
+        rows = [_row(b, k.capability, archs) for b, k in kernels]
         _table(rows, out)
         for device_type in present:
-            print(f"  on {device_type}: {_choice(op.name, device_type)}", file=out)
+            print(f"  on {device_type}: {_choice(op.name, device_type, archs[device_type])}", file=out)
 
 
-def _row(backend, cap, present) -> dict[str, str]:
+def _row(backend, cap, archs) -> dict[str, str]:
     why = registry.unavailable(backend.name)
-    usable = [d for d in cap.devices if d in present]
+    usable = [d for d in cap.devices if d in archs]
     if why:
         here = f"no: {why}"
-    elif usable:
+    elif any(_arch_ok(cap, d, archs[d]) for d in usable):
         here = "yes"
+    elif usable:
+        here = "no: needs another arch"
     elif cap.any_device:
         here = "fallback only"
     else:
         here = f"no: no {'/'.join(cap.devices)} device here"
-    return {"backend": backend.name, "here": here, **cap.as_row()}
+    return {"backend": cap.label, "here": here, **cap.as_row()}
 
 
-def _choice(op: str, device_type: str) -> str:
-    """The backend auto-dispatch tries first for a tensor on this device (before input checks)."""
+def _arch_ok(cap, device_type: str, arch) -> bool:
+    wanted = cap.archs.get(device_type)
+    return wanted is None or (arch is not None and arch in wanted)
+
+
+def _choice(op: str, device_type: str, arch) -> str:
+    """The kernel auto-dispatch picks for a tensor on this device, before any input check."""
     for kernel, native in dispatch.candidates(op, device_type):
-        name = kernel.capability.backend
-        if not registry.unavailable(name):
-            return name + ("" if native else " (pure-PyTorch fallback)")
+        cap = kernel.capability
+        if not registry.unavailable(cap.backend) and (not native or _arch_ok(cap, device_type, arch)):
+            return cap.label + ("" if native else " (pure-PyTorch fallback)")
     return "none"
 
 
@@ -118,5 +126,17 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="the ops x backends matrix for this machine")
     sub.add_parser("demo", help="quantize a sample tensor here and check it against the reference")
-    args = parser.parse_args(argv)
-    {"info": info, "demo": demo}[args.command]()
+    bench = sub.add_parser("bench", help="GPU benchmarks: `bench quant`, `bench tune-quant` (needs CUDA and Triton)")
+    bench.add_argument("suite", choices=sorted(BENCHMARKS))
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        if not torch.cuda.is_available():
+            raise SystemExit("lowbit bench: needs a CUDA GPU; the benchmarks time GPU kernels")
+        importlib.import_module(BENCHMARKS[args.suite]).main(rest)
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    else:
+        {"info": info, "demo": demo}[args.command]()
+
+
+BENCHMARKS = {"quant": "lowbit.benchmarks.quant", "tune-quant": "lowbit.benchmarks.tune_quant"}

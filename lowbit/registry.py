@@ -12,8 +12,8 @@ from .backend import Backend
 
 log = logging.getLogger("lowbit")
 
-# Modules that define `BACKEND`. The later issues add triton, cuda and xpu here.
-BUILTIN = ("lowbit.backends.cpu",)
+# Modules that define `BACKEND`. The XPU issue adds xpu here.
+BUILTIN = ("lowbit.backends.cpu", "lowbit.backends.cuda")
 ENTRY_POINT_GROUP = "lowbit.backends"
 
 _registered: dict[str, Backend] = {}  # added at run time with register()

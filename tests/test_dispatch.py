@@ -17,8 +17,9 @@ from lowbit.backend import Backend, Kernel
 from lowbit.capability import ArchRange
 
 
-def fast_backend(calls, name="fast", priority=10, **capability_changes):
-    """A stand-in backend for quantize_mxfp4 that records its calls and writes the reference bits."""
+def fast_backend(calls, name="fast", priority=20, **capability_changes):
+    """A stand-in backend for quantize_mxfp4 that records its calls and writes the reference bits.
+    Priority 20 puts it ahead of the built-in cuda backend (10)."""
     reference = lowbit.backends.cpu.BACKEND.kernel("quantize_mxfp4")
     capability = dataclasses.replace(reference.capability, backend=name, devices=("cpu", "cuda"),
                                      any_device=False, dtypes=(torch.bfloat16,), fidelity="bit-exact to SPEC",
@@ -100,7 +101,7 @@ def test_forced_backend_that_cannot_run_names_the_constraint_and_an_alternative(
 
 
 def test_unknown_backend_name_lists_the_known_ones():
-    with pytest.raises(lowbit.UnsupportedError, match=r"no backend is named 'nope' \(known: cpu\)"):
+    with pytest.raises(lowbit.UnsupportedError, match=r"no backend is named 'nope' \(known: cuda, cpu\)"):
         lowbit.quantize_mxfp4(torch.randn(4, 64), backend="nope")
 
 
@@ -138,8 +139,8 @@ def test_arch_range_is_checked_and_an_unknown_arch_is_said(monkeypatch):
     registry.register(fast_backend([], archs={"cuda": ArchRange(90)}))
     x = torch.empty(4, 64, dtype=torch.bfloat16, device="meta")
     assert lowbit.supports("quantize_mxfp4", x, device="cuda", arch="sm_90").backend == "fast"
-    old = lowbit.supports("quantize_mxfp4", x, device="cuda", arch=(8, 0))
-    assert old.backend == "cpu" and old.reasons["fast"] == ["needs sm_90+, not sm_80"]
+    old = lowbit.supports("quantize_mxfp4", x, device="cuda", arch=(8, 0))  # the next backend takes it
+    assert old.backend == "cuda" and old.reasons["fast"] == ["needs sm_90+, not sm_80"]
     monkeypatch.setattr(lowbit.query, "device_arch", lambda device: None)  # as on a machine without the GPU
     unknown = lowbit.supports("quantize_mxfp4", x, device="cuda")
     assert "cannot tell this cuda device's arch" in unknown.reasons["fast"][0]
@@ -173,7 +174,7 @@ def test_entry_point_backends_are_discovered(monkeypatch, caplog):
     try:
         with caplog.at_level(logging.WARNING, logger="lowbit"):
             names = [b.name for b in registry.backends()]
-        assert names == ["plugin", "cpu"]
+        assert names == ["plugin", "cuda", "cpu"]
         assert registry.load_problems() == ("entry point 'broken' (broken:BACKEND) did not load: "
                                             "no module named broken",)
         dispatch.clear_cache()

@@ -137,10 +137,10 @@ MX_CASES = [
           "Alternative: cast the input to float32; or pad the last dim"),
          _mx(lambda: torch.zeros(4, 40, dtype=torch.int32))),
     Case("mx-backend-nope", Unsupported,
-         ("backend 'nope' (forced) cannot run it", "  - nope: no backend is named 'nope' (known: cpu)",
+         ("backend 'nope' (forced) cannot run it", "  - nope: no backend is named 'nope' (known: cuda, cpu)",
           "Alternative: backend='cpu' can run this call"),
          _mx(lambda: randn(4, 64), backend="nope")),
-    Case("mx-backend-CPU", Unsupported, ("no backend is named 'CPU' (known: cpu)",),
+    Case("mx-backend-CPU", Unsupported, ("no backend is named 'CPU' (known: cuda, cpu)",),
          _mx(lambda: randn(4, 64), backend="CPU")),
     Case("mx-env-backend-nope", Unsupported, ("backend 'nope' (forced) cannot run it",),
          _mx(lambda: randn(4, 64)), env={"LOWBIT_BACKEND": "nope"}),
@@ -191,7 +191,7 @@ MXDQ_CASES = [
       for dt in (torch.int32, torch.float64, E4M3)],
     Case("mxdq-scales-on-meta", ValueError, ("lowbit.dequantize_mxfp4: q is on cpu and scales on meta",),
          _mxdq(lambda: _mx_pair()[0], lambda: meta(_mx_pair()[1]))),
-    Case("mxdq-backend-nope", Unsupported, ("no backend is named 'nope' (known: cpu)",),
+    Case("mxdq-backend-nope", Unsupported, ("no backend is named 'nope' (known: cuda, cpu)",),
          _mxdq(lambda: _mx_pair()[0], lambda: _mx_pair()[1], backend="nope")),
 ]
 
@@ -230,7 +230,7 @@ FP8_CASES = [
            _fp8(lambda: randn(4, 128), eps=eps))
       for eps in (float("nan"), float("inf"), float("-inf"), -1e-3, -1e-30)],
     Case("fp8-backend-nope", Unsupported, ("backend 'nope' (forced) cannot run it",
-                                           "no backend is named 'nope' (known: cpu)",
+                                           "no backend is named 'nope' (known: cuda, cpu)",
                                            "Alternative: backend='cpu' can run this call"),
          _fp8(lambda: randn(4, 128), backend="nope")),
     Case("fp8-forced-cpu-float64", Unsupported, ("backend 'cpu' (forced) cannot run it",
@@ -334,7 +334,7 @@ OUT_CASES = [
          _out(lambda: randn(256), lambda: q_buf(256), lambda: torch.zeros(2, dtype=torch.int32))),
     Case("out-eps-nan", ValueError, ("eps=nan must be finite and >= 0",),
          _out(_x2, _good_q2, _good_s2, eps=float("nan"))),
-    Case("out-backend-nope", Unsupported, ("no backend is named 'nope' (known: cpu)",),
+    Case("out-backend-nope", Unsupported, ("no backend is named 'nope' (known: cuda, cpu)",),
          _out(_x2, _good_q2, _good_s2, backend="nope")),
 ]
 
@@ -386,7 +386,7 @@ FP8DQ_CASES = [
       for dt in (torch.int32, torch.float64, E4M3)],
     Case("fp8dq-scales-on-meta", ValueError, ("q is on cpu and scales on meta",),
          _fp8dq(lambda: _fp8_pair()[0], lambda: meta(_fp8_pair()[1]))),
-    Case("fp8dq-backend-nope", Unsupported, ("no backend is named 'nope' (known: cpu)",),
+    Case("fp8dq-backend-nope", Unsupported, ("no backend is named 'nope' (known: cuda, cpu)",),
          _fp8dq(lambda: _fp8_pair()[0], lambda: _fp8_pair()[1], backend="nope")),
 ]
 
@@ -467,17 +467,25 @@ def test_out_q_buf_storage_too_small_is_refused(rows):
 
 # --- lowbit.supports on meta tensors, for a device this machine lacks ----------------------------------
 
-def test_supports_meta_cuda_falls_back_to_cpu():
+def test_supports_meta_cuda_without_an_arch_falls_back_to_cpu():
     x = torch.empty(8, 64, device="meta")
-    for arch in (None, "sm_90", (10, 0)):
+    v = lowbit.supports("quantize_mxfp4", x, device="cuda")  # this machine cannot tell the arch
+    assert (v.ok, v.backend, v.fallback) == (True, "cpu", True)
+    assert v.reasons == {"cuda/ptx": ["needs {sm_100, sm_103, sm_110, sm_120, sm_121} and cannot tell this cuda "
+                                      "device's arch"],
+                         "cuda/triton": ["needs sm_80+ and cannot tell this cuda device's arch"]}
+    for arch, variant in (("sm_90", "triton"), ((10, 0), "ptx")):
         v = lowbit.supports("quantize_mxfp4", x, device="cuda", arch=arch)
-        assert (v.ok, v.backend, v.reasons, v.fallback) == (True, "cpu", {}, True)
+        assert (v.ok, v.backend, v.variant, v.fallback) == (True, "cuda", variant, False)
 
 
 def test_supports_meta_cuda_refusal_names_the_constraint():
-    v = lowbit.supports("quantize_mxfp4", torch.empty(8, 60, device="meta"), device="cuda")
+    v = lowbit.supports("quantize_mxfp4", torch.empty(8, 60, device="meta"), device="cuda", arch="sm_90")
     assert (v.ok, v.backend) == (False, None)
-    assert v.reasons == {"cpu": ["last dim 60 is not a multiple of the block size 32"]}
+    assert v.reasons == {"cuda/ptx": ["needs {sm_100, sm_103, sm_110, sm_120, sm_121}, not sm_90",
+                                      "last dim 60 is not a multiple of the block size 32"],
+                         "cuda/triton": ["last dim 60 is not a multiple of the block size 32"],
+                         "cpu": ["last dim 60 is not a multiple of the block size 32"]}
     assert "on cuda" in v.explain() and "Alternative: pad the last dim" in v.explain()
 
 
@@ -500,7 +508,7 @@ def test_supports_meta_dequantize_dtypes():
 def test_supports_meta_forced_unknown_backend():
     v = lowbit.supports("quantize_mxfp4", torch.empty(8, 64, device="meta"), device="cuda", backend="nope")
     assert (v.ok, v.backend) == (False, None)
-    assert v.reasons == {"nope": ["no backend is named 'nope' (known: cpu)"]}
+    assert v.reasons == {"nope": ["no backend is named 'nope' (known: cuda, cpu)"]}
 
 
 def test_supports_meta_without_device_is_a_value_error():

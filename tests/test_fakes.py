@@ -500,8 +500,9 @@ def test_fake_accelerator_raises_what_explain_says(case: ErrorCase, device: str)
         expected = lowbit.explain(case.op, *margs, device=device, **mkwargs)
         assert f"on {device}" in expected
         assert str(fake) == expected
-        # the unmet constraints do not depend on the device: the same lines as on CPU
-        assert _unmet_lines(str(fake)) == _unmet_lines(str(real)) != []
+        # the reference's unmet constraints do not depend on the device: the same lines as on CPU
+        reference_lines = [line for line in _unmet_lines(str(fake)) if not line.startswith("  - cuda/")]
+        assert reference_lines == _unmet_lines(str(real)) != []
     else:
         # a malformed call: explain raises the same ValueError as the real and the fake call
         assert query is not None and type(query) is ValueError

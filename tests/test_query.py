@@ -16,18 +16,22 @@ def test_capabilities_lists_every_op_of_every_backend():
     assert {(c.backend, c.op) for c in records} == {
         ("cpu", "quantize_mxfp4"), ("cpu", "dequantize_mxfp4"),
         ("cpu", "quantize_fp8_group_packed"), ("cpu", "dequantize_fp8_group_packed"),
+        ("cuda", "quantize_mxfp4"), ("cuda", "quantize_fp8_group_packed"),
     }
+    assert [c.label for c in records if c.op == "quantize_mxfp4"] == ["cuda/ptx", "cuda/triton", "cpu"]
     assert all(c.fidelity and c.dtypes for c in records)
 
 
 def test_capabilities_for_a_device_include_the_any_device_reference():
-    assert {c.backend for c in lowbit.capabilities("cuda")} == {"cpu"}
+    assert {c.backend for c in lowbit.capabilities("cuda")} == {"cuda", "cpu"}
     assert all(c.any_device for c in lowbit.capabilities("xpu"))
 
 
 def test_supports_answers_for_hardware_this_machine_lacks():
     verdict = lowbit.supports("quantize_fp8_group_packed", meta(4096, 7168), device="cuda", arch="sm_90")
-    assert verdict.ok and verdict.backend == "cpu" and verdict.fallback
+    assert verdict.ok and verdict.backend == "cuda" and not verdict.fallback
+    older = lowbit.supports("quantize_fp8_group_packed", meta(4096, 7168), device="cuda", arch="sm_80")
+    assert older.ok and older.backend == "cpu" and older.fallback
     assert verdict.call.arch == 90 and verdict.call.device_type == "cuda"
 
 
@@ -63,6 +67,8 @@ def test_explain_reads_as_text():
     assert text == (
         "lowbit.quantize_mxfp4 for bfloat16 input, ndim 2, last dim 48, scale_rule 'rceil', on cuda sm_100: "
         "no backend can run it:\n"
+        "  - cuda/ptx: last dim 48 is not a multiple of the block size 32\n"
+        "  - cuda/triton: last dim 48 is not a multiple of the block size 32\n"
         "  - cpu: last dim 48 is not a multiple of the block size 32\n"
         "Alternative: pad the last dim with zeros to a multiple of 32"
     )

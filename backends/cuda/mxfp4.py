@@ -1,0 +1,47 @@
+"""quantize_mxfp4 on CUDA: the portable Triton kernel (sm_80+), and the same kernel with PTX for
+the E2M1 pair encoding and the rceil scale on the sm_100 families. Both give the bits of
+docs/SPEC.md; capability records below."""
+
+from lowbit import spec
+from lowbit.backend import Kernel
+from lowbit.capability import ArchRange, Capability
+
+PTX_ARCHS = frozenset({100, 103, 110, 120, 121})  # the sm_XXXa targets whose ptxas takes ptx.py
+
+
+def quantize_portable(x, q, scales, *, scale_rule):
+    from lowbit.backends.triton import mxfp4
+
+    mxfp4.quantize(x, q, scales, scale_rule=scale_rule)
+
+
+def quantize_ptx(x, q, scales, *, scale_rule):
+    from lowbit.backends.triton import mxfp4
+
+    from .ptx import encode_ptx, rceil_exponent_ptx
+
+    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, encode=encode_ptx,
+                   rceil_exponent=rceil_exponent_ptx)
+
+
+_COMMON = dict(
+    op="quantize_mxfp4",
+    backend="cuda",
+    devices=("cuda",),
+    dtypes=spec.INPUT_DTYPES,
+    fidelity="bit-exact to SPEC",
+    graph_safe=True,  # no host sync, no allocation in the kernel path
+    compile_safe=True,
+    min_ndim=1,
+    block_size=spec.MX_BLOCK,
+    scale_rules=spec.MX_SCALE_RULES,
+)
+
+KERNELS = (
+    Kernel(Capability(variant="ptx", archs={"cuda": PTX_ARCHS},
+                      notes="cvt.rn.satfinite.e2m1x2.f32 and cvt.rp.satfinite.ue8m0x2.f32; ptxas rejects "
+                            "them below sm_100 (sm_90a included)", **_COMMON), quantize_ptx),
+    Kernel(Capability(variant="triton", archs={"cuda": ArchRange(80)},
+                      notes="portable Triton: E2M1 and the scale by integer arithmetic on float32 bits", **_COMMON),
+           quantize_portable),
+)

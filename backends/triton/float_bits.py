@@ -1,0 +1,56 @@
+"""Float32 bit arithmetic inside Triton kernels: exponent fields and exact powers of two, never
+log2/exp2 or a division. The kernel-side twin of backends/cpu/float_bits.py."""
+
+import triton
+import triton.language as tl
+
+MANTISSA_BITS = tl.constexpr(23)
+
+
+@triton.jit
+def exponent_field(x):
+    """Biased exponent (bits 30..23) of float32 `x`, as int32."""
+    return (x.to(tl.int32, bitcast=True) >> MANTISSA_BITS) & 0xFF
+
+
+@triton.jit
+def ceil_exponent_field(x):
+    """Biased exponent of the power-of-two ceiling of positive normal float32 `x` (+Inf: 255)."""
+    bits = x.to(tl.int32, bitcast=True)
+    return ((bits >> MANTISSA_BITS) & 0xFF) + ((bits & 0x7FFFFF) != 0).to(tl.int32)
+
+
+@triton.jit
+def pow2(n):
+    """Exactly 2**n as a normal float32, for int32 n in [-126, 127]."""
+    return ((n + 127) << MANTISSA_BITS).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def pow2_or_subnormal(n):
+    """Exactly 2**n as float32 for int32 n in [-127, 127]: 2**-127 is the subnormal 0x00400000.
+    Only for targets whose float multiply keeps subnormal operands (NVIDIA's mul.f32 does)."""
+    return tl.where(n >= -126, (n + 127) << MANTISSA_BITS, 1 << (MANTISSA_BITS - 1)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def times_pow2(x, n):
+    """x * 2**n for n in [-127, 127] as two normal factors: 2**-127 is a float32 subnormal, which a
+    device that flushes subnormal operands would turn into 0. The first product is exact unless it
+    underflows, and then the result lies far below anything E2M1 or E4M3 can tell from zero."""
+    half = n >> 1
+    return x * pow2(half) * pow2(n - half)
+
+
+@triton.jit
+def is_inf(x):
+    return (x.to(tl.int32, bitcast=True) & 0x7FFFFFFF) == 0x7F800000
+
+
+@triton.jit
+def to_f32(x):
+    """x widened to float32 exactly. bfloat16 widens by its bits, a 16-bit shift: the Triton
+    interpreter's own bfloat16 conversion gets subnormals wrong."""
+    if x.dtype == tl.bfloat16:
+        return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    return x.to(tl.float32)

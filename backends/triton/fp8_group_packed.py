@@ -1,0 +1,134 @@
+"""quantize_fp8_group_packed (docs/SPEC.md "FP8") as one portable Triton kernel, and its launcher.
+
+One pass: each program owns BLOCK_M rows x one packed scale word (4 groups of GROUP elements). It
+loads that tile, reduces each group's amax in registers (the reductions stay within a warp's lanes:
+shuffles, no shared memory), derives the UE8M0 byte from exponent bits, writes the E4M3 elements
+and then the int32 word straight into DeepGEMM's MN-major, TMA-aligned layout: rows of one word
+column are contiguous there, so BLOCK_M rows make one contiguous store. No transpose, no second
+kernel. Rows from mn up to the buffers' row counts are written as zeros, so one launch also fills
+the TMA padding.
+
+The E4M3 conversion has two forms behind the HARDWARE_E4M3 constexpr: the float8e4nv cast (one
+instruction on sm_89+), and integer round-to-nearest-even, which every target and the interpreter
+run exactly (the interpreter's own fp8 cast is wrong near binade edges and for NaN).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from lowbit import spec
+
+from .float_bits import exponent_field, is_inf, pow2_or_subnormal, times_pow2, to_f32
+from .launch import LaunchConfig, on_device, pick
+
+GROUPS_PER_WORD = tl.constexpr(spec.FP8_GROUPS_PER_WORD)
+MIN_SCALE_BYTE = tl.constexpr(94)  # the power-of-two ceiling of fl32(1e-10) is 2^-33
+MAX_SCALE_BYTE = tl.constexpr(spec.FP8_MAX_SCALE_BYTE)
+FP8_NAN_BYTE = tl.constexpr(spec.FP8_NAN_BYTE)  # whatever the NaN's sign
+
+
+@triton.jit
+def fp8_scale_byte(a):
+    """[FP8-SCALE] byte = power-of-two ceiling of max(fl32(a / 448), fl32(1e-10)), clamped to 254,
+    for float32 a >= 0, without the division. With a = m * 2^(E-127), m in [1, 2):
+    a / 448 = (m / 1.75) * 2^(E-127-8). For m <= 1.75 the quotient lies in (2^(E-136), 2^(E-135)]
+    and rounding to float32 cannot pass 2^(E-135): byte E - 8. For m > 1.75 it is at least
+    1 + 2^-23/1.75 times 2^(E-135), more than half an ulp above, so it never rounds down onto the
+    power of two: byte E - 7. Below the 1e-10 floor (subnormal a included) the max gives 94, and
+    +Inf gives 254."""
+    bits = a.to(tl.int32, bitcast=True)
+    byte = exponent_field(a) - 8 + ((bits & 0x7FFFFF) > 0x600000).to(tl.int32)  # 0x600000: m = 1.75
+    byte = tl.maximum(byte, MIN_SCALE_BYTE)
+    return tl.where(is_inf(a), MAX_SCALE_BYTE, byte)
+
+
+@triton.jit
+def e4m3_integer(v):
+    """E4M3FN byte of non-NaN float32 v, saturated to +-448 and rounded to nearest even by integer
+    arithmetic: every target and the interpreter compute this exactly."""
+    v = tl.minimum(tl.maximum(v, -448.0), 448.0)
+    bits = v.to(tl.int32, bitcast=True)
+    sign = (bits >> 24) & 0x80
+    mag = bits & 0x7FFFFFFF
+    # |v| >= 2^-6 (normal in E4M3): round the 23-bit mantissa to 3 bits, ties to even; rebias 127 -> 7
+    normal = ((mag + 0x7FFFF + ((mag >> 20) & 1)) >> 20) - (120 << 3)
+    # below: |v| * 2^9 (exact) rounded to an integer, ties to even, by adding and removing 2^23
+    subnormal = ((tl.abs(v) * 512.0 + 8388608.0) - 8388608.0).to(tl.int32)
+    return (tl.where(mag >= 0x3C800000, normal, subnormal) | sign).to(tl.uint8)
+
+
+@triton.jit
+def e4m3_hardware(v):
+    """E4M3FN byte of non-NaN float32 v by the float8e4nv cast: on sm_89+ one
+    cvt.rn.satfinite.e4m3x2.f32 per pair, which saturates to +-448 itself."""
+    return v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+
+
+@triton.jit
+def quantize_fp8_group_packed_kernel(
+        x_ptr, q_ptr, s_ptr, mn, k, groups, q_rows, s_rows, tiles_per_batch,
+        stride_xb, stride_xm, stride_xk, stride_qb, stride_sb, stride_sw, eps,
+        HARDWARE_E4M3: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr):
+    WORD: tl.constexpr = GROUPS_PER_WORD * GROUP  # elements one scale word covers
+    batch = (tl.program_id(0) // tiles_per_batch).to(tl.int64)
+    row = (tl.program_id(0) % tiles_per_batch) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row64 = row.to(tl.int64)  # int64 offsets: tensors past 2^31 elements
+    word = tl.program_id(1)
+    col = word * WORD + tl.arange(0, WORD)
+    col_ok = (col < k)[None, :]
+    x = tl.load(x_ptr + batch * stride_xb + row64[:, None] * stride_xm + col.to(tl.int64)[None, :] * stride_xk,
+                mask=(row < mn)[:, None] & col_ok, other=0.0)  # rows >= mn read as 0 and quantize to 0
+    x = tl.reshape(to_f32(x), (BLOCK_M, GROUPS_PER_WORD, GROUP))
+
+    nan = x != x  # [FP8-NAN]: ignored by amax
+    amax = tl.max(tl.where(nan, 0.0, tl.abs(x)), axis=2)
+    byte = fp8_scale_byte(tl.maximum(amax, eps))  # [FP8-SCALE, FP8-INF]
+    if HARDWARE_E4M3:  # [FP8-ELEMENT] x / 2^(byte - 127), exact; saturated by the conversion
+        # NVIDIA's mul.f32 keeps subnormal operands, so 2^-127 (byte 254, Inf groups) is one factor
+        q = e4m3_hardware(x * pow2_or_subnormal(127 - byte)[:, :, None])
+    else:  # two normal factors: other targets may flush a subnormal 2^-127
+        q = e4m3_integer(times_pow2(x, 127 - byte[:, :, None]))
+    q = tl.where(nan, FP8_NAN_BYTE, q)
+    tl.store(q_ptr + batch * stride_qb + row64[:, None] * k + col[None, :],
+             tl.reshape(q, (BLOCK_M, WORD)), mask=(row < q_rows)[:, None] & col_ok)
+
+    # [FP8-PACK]: byte j of the word holds group 4*word + j; groups past G and rows past mn give 0
+    group = word * GROUPS_PER_WORD + tl.arange(0, GROUPS_PER_WORD)
+    byte = tl.where((row < mn)[:, None] & (group < groups)[None, :], byte, 0)
+    packed = tl.sum(byte << (tl.arange(0, GROUPS_PER_WORD) * 8)[None, :], axis=1)
+    tl.store(s_ptr + batch * stride_sb + word * stride_sw + row64, packed, mask=row < s_rows)
+
+
+# (max rows, max K, config): the first entry that fits wins; block_k is fixed by the group (one
+# packed word per program). Tuned on an H100; see docs/benchmarks.md.
+LAUNCH_TABLE = (
+    (128, None, LaunchConfig(block_m=2, block_k=4 * spec.FP8_DEFAULT_GROUP, num_warps=4)),
+    (1024, None, LaunchConfig(block_m=2, block_k=4 * spec.FP8_DEFAULT_GROUP, num_warps=2)),
+    (None, None, LaunchConfig(block_m=4, block_k=4 * spec.FP8_DEFAULT_GROUP, num_warps=4)),
+)
+
+
+def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, group_size: int, eps: float,
+             hardware_e4m3: bool, config: LaunchConfig | None = None) -> None:
+    """Write E4M3 of `x` (..., mn, K) into contiguous `q` (..., R, K) and the packed words into
+    `scales` (..., S, ceil(G/4)) with strides (..., 1, A); rows >= mn of both are written as 0."""
+    *lead, mn, k = x.shape
+    if q.numel() == 0 and scales.numel() == 0:
+        return
+    x3 = x.reshape(math.prod(lead), mn, k)  # a view when the batch dims' strides allow it, else one copy
+    q_rows, s_rows, words = q.shape[-2], scales.shape[-2], scales.shape[-1]
+    stride_word = spec.tma_rows(mn)  # A: word (r, c) of a batch sits at c*A + r [FP8-PACK]
+    config = config or pick(LAUNCH_TABLE, x3.shape[0] * mn, k)
+    tiles = triton.cdiv(max(q_rows, s_rows), config.block_m)
+    grid = (x3.shape[0] * tiles, words)
+    with on_device(x):
+        quantize_fp8_group_packed_kernel[grid](
+            x3, q.view(torch.uint8), scales, mn, k, k // group_size, q_rows, s_rows, tiles,
+            x3.stride(0), x3.stride(1), x3.stride(2), q_rows * k, words * stride_word, stride_word, float(eps),
+            HARDWARE_E4M3=hardware_e4m3, GROUP=group_size, BLOCK_M=config.block_m, num_warps=config.num_warps,
+            enable_fp_fusion=True)  # exact here: the one product-then-sum, |v|*512 + 2^23, has an exact product

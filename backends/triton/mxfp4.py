@@ -1,0 +1,128 @@
+"""quantize_mxfp4 (docs/SPEC.md "MXFP4") as one portable Triton kernel, and its launcher.
+
+One pass: each program loads a BLOCK_M x BLOCK_K tile, reduces each 32-element block to its amax
+in registers, derives the E8M0 scale from exponent bits, scales by an exact power of two, rounds
+to E2M1 and writes packed nibbles and scale bytes. The kernel is bound by instructions per element
+more than by bytes, so the element path is integer and bit arithmetic, a handful of operations
+each. Two steps are constexpr hooks, so a device backend can swap in instructions for them
+(backends/cuda passes PTX on sm_100+):
+
+- ENCODE(y, half, nan) -> packed bytes: scaled values y (BLOCK_M, BLOCKS, 32), their blocks'
+  `half` flags (the true value is y/2: only e = 127 blocks, see below) and NaN flags, to E2M1
+  bytes (BLOCK_M, BLOCK_K/2), the even element in the low nibble. Portable: encode_portable.
+- RCEIL_EXPONENT(d) -> int32: ceil(log2 d) for positive normal float32 d. Portable: exponent bits.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from lowbit import spec
+
+from .float_bits import ceil_exponent_field, exponent_field, pow2, to_f32
+from .launch import LaunchConfig, on_device, pick, rows_view
+
+BLOCK = tl.constexpr(spec.MX_BLOCK)  # elements per scale
+ONE_SIXTH_BITS = tl.constexpr(0x3E2AAAAB)  # fl32(1/6), as [MX-RCEIL] multiplies by it
+RCEIL_AMAX_FLOOR_BITS = tl.constexpr(0x01C00000)  # 6 * 2^-126
+F32_INF_BITS = tl.constexpr(0x7F800000)
+
+
+@triton.jit
+def pack_pairs(nibbles):
+    """(M, BLOCKS, 32) nibbles to (M, BLOCKS * 16) bytes, the even element in the low nibble [MX-PACK]."""
+    rows: tl.constexpr = nibbles.shape[0]
+    pairs: tl.constexpr = nibbles.shape[1] * nibbles.shape[2] // 2
+    even, odd = tl.split(tl.reshape(nibbles, (rows, pairs, 2)))
+    return even | (odd << 4)
+
+
+@triton.jit
+def encode_portable(y, half, nan):
+    """[MX-ROUND, MX-SATURATE, MX-SIGN, MX-NAN] E2M1 nibbles of y (halved where `half`), packed.
+
+    a = |y| saturated at 6 (12 before halving). From 1 up, E2M1 is a float with one mantissa
+    bit: round float32's mantissa to one bit, ties to even, and rebias the exponent (the halving
+    is one off the exponent field). Below 1 the codes 0, 1, 2 are a * 2 rounded to an integer,
+    ties to even: adding 2^22 (whose ulp is 0.5) leaves exactly that count in the low bits."""
+    a = tl.minimum(tl.abs(y), tl.where(half, 12.0, 6.0)[:, :, None])
+    bits = a.to(tl.int32, bitcast=True)
+    shift = tl.where(half, 1 << 23, 0)[:, :, None]  # a * h has the bits of a, less 1 in the exponent
+    # ((bits - shift) + 0x1FFFFF + parity) >> 22, less 252 (1.0 = 0x3F800000 -> code 2), folded
+    normal = (bits + (0x1FFFFF - 0x3F000000 - shift) + ((bits >> 22) & 1)) >> 22
+    below_one = (a * tl.where(half, 0.5, 1.0)[:, :, None] + 4194304.0).to(tl.int32, bitcast=True) - 0x4A800000
+    code = tl.where(bits >= 0x3F800000 + shift, normal, below_one)
+    nibble = code | ((y.to(tl.int32, bitcast=True) >> 28) & 0x8)
+    return pack_pairs(tl.where(nan[:, :, None], 0x7, nibble))
+
+
+@triton.jit
+def rceil_exponent_portable(d):
+    return ceil_exponent_field(d) - 127
+
+
+@triton.jit
+def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, stride_xm, stride_xk,
+                          FLOOR: tl.constexpr, ENCODE: tl.constexpr, RCEIL_EXPONENT: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    BLOCKS: tl.constexpr = BLOCK_K // BLOCK
+    row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = (row < rows)[:, None]
+    row64 = row.to(tl.int64)[:, None]  # int64 offsets: tensors past 2^31 elements
+    col = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    x = tl.load(x_ptr + row64 * stride_xm + col.to(tl.int64)[None, :] * stride_xk,
+                mask=row_ok & (col < k)[None, :], other=0.0)
+    x = tl.reshape(to_f32(x), (BLOCK_M, BLOCKS, BLOCK))
+
+    # [MX-AMAX, MX-NAN]: an integer max of the magnitude bits; NaN sorts above +Inf, and a block
+    # holding one has its scale and nibbles fixed anyway, so its amax never matters
+    amax_bits = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2)
+    nan = amax_bits > F32_INF_BITS
+    amax = amax_bits.to(tl.float32, bitcast=True)
+    if FLOOR:  # [MX-FLOOR]
+        e = exponent_field(amax) - 129
+    else:  # [MX-RCEIL]: a float32 product with fl32(1/6), never a division
+        floor = tl.full((), RCEIL_AMAX_FLOOR_BITS, tl.int32).to(tl.float32, bitcast=True)
+        one_sixth = tl.full((), ONE_SIXTH_BITS, tl.int32).to(tl.float32, bitcast=True)
+        e = RCEIL_EXPONENT(tl.maximum(amax, floor) * one_sixth)
+    e = tl.minimum(tl.maximum(e, -127), 127)  # [MX-SCALE]
+    e = tl.where(amax_bits == F32_INF_BITS, 127, e)  # [MX-INF]
+    block = tl.program_id(1) * BLOCKS + tl.arange(0, BLOCKS)
+    tl.store(s_ptr + row64 * (k // BLOCK) + block[None, :], tl.where(nan, 255, e + 127).to(tl.uint8),
+             mask=row_ok & (block < k // BLOCK)[None, :])
+
+    # [MX-SCALING] y = x * 2^-e with a normal factor: 2^-127 is a float32 subnormal, which some
+    # targets flush, so e = 127 blocks (Inf only) scale by 2^-126 and the encoder halves them.
+    y = x * pow2(-tl.minimum(e, 126))[:, :, None]
+    packed = ENCODE(y, e == 127, nan)
+    byte = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    tl.store(q_ptr + row64 * (k // 2) + byte[None, :], packed.to(tl.uint8), mask=row_ok & (byte < k // 2)[None, :])
+
+
+# (max rows, max K, config): the first entry that fits wins. Tuned on an H100; see docs/benchmarks.md.
+LAUNCH_TABLE = (
+    (128, None, LaunchConfig(block_m=4, block_k=256, num_warps=4)),
+    (1024, None, LaunchConfig(block_m=1, block_k=1024, num_warps=2)),
+    (None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),
+)
+
+
+def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str,
+             encode=encode_portable, rceil_exponent=rceil_exponent_portable,
+             config: LaunchConfig | None = None) -> None:
+    """Write MXFP4 of `x` (..., K) into contiguous `q` (..., K/2) and `scales` (..., K/32)."""
+    if x.numel() == 0:
+        return
+    x2 = rows_view(x)
+    rows, k = x2.shape
+    config = config or pick(LAUNCH_TABLE, rows, k)
+    block_k = min(config.block_k, triton.next_power_of_2(k))
+    grid = (triton.cdiv(rows, config.block_m), triton.cdiv(k, block_k))
+    with on_device(x):
+        quantize_mxfp4_kernel[grid](
+            x2, q.view(torch.uint8), scales.view(torch.uint8), rows, k, x2.stride(0), x2.stride(1),
+            FLOOR=scale_rule == "floor", ENCODE=encode, RCEIL_EXPONENT=rceil_exponent,
+            BLOCK_M=config.block_m, BLOCK_K=block_k, num_warps=config.num_warps,
+            enable_fp_fusion=True)  # exact here: the one product-then-sum, a*h + 2^22, has an exact product

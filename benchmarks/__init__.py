@@ -1,0 +1,1 @@
+"""GPU benchmarks (installed as lowbit.benchmarks; run with `python -m lowbit bench ...`)."""

@@ -1,0 +1,99 @@
+"""`python -m lowbit bench quant`: both quantize ops against the copy bandwidth and against
+torch.compile of the reference (the plain-PyTorch code a user would otherwise compile).
+
+Bytes counted per call (the fewest a kernel must move): the input read once, q and the scales
+written once. MXFP4: M*K*s + M*K/2 + M*K/32. FP8: M*K*s + M*K + 4*ceil(G/4)*A.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from lowbit.backends.cpu import fp8_group_packed as reference_fp8
+from lowbit.backends.cpu import mxfp4 as reference_mxfp4
+
+import lowbit
+from lowbit import spec
+
+from .timing import copy_gbps, eager_us, graph_replay_us
+
+ROWS = (1, 16, 128, 1024, 8192, 32768)
+KS = (2048, 4096, 7168)
+
+
+def mxfp4_bytes(m: int, k: int, itemsize: int) -> int:
+    return m * k * itemsize + m * k // 2 + m * k // spec.MX_BLOCK
+
+
+def fp8_bytes(m: int, k: int, itemsize: int) -> int:
+    return m * k * itemsize + m * k + 4 * spec.scale_words(k // spec.FP8_DEFAULT_GROUP) * spec.tma_rows(m)
+
+
+def _reference_mxfp4(x):
+    q = torch.empty((*x.shape[:-1], x.shape[-1] // 2), dtype=torch.uint8, device=x.device)
+    s = torch.empty((*x.shape[:-1], x.shape[-1] // spec.MX_BLOCK), dtype=torch.uint8, device=x.device)
+    reference_mxfp4.quantize(x, q, s, scale_rule="rceil")
+    return q, s
+
+
+def _reference_fp8(x):
+    q = torch.empty(x.shape, dtype=spec.FP8_Q_DTYPE, device=x.device)
+    mn, k = x.shape
+    storage = torch.empty((spec.scale_words(k // spec.FP8_DEFAULT_GROUP), spec.tma_rows(mn)),
+                          dtype=torch.int32, device=x.device)
+    reference_fp8.quantize(x, q, storage.t(), group_size=spec.FP8_DEFAULT_GROUP, eps=spec.FP8_DEFAULT_EPS)
+    return q, storage
+
+
+OPS = {
+    "quantize_mxfp4": (lambda x: lowbit.quantize_mxfp4(x), _reference_mxfp4, mxfp4_bytes),
+    "quantize_fp8_group_packed": (lambda x: lowbit.quantize_fp8_group_packed(x), _reference_fp8, fp8_bytes),
+}
+
+
+def run(rows=ROWS, ks=KS, dtype=torch.bfloat16, compare=True, out=sys.stdout) -> list[dict]:
+    """Per shape: GPU µs per call (median over CUDA-graph replays of back-to-back calls, so host
+    overhead is out), GB/s and % of the copy, the same for torch.compile of the reference, and the
+    eager µs per call with host overhead in."""
+    copy = copy_gbps()
+    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {_triton_version()} | "
+          f"{dtype} | device-to-device copy {copy:.0f} GB/s (read + write)", file=out)
+    results = []
+    for op, (ours, reference, count) in OPS.items():
+        compiled = torch.compile(reference) if compare else None
+        print(f"\n{op}\n| M | K | µs | GB/s | % of copy | torch.compile µs | speed-up | eager µs/call |", file=out)
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|", file=out)
+        for k in ks:
+            for m in rows:
+                x = torch.randn(m, k, device="cuda", dtype=dtype)
+                nbytes = count(m, k, x.element_size())
+                calls = 20 if m * k <= 1 << 24 else 5
+                call = lambda x=x, fn=ours: fn(x)  # noqa: E731
+                us = graph_replay_us(call, calls=calls)
+                ref_us = graph_replay_us(lambda x=x, fn=compiled: fn(x), calls=calls) if compare else float("nan")
+                host_us = eager_us(call)
+                gbps = nbytes / us / 1e3
+                row = dict(op=op, m=m, k=k, us=us, gbps=gbps, pct_copy=100 * gbps / copy, compiled_us=ref_us,
+                           speedup=ref_us / us, eager_us=host_us)
+                results.append(row)
+                print(f"| {m} | {k} | {us:.1f} | {gbps:.0f} | {row['pct_copy']:.0f}% | {ref_us:.1f} | "
+                      f"{row['speedup']:.2f}x | {host_us:.0f} |", file=out)
+                out.flush()
+    return results
+
+
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lowbit bench quant")
+    parser.add_argument("--rows", type=int, nargs="*", default=ROWS)
+    parser.add_argument("--ks", type=int, nargs="*", default=KS)
+    parser.add_argument("--no-compare", action="store_true", help="skip torch.compile of the reference")
+    args = parser.parse_args(argv)
+    run(rows=args.rows, ks=args.ks, compare=not args.no_compare)

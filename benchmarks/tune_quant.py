@@ -1,0 +1,68 @@
+"""`python -m lowbit bench tune-quant`: time candidate launch configs per size class, to choose the
+LAUNCH_TABLE entries of backends/triton/{mxfp4,fp8_group_packed}.py (kept as data, never tuned
+at run time). Prints, per shape, every candidate's median µs and % of the copy bandwidth."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+
+import torch
+from lowbit.backends.triton import fp8_group_packed as triton_fp8
+from lowbit.backends.triton import mxfp4 as triton_mxfp4
+from lowbit.backends.triton.launch import LaunchConfig
+
+from lowbit import fp8_group_packed, mxfp4, spec
+
+from .quant import fp8_bytes, mxfp4_bytes
+from .timing import copy_gbps, median_us
+
+
+def _mxfp4_runner(x, config):
+    q, s = mxfp4.quantize_outputs(x)
+    return lambda: triton_mxfp4.quantize(x, q, s, scale_rule="rceil", config=config)
+
+
+def _fp8_runner(x, config):
+    q, s, _ = fp8_group_packed.quantize_outputs(x, spec.FP8_DEFAULT_GROUP)
+    return lambda: triton_fp8.quantize(x, q, s, group_size=spec.FP8_DEFAULT_GROUP, eps=spec.FP8_DEFAULT_EPS,
+                                       hardware_e4m3=True, config=config)
+
+
+def _sensible(m: int, k: int, warps: int) -> bool:
+    """Tiles of 1K-8K elements, 8 to 32 elements a thread: more unrolls slowly and spills."""
+    per_thread = m * k // (32 * warps)
+    return 1024 <= m * k <= 8192 and 8 <= per_thread <= 32
+
+
+CANDIDATES = {
+    "quantize_mxfp4": (_mxfp4_runner, mxfp4_bytes, [LaunchConfig(m, k, w) for m, k, w in itertools.product(
+        (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
+    "quantize_fp8_group_packed": (_fp8_runner, fp8_bytes, [LaunchConfig(m, 512, w) for m, w in itertools.product(
+        (2, 4, 8, 16), (1, 2, 4, 8)) if _sensible(m, 512, w)]),
+}
+
+
+def run(shapes, ops=tuple(CANDIDATES), dtype=torch.bfloat16, top: int = 5, out=sys.stdout) -> None:
+    copy = copy_gbps()
+    print(f"# {torch.cuda.get_device_name()} | copy {copy:.0f} GB/s", file=out)
+    for op in ops:
+        runner, count, configs = CANDIDATES[op]
+        for m, k in shapes:
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            nbytes = count(m, k, x.element_size())
+            timed = sorted(((median_us(runner(x, c), rep_ms=50), c) for c in configs), key=lambda t: t[0])
+            best = ", ".join(f"({c.block_m},{c.block_k},{c.num_warps}) {us:.1f}µs {100 * nbytes / us / 1e3 / copy:.0f}%"
+                             for us, c in timed[:top])
+            print(f"{op} M={m} K={k}: {best}", file=out)
+            out.flush()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lowbit bench tune-quant")
+    parser.add_argument("--shapes", nargs="*", default=["1x7168", "16x7168", "128x7168", "1024x7168",
+                                                         "8192x7168", "32768x7168", "8192x2048", "8192x4096"])
+    parser.add_argument("--ops", nargs="*", default=list(CANDIDATES))
+    args = parser.parse_args(argv)
+    run([tuple(map(int, s.split("x"))) for s in args.shapes], ops=args.ops)

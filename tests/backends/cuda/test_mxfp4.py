@@ -1,0 +1,353 @@
+"""quantize_mxfp4 on NVIDIA GPUs (lowbit.backends.cuda) against the CPU reference, byte for byte:
+every bfloat16/float16 bit pattern in every position of a block, random tensors of every input
+dtype over a grid of row counts and last dims, N-D and non-contiguous inputs, NaN/Inf/zero/max
+blocks, and CUDA-graph capture.
+
+The GPU side always goes through the public API with auto-dispatch, which must pick the cuda
+backend (asserted per input; LOWBIT_STRICT=1 makes a silent fallback to the reference an error).
+The expectation is `backend="cpu"` on the CPU copy of the same input. Never a tolerance.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import lowbit
+from lowbit import dispatch
+
+ARCH = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
+    pytest.mark.skipif(ARCH is not None and ARCH < 80, reason="the cuda backend's MXFP4 kernels need sm_80+"),
+]
+
+OP = "quantize_mxfp4"
+BLOCK = 32
+RULES = ("rceil", "floor")
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+KS = [32, 96, 2048, 7168, 16384]
+ROWS = [0, 1, 3, 127, 4096]
+BIG_ROWS = 4096
+
+
+def dtype_id(d: torch.dtype) -> str:
+    return str(d).removeprefix("torch.")
+
+
+@pytest.fixture(autouse=True)
+def _strict(_fresh_dispatch, monkeypatch):
+    """No silent fallback: a call auto-dispatch does not give to the cuda backend raises."""
+    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
+
+
+# --- comparison (module-scoped helpers) ------------------------------------------------------------
+
+def _first_difference(got: torch.Tensor, want: torch.Tensor, what: str) -> tuple[str, tuple]:
+    bad = (got != want).nonzero()
+    at = tuple(bad[0].tolist())
+    return (f"{what}: {len(bad)} of {got.numel()} bytes differ; first at {at}: got {int(got[at]):#04x}, "
+            f"want {int(want[at]):#04x}"), at
+
+
+def assert_same_bytes(got: torch.Tensor, want: torch.Tensor, what: str, x: torch.Tensor | None = None,
+                      elements_per_byte: int = 1) -> None:
+    """torch.equal on the raw bytes; on a mismatch, say where, and show the input block behind it."""
+    g, w = got.view(torch.uint8).cpu(), want.view(torch.uint8).cpu()
+    assert g.shape == w.shape, f"{what}: shape {tuple(g.shape)} != {tuple(w.shape)}"
+    if torch.equal(g, w):
+        return
+    message, at = _first_difference(g, w, what)
+    if x is not None and x.dim() >= 1:
+        start = at[-1] * elements_per_byte // BLOCK * BLOCK
+        block = x.reshape(-1, x.shape[-1])[int(np.ravel_multi_index(at[:-1], x.shape[:-1])) if x.dim() > 1 else 0]
+        values = block[start:start + BLOCK].float()
+        message += f"; its block of x (float32 bits): {[hex(v & 0xFFFFFFFF) for v in values.view(torch.int32).tolist()]}"
+    raise AssertionError(message)
+
+
+def assert_same_mx(got, want, x: torch.Tensor | None = None) -> None:
+    """Compare (q, scales) from the GPU with the reference's, byte for byte."""
+    (q, s), (want_q, want_s) = got, want
+    assert q.device.type == "cuda" and s.device.type == "cuda"
+    assert (q.dtype, s.dtype) == (torch.float4_e2m1fn_x2, torch.float8_e8m0fnu)
+    assert (q.shape, s.shape) == (want_q.shape, want_s.shape)
+    assert q.is_contiguous() and s.is_contiguous()
+    assert_same_bytes(s, want_s, "scales", x, elements_per_byte=BLOCK)
+    assert_same_bytes(q, want_q, "q", x, elements_per_byte=2)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """t's bits as integers (NaN == NaN)."""
+    return t.view({4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()])
+
+
+def gpu_backends(verdict) -> list[str]:
+    """Auto, plus the portable variant forced when auto picked another one (the PTX variant on sm_100+)."""
+    return ["auto"] + ([] if verdict.variant == "triton" else ["cuda/triton"])
+
+
+def check(x: torch.Tensor, xd: torch.Tensor | None = None, rules=RULES) -> None:
+    """x: the CPU input; xd: the same values on the GPU (default x.cuda(); pass a view of a GPU
+    base to keep a layout that .cuda() would make contiguous)."""
+    xd = x.cuda() if xd is None else xd
+    assert xd.shape == x.shape and xd.dtype == x.dtype
+    for rule in rules:
+        verdict = lowbit.supports(OP, xd, scale_rule=rule)
+        assert (verdict.backend, verdict.fallback) == ("cuda", False), verdict.explain()
+        want = lowbit.quantize_mxfp4(x, scale_rule=rule, backend="cpu")
+        for backend in gpu_backends(verdict):
+            got = lowbit.quantize_mxfp4(xd, scale_rule=rule, backend=backend)
+            assert_same_mx(got, want, x)
+
+
+# --- inputs ------------------------------------------------------------------------------------------
+
+def all_patterns(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every one of the 65,536 bit patterns of a 16-bit float dtype, as (finite, non-finite)."""
+    values = torch.from_numpy(np.arange(1 << 16, dtype=np.uint16).view(np.int16).copy()).view(dtype)
+    finite = values.isfinite()
+    return values[finite], values[~finite]
+
+
+def every_position(values: torch.Tensor, width: int, stride: int) -> torch.Tensor:
+    """Blocks (rows of `width`) holding each value once in every position: block b takes every
+    `stride`-th of `width * stride` consecutive values (so the stride sets how many binades a block
+    spans, hence which codes its elements round to), then all `width` rotations of every block."""
+    per = width * stride
+    v = torch.cat([values, values[: (-values.numel()) % per]])  # wrap around: every value at least once
+    blocks = v.reshape(-1, width, stride).transpose(1, 2).reshape(-1, width)
+    return torch.cat([blocks.roll(r, dims=-1) for r in range(width)])
+
+
+def strides_for(dtype: torch.dtype, width: int, binades) -> list[int]:
+    """Strides through the bit patterns of `dtype` that make a block of `width` span `binades`."""
+    per_binade = 1 << {torch.bfloat16: 7, torch.float16: 10}[dtype]  # mantissa bits
+    return sorted({max(1, round(b * per_binade / width)) for b in binades})
+
+
+def to_rows(blocks: torch.Tensor, per_row: int) -> torch.Tensor:
+    """Blocks laid out `per_row` to a row (zero blocks pad the last row)."""
+    pad = (-blocks.shape[0]) % per_row
+    blocks = torch.cat([blocks, blocks.new_zeros(pad, blocks.shape[1])])
+    return blocks.reshape(-1, per_row * blocks.shape[1])
+
+
+def pow2(e: torch.Tensor) -> torch.Tensor:
+    """Exactly 2**e as float32, from the exponent bits (normal range)."""
+    return ((e.to(torch.int32) + 127) << 23).view(torch.float32)
+
+
+def randn_pow2(rows: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Plain normal values times random powers of two: one per row (over most of the dtype's
+    range) and one per block (a spread of 2^-8..2^8 within a row)."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = (-14, 7) if dtype == torch.float16 else (-125, 110)
+    x = torch.randn(rows, k // BLOCK, BLOCK, generator=g)
+    row_scale = pow2(torch.randint(lo, hi, (rows, 1, 1), generator=g))
+    block_scale = pow2(torch.randint(-8, 9, (rows, k // BLOCK, 1), generator=g))
+    return (x * row_scale * block_scale).reshape(rows, k).to(dtype)
+
+
+@pytest.fixture(scope="module")
+def big_inputs():
+    """Per dtype, one (4096, 16384) spicy tensor (made from a (1024, 16384) one and three column
+    rotations by multiples of the exponent run, to keep the generation cheap); tests slice it."""
+    return {}
+
+
+def big_spicy(cache: dict, spicy, dtype: torch.dtype) -> torch.Tensor:
+    if dtype not in cache:
+        base = spicy((BIG_ROWS // 4, KS[-1]), dtype, seed=1000 + dtype.itemsize, exponent_run=BLOCK)
+        cache[dtype] = torch.cat([base.roll(BLOCK * 37 * i, dims=-1) for i in range(4)])
+    return cache[dtype]
+
+
+# --- every 16-bit pattern --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
+def test_every_finite_16_bit_pattern_in_every_block_position(dtype):
+    finite, _ = all_patterns(dtype)
+    # blocks spanning a quarter binade (every element near the amax), 2, 6 and 24 binades
+    blocks = torch.cat([every_position(finite, BLOCK, s) for s in strides_for(dtype, BLOCK, (0.25, 2, 6, 24))])
+    x = to_rows(blocks, 16)  # K = 512: 16 blocks a row
+    check(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
+def test_every_non_finite_16_bit_pattern_in_every_block_position(dtype):
+    finite, nonfinite = all_patterns(dtype)
+    n = nonfinite.numel() * BLOCK
+    pool = every_position(finite, BLOCK, strides_for(dtype, BLOCK, (2,))[0])
+    blocks = pool.repeat(-(-n // pool.shape[0]), 1)[:n].clone()
+    i = torch.arange(n)
+    blocks[i, i % BLOCK] = nonfinite.repeat_interleave(BLOCK)  # pattern j at position p: block 32j + p
+    # and blocks with two non-finite values (NaN with Inf, +Inf with -Inf, ...), at random positions
+    g = torch.Generator().manual_seed(7)
+    pairs = pool[:4096].clone()
+    rows = torch.arange(pairs.shape[0])
+    first, second = torch.randint(0, BLOCK, (2, pairs.shape[0]), generator=g)
+    pairs[rows, first] = nonfinite[torch.randint(0, nonfinite.numel(), (pairs.shape[0],), generator=g)]
+    pairs[rows, second] = nonfinite[torch.randint(0, nonfinite.numel(), (pairs.shape[0],), generator=g)]
+    check(to_rows(torch.cat([blocks, pairs]), 8))
+
+
+# --- random tensors ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_random_spicy_tensors_match_the_reference(dtype, k, spicy, big_inputs):
+    for rows in ROWS:
+        if rows == BIG_ROWS:
+            x = big_spicy(big_inputs, spicy, dtype)[:, :k].contiguous()
+        else:  # a fresh seed per shape; exponent runs of a block, or one per element
+            x = spicy((rows, k), dtype, seed=rows * 100_003 + k * 7 + dtype.itemsize,
+                      exponent_run=1 if rows == 3 else BLOCK)
+        check(x)
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_random_normal_tensors_scaled_by_powers_of_two_match_the_reference(dtype, k):
+    for rows in ROWS:
+        check(randn_pow2(rows, k, dtype, seed=rows * 31 + k + dtype.itemsize))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_spicy_tensors_over_several_seeds(seed, spicy):
+    for dtype in DTYPES:
+        for run in (1, 7, BLOCK):
+            check(spicy((127, 7168), dtype, seed=seed * 97 + run, exponent_run=run))
+
+
+# --- layouts ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(7168,), (3, 5, 2048), (2, 3, 7, 96), (2, 0, 64), (2, 1, 2, 3, 32), (4, 3, 0)],
+                         ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_n_d_inputs(dtype, shape, spicy):
+    x = spicy(shape, dtype, seed=len(shape) * 1000 + shape[-1], exponent_run=BLOCK if shape[-1] else 1)
+    check(x)
+
+
+ROWS_NC, K_NC = 37, 2048
+# name: (shape of the contiguous base, the view of it that is the input)
+LAYOUTS = {
+    "transposed": ((K_NC, ROWS_NC), lambda t: t.t()),
+    "row_stride_gt_k": ((ROWS_NC, K_NC + 96), lambda t: t[:, 32:32 + K_NC]),
+    "unaligned_offset": ((ROWS_NC, K_NC + 32), lambda t: t[:, 1:1 + K_NC]),
+    "every_other_row": ((2 * ROWS_NC, K_NC), lambda t: t[::2]),
+    "last_dim_stride_2": ((ROWS_NC, 2 * K_NC), lambda t: t[:, ::2]),
+    "expanded_batch": ((1, ROWS_NC, K_NC), lambda t: t.expand(3, ROWS_NC, K_NC)),
+    "expanded_4d": ((2, 1, ROWS_NC, K_NC), lambda t: t.expand(2, 3, ROWS_NC, K_NC)),
+    "broadcast_rows": ((3, 1, K_NC), lambda t: t.expand(3, ROWS_NC, K_NC)),
+    "permuted_batch": ((ROWS_NC, 3, K_NC), lambda t: t.transpose(0, 1)),
+    "transposed_3d": ((2, K_NC, ROWS_NC), lambda t: t.transpose(-1, -2)),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_non_contiguous_inputs(dtype, layout, spicy):
+    shape, view = LAYOUTS[layout]
+    base = spicy(shape, dtype, seed=len(layout), exponent_run=1 if layout.startswith("transposed") else BLOCK)
+    x, xd = view(base), view(base.cuda())
+    assert not xd.is_contiguous() and xd.stride() == x.stride()
+    check(x, xd)
+    assert torch.equal(bits(xd.cpu()), bits(x))  # the input is not written
+
+
+# --- special blocks -------------------------------------------------------------------------------
+
+def special_blocks(dtype: torch.dtype, width: int, seed: int) -> torch.Tensor:
+    """Rows of `width`: NaN, ±Inf, ±0, finfo.max, tiny and subnormal values, alone, together and
+    mixed with ordinary values; ties of the E2M1 grid; the FP8 golden 672."""
+    fi = torch.finfo(dtype)
+    sub = fi.tiny * fi.eps  # the smallest subnormal
+    nan, inf = float("nan"), float("inf")
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+
+    def full(v):
+        rows.append(torch.full((width,), v, dtype=torch.float64))
+
+    def mixed(*placed):
+        b = torch.randn(width, generator=g, dtype=torch.float64)
+        for p, v in placed:
+            b[p] = v
+        rows.append(b)
+
+    for v in (nan, -nan, inf, -inf, 0.0, -0.0, fi.max, -fi.max, fi.tiny, -fi.tiny, sub, -sub, 672.0, 6.0):
+        full(v)
+    last = width - 1
+    for placed in (
+        [(0, nan)], [(last, nan)], [(width // 2, -nan)], [(1, nan), (2, inf)], [(3, inf)], [(last, -inf)],
+        [(0, inf), (last, -inf)], [(5, inf), (6, fi.max)], [(4, fi.max)], [(0, -fi.max), (1, fi.max)],
+        [(2, fi.max), (3, fi.tiny), (4, sub)], [(0, 672.0)], [(1, -672.0), (2, 336.0)],
+        [(0, nan), (1, -0.0), (2, fi.max)],
+    ):
+        mixed(*placed)
+    b = torch.zeros(width, dtype=torch.float64)
+    b[::2], b[1::2] = fi.max, -fi.max
+    rows.append(b)
+    rows.append(torch.where(torch.arange(width) % 3 == 0, -0.0, 0.0).double())
+    z = torch.zeros(width, dtype=torch.float64)
+    z[width // 3] = sub
+    rows.append(z)
+    rows.append(torch.arange(width, dtype=torch.float64) * sub)  # subnormals only
+    # E2M1 ties: with amax 6 * 2^j both rules give e = j, so these land exactly on 0.25, 0.75, ...
+    ties = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 0.0, 0.125],
+                        dtype=torch.float64)
+    ties = torch.cat([ties, -ties]).repeat(-(-width // 32))[:width]
+    for j in (-130, -127, -126, -100, -20, -3, 0, 5, 14, 100, 120, 126):
+        rows.append(ties * 2.0**j)
+    x = torch.stack(rows)
+    ordinary = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    # each special block between ordinary ones, and mirrored in another block of its row
+    return torch.cat([ordinary, x, ordinary * 2.0**-30, x.flip(-1), ordinary * 2.0**20], dim=-1).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_nan_inf_zero_and_max_blocks(dtype):
+    x = special_blocks(dtype, BLOCK, seed=3)
+    check(x)
+    check(x.reshape(2, -1, x.shape[-1]) if x.shape[0] % 2 == 0 else x[None])
+
+
+# --- CUDA graphs ---------------------------------------------------------------------------------
+
+def test_cuda_graph_capture_and_replay_on_new_data(spicy):
+    """The op allocates its outputs inside the capture (from the graph's pool); replays write the
+    quantization of whatever the static inputs hold, bit-exact to the reference."""
+    shape, shape_b = (127, 2048), (1, 5, 512)
+    static = spicy(shape, torch.bfloat16, seed=70, exponent_run=BLOCK).cuda()
+    static_b = spicy(shape_b, torch.float32, seed=71, exponent_run=BLOCK).cuda()
+
+    def run(rule):
+        # the expanded input cannot be flattened without a copy: the copy is captured too
+        return (lowbit.quantize_mxfp4(static, scale_rule=rule),
+                lowbit.quantize_mxfp4(static_b.expand(3, 5, 512), scale_rule=rule))
+
+    for rule in RULES:
+        side = torch.cuda.Stream()  # warm-up (compiles, fills the dispatch caches) off the capture stream
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            run(rule)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs = run(rule)
+        for seed in (72, 73, 74):
+            new = spicy(shape, torch.bfloat16, seed=seed, exponent_run=1 if seed == 73 else BLOCK)
+            new_b = spicy(shape_b, torch.float32, seed=seed + 10, exponent_run=BLOCK)
+            static.copy_(new)
+            static_b.copy_(new_b)
+            for q, s in outs:
+                q.view(torch.uint8).fill_(0xAB)
+                s.view(torch.uint8).fill_(0xCD)
+            graph.replay()
+            torch.cuda.synchronize()
+            assert_same_mx(outs[0], lowbit.quantize_mxfp4(new, scale_rule=rule, backend="cpu"), new)
+            expanded = new_b.expand(3, 5, 512)
+            assert_same_mx(outs[1], lowbit.quantize_mxfp4(expanded, scale_rule=rule, backend="cpu"), expanded)

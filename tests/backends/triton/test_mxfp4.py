@@ -1,0 +1,416 @@
+"""The portable Triton MXFP4 kernel (backends/triton/mxfp4.py), run by the Triton interpreter on CPU
+tensors, byte for byte against the CPU reference: every bfloat16 and float16 bit pattern in several
+positions of a block and under several block scales, random tensors over the whole exponent range,
+N-D and strided inputs, edge shapes, special blocks. The kernel's jit helpers are checked on their
+own against independent numpy formulations. Outputs are poisoned with 0xAA before every launch, so
+a byte the kernel fails to write shows up as a mismatch."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
+
+from lowbit.backends.cpu import mxfp4 as reference  # noqa: E402
+from lowbit.backends.triton import mxfp4 as kernels  # noqa: E402
+from lowbit.backends.triton.float_bits import pow2, to_f32  # noqa: E402
+from lowbit.backends.triton.launch import LaunchConfig  # noqa: E402
+from oracles import ALL16, bf16_from_bits  # noqa: E402
+
+from lowbit.mxfp4 import quantize_outputs  # noqa: E402
+
+pytestmark = [
+    pytest.mark.interpret,
+    # the interpreter computes with numpy, which warns on signalling NaNs and overflows: both meant
+    pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
+    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                       reason="needs TRITON_INTERPRET=1 (CI row triton-interpret): without the interpreter the "
+                              "Triton kernels need a GPU"),
+]
+
+RULES = ("rceil", "floor")
+POISON = 0xAA
+# Few, large programs: the interpreter's cost is per program, not per element.
+WIDE = LaunchConfig(block_m=1024, block_k=32, num_warps=4)
+TALL = LaunchConfig(block_m=64, block_k=512, num_warps=4)
+E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+NAN, INF = float("nan"), float("inf")
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+# --- running both sides ---------------------------------------------------------------------------
+
+def triton_bytes(x, rule, config):
+    q, s = quantize_outputs(x)
+    q.view(torch.uint8).fill_(POISON)
+    s.view(torch.uint8).fill_(POISON)
+    kernels.quantize(x, q, s, scale_rule=rule, config=config)
+    return q.view(torch.uint8), s.view(torch.uint8)
+
+
+def reference_bytes(x, rule):
+    q, s = quantize_outputs(x)
+    reference.quantize(x, q, s, scale_rule=rule)
+    return q.view(torch.uint8), s.view(torch.uint8)
+
+
+def assert_bytes_equal(got, want, what):
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)}, want {tuple(want.shape)}"
+    if not torch.equal(got, want):
+        bad = (got != want).nonzero()
+        first = [(tuple(i), hex(got[tuple(i)].item()), hex(want[tuple(i)].item())) for i in bad[:8].tolist()]
+        raise AssertionError(f"{what}: {len(bad)} of {got.numel()} bytes differ; first (index, triton, "
+                             f"reference): {first}")
+
+
+def assert_matches_reference(x, rule, config=None):
+    got_q, got_s = triton_bytes(x, rule, config)
+    want_q, want_s = reference_bytes(x, rule)
+    assert_bytes_equal(got_s, want_s, f"scales ({rule})")
+    assert_bytes_equal(got_q, want_q, f"q ({rule})")
+    return got_q, got_s
+
+
+# --- every 16-bit pattern -------------------------------------------------------------------------
+
+def arrangements(bits: np.ndarray, anchor_bits: list[int]) -> np.ndarray:
+    """All patterns in rows of 32, several times over: in order (a block holds 32 neighbouring
+    patterns), rotated by 1 and by 19 places (each pattern in other positions of its block),
+    permuted by an odd multiplier (neighbours from all over the range); then 31 patterns a row next
+    to one anchor pattern, which fixes the block scale, so every pattern's value is rounded at
+    several known scales (anchor 6.0: y = x for |x| <= 6, all the E2M1 thresholds hit)."""
+    n = len(bits)
+    rows = [bits, np.roll(bits, 1), np.roll(bits, 19), bits[(np.arange(n) * 40503) % n]]
+    padded = np.concatenate([bits, np.zeros(-n % 31, dtype=bits.dtype)]).reshape(-1, 31)
+    for anchor in anchor_bits:
+        rows.append(np.concatenate([padded, np.full((len(padded), 1), anchor, dtype=bits.dtype)], axis=1))
+    return np.concatenate([r.reshape(-1) for r in rows]).reshape(-1, 32)
+
+
+def f32_from_bits(bits) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(bits, dtype=np.uint32).view(np.float32).copy())
+
+
+def bf16_anchor(value: float) -> int:
+    return int(torch.tensor(value, dtype=torch.bfloat16).view(torch.int16).item()) & 0xFFFF
+
+
+def f16_anchor(value: float) -> int:
+    return int(torch.tensor(value, dtype=torch.float16).view(torch.int16).item()) & 0xFFFF
+
+
+BF16_ANCHORS = [bf16_anchor(6.0 * 2.0**k) for k in (-120, -60, -3, 0, 1, 60, 120)] + [bf16_anchor(7.0)]
+F16_ANCHORS = [f16_anchor(6.0 * 2.0**k) for k in (-14, -3, 0, 1, 10)] + [f16_anchor(7.0)]
+BF16_SUBNORMAL = ((ALL16 & 0x7F80) == 0) & ((ALL16 & 0x7F) != 0)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_every_bfloat16_value_in_several_block_positions_and_scales_matches_reference(rule):
+    # float32 input holding exactly the bfloat16 values (widening is exact): the float32 load path
+    bits = arrangements(ALL16, BF16_ANCHORS)
+    x = f32_from_bits(bits.astype(np.uint32) << 16)
+    assert_matches_reference(x, rule, WIDE)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_bfloat16_loads_of_every_pattern_in_several_block_positions_and_scales_match_reference(rule):
+    bits = arrangements(ALL16, BF16_ANCHORS)
+    x = bf16_from_bits(bits.reshape(-1)).reshape(bits.shape)
+    assert_matches_reference(x, rule, WIDE)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_bfloat16_subnormal_blocks_match_reference(rule):
+    # floor: a subnormal amax gives e = -127, and y = x * 2^127 < 2 spreads over codes 0..4
+    sub = ALL16[BF16_SUBNORMAL]
+    x = bf16_from_bits(np.concatenate([sub, np.roll(sub, 5), np.zeros(-2 * len(sub) % 32, dtype=sub.dtype)]))
+    assert_matches_reference(x.reshape(-1, 32), rule, WIDE)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_every_float16_pattern_in_several_block_positions_and_scales_matches_reference(rule):
+    bits = arrangements(ALL16, F16_ANCHORS)
+    x = torch.from_numpy(bits.astype(np.uint16).view(np.int16).copy()).view(torch.float16)
+    assert_matches_reference(x, rule, WIDE)
+
+
+# --- random tensors, shapes, strides --------------------------------------------------------------
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("exponent_run", [1, 32])
+def test_random_values_over_the_whole_exponent_range_match_reference(spicy, rule, dtype, exponent_run):
+    x = spicy((96, 1024), dtype, exponent_run=exponent_run, seed=exponent_run + dtype.itemsize + len(rule))
+    assert_matches_reference(x, rule, TALL)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_default_launch_table_matches_reference(spicy, rule):
+    x = spicy((37, 1536), torch.float32, exponent_run=32, seed=11)
+    assert_matches_reference(x, rule, config=None)
+
+
+@pytest.mark.parametrize("shape", [(1, 32), (1, 96), (13, 32), (13, 96), (3, 160), (2, 3, 5, 96), (7, 2, 64)])
+@pytest.mark.parametrize("config", [None, LaunchConfig(block_m=4, block_k=64, num_warps=4)],
+                         ids=["table", "m4k64"])
+def test_rows_and_k_not_multiples_of_the_tile_match_reference(spicy, shape, config):
+    # K = 96 with a 64-wide tile: the second program's block half-masked; 13 rows over tiles of 4
+    x = spicy(shape, torch.float32, exponent_run=32, seed=sum(shape))
+    for rule in RULES:
+        got_q, got_s = assert_matches_reference(x, rule, config)
+        assert got_q.shape == (*shape[:-1], shape[-1] // 2) and got_s.shape == (*shape[:-1], shape[-1] // 32)
+
+
+@pytest.mark.parametrize("shape", [(0, 64), (4, 0), (2, 0, 96), (0, 0)])
+def test_empty_inputs_give_empty_outputs(shape):
+    x = torch.empty(shape, dtype=torch.bfloat16)
+    got_q, got_s = triton_bytes(x, "rceil", None)
+    assert got_q.shape == (*shape[:-1], shape[-1] // 2) and got_s.shape == (*shape[:-1], shape[-1] // 32)
+
+
+def strided_inputs(spicy):
+    base = spicy((12, 5, 512), torch.float32, exponent_run=32, seed=21)
+    return {
+        "transposed": spicy((256, 48), torch.float32, exponent_run=1, seed=22).t(),  # last-dim stride 48
+        "last_dim_sliced": base.reshape(60, 512)[:, ::2],  # last-dim stride 2
+        "rows_sliced": base.reshape(60, 512)[::3, 128:],  # row stride 1536, offset
+        "nd_not_mergeable": base.transpose(0, 1)[:, ::2],  # (5, 6, 512): rows_view copies
+        "nd_mergeable": base[2:10],  # (8, 5, 512) with an offset: a view
+        "broadcast_rows": spicy((1, 256), torch.float16, exponent_run=32, seed=23).expand(9, 256),  # row stride 0
+    }
+
+
+@pytest.mark.parametrize("kind", ["transposed", "last_dim_sliced", "rows_sliced", "nd_not_mergeable", "nd_mergeable",
+                                  "broadcast_rows"])
+def test_non_contiguous_inputs_match_reference(spicy, kind):
+    x = strided_inputs(spicy)[kind]
+    for rule in RULES:
+        got_q, got_s = assert_matches_reference(x, rule, TALL)
+        want_q, want_s = reference_bytes(x.contiguous(), rule)
+        assert torch.equal(got_q, want_q) and torch.equal(got_s, want_s)
+
+
+# --- scale boundaries -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rule", RULES)
+def test_amax_next_to_every_scale_boundary_matches_reference(rule):
+    # rceil changes e where fl32(amax * fl32(1/6)) crosses a power of two, i.e. near 6 * 2^k, where
+    # one float32 ulp of amax decides (6 * 2^k -> d = 2^k, its successor -> d = 2^k + ulp); floor
+    # changes e at 2^k. Every k, 1..3 ulps either side, as the max of a block of smaller values.
+    g = np.random.default_rng(7)
+    edges = np.concatenate([6.0 * np.exp2(np.arange(-150.0, 126.0)), np.exp2(np.arange(-149.0, 128.0))])
+    edges = edges[edges <= F32_MAX].astype(np.float32)
+    amax = [edges]
+    down = up = edges
+    for _ in range(3):
+        with np.errstate(over="ignore"):  # float32 max's successors are Inf
+            down, up = np.nextafter(down, np.float32(0)), np.nextafter(up, np.float32(np.inf))
+        amax += [down, up]
+    amax = np.concatenate(amax)
+    rest = amax[:, None] * g.uniform(-1, 1, (len(amax), 31)).astype(np.float32)
+    blocks = np.concatenate([amax[:, None], rest], axis=1)
+    blocks = np.take_along_axis(blocks, g.permuted(np.tile(np.arange(32), (len(amax), 1)), axis=1), axis=1)
+    blocks[::2] *= -1  # the amax element negative in every other block
+    assert_matches_reference(torch.from_numpy(blocks.astype(np.float32)), rule, WIDE)
+
+
+# --- special blocks -------------------------------------------------------------------------------
+
+
+def special_blocks():
+    """(name, 32 values, {rule: (scale byte, 32 nibbles)}) worked out by hand from the spec; None
+    where only the reference comparison checks the block."""
+    ramp = [0.5 * i for i in range(32)]
+    both = lambda byte, nibbles: {"rceil": (byte, nibbles), "floor": (byte, nibbles)}
+    return [
+        ("all_nan", [NAN] * 32, both(0xFF, [0x7] * 32)),  # [MX-NAN]
+        ("all_neg_nan", [-NAN] * 32, both(0xFF, [0x7] * 32)),
+        ("nan_among_values", [-1.0] * 31 + [NAN], both(0xFF, [0x7] * 32)),
+        ("nan_and_inf", [INF, NAN] + [2.0] * 30, both(0xFF, [0x7] * 32)),
+        ("all_pos_inf", [INF] * 32, both(254, [0x7] * 32)),  # [MX-INF]
+        ("all_neg_inf", [-INF] * 32, both(254, [0xF] * 32)),
+        # e = 127: 1.0 * 2^-127 -> 0; -F32_MAX * 2^-127 = -(2 - 2^-23) -> -2 (code 4); 2^127 -> 1 (code 2)
+        ("inf_with_finite", [-INF, INF, 1.0, -F32_MAX] + [2.0**127] * 28, both(254, [0xF, 0x7, 0x0, 0xC] + [0x2] * 28)),
+        ("all_pos_zero", [0.0] * 32, {"rceil": (0x01, [0x0] * 32), "floor": (0x00, [0x0] * 32)}),  # [MX-GOLDEN]
+        ("all_neg_zero", [-0.0] * 32, {"rceil": (0x01, [0x8] * 32), "floor": (0x00, [0x8] * 32)}),  # [MX-SIGN]
+        # rceil: F32_MAX * fl32(1/6) ~ 1.33 * 2^125 -> e = 126, y = 4 - 2^-22 -> code 6;
+        # floor: e = 127 - 2 = 125, y = 8 - 2^-21 -> saturates to code 7
+        ("f32_max", [F32_MAX, -F32_MAX] * 16, {"rceil": (253, [0x6, 0xE] * 16), "floor": (252, [0x7, 0xF] * 16)}),
+        # rceil: d = fl32(6 * 2^-126 * fl32(1/6)) = 2^-126 -> byte 1; floor: e = -129 -> clamped to -127
+        ("min_subnormal", [2.0**-149, -(2.0**-149)] * 16, {"rceil": (0x01, [0x0, 0x8] * 16),
+                                                            "floor": (0x00, [0x0, 0x8] * 16)}),
+        ("ramp", ramp, None),
+        ("neg_ramp", [-v for v in ramp], None),
+    ]
+
+
+NOT_IN_16_BITS = ("inf_with_finite", "f32_max", "min_subnormal")  # values that overflow or vanish in 16 bits
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_nan_inf_and_zero_blocks_match_reference_and_the_spec_bytes(dtype):
+    blocks = special_blocks()
+    x = torch.tensor([values for _, values, _ in blocks], dtype=torch.float64).to(dtype).reshape(1, -1)
+    x = torch.cat([x, x.roll(32, dims=1)])  # each block in two positions of a row
+    for rule in RULES:
+        got_q, got_s = assert_matches_reference(x, rule, TALL)
+        for i, (name, _, expected) in enumerate(blocks):
+            if expected is None or (dtype != torch.float32 and name in NOT_IN_16_BITS):
+                continue
+            byte, nibbles = expected[rule]
+            assert got_s[0, i].item() == byte, (name, rule)
+            want = torch.tensor(nibbles[0::2], dtype=torch.uint8) | (torch.tensor(nibbles[1::2], dtype=torch.uint8) << 4)
+            assert torch.equal(got_q[0, 16 * i:16 * (i + 1)], want), (name, rule)
+
+
+NAN_BITS = [0x7F800001, 0xFF800001, 0x7FC00000, 0xFFC00000, 0x7FBFFFFF, 0x7FFFFFFF, 0xFFFFFFFF]  # signalling, quiet
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_every_kind_of_float32_nan_marks_its_block(rule):
+    # one NaN (smallest and largest payloads, either sign, signalling or quiet) in a block of Infs,
+    # float32 max, zeros or small values, at each position
+    fill = [0x7F800000, 0xFF800000, 0x7F7FFFFF, 0x00000000, 0x3F800000, 0x00000001]
+    blocks = []
+    for nan in NAN_BITS:
+        for other in fill:
+            for position in (0, 13, 31):
+                block = [other] * 32
+                block[position] = nan
+                blocks.append(block)
+    x = f32_from_bits(np.array(blocks, dtype=np.uint32))
+    got_q, got_s = assert_matches_reference(x, rule, TALL)
+    assert (got_s == 0xFF).all() and (got_q == 0x77).all()
+
+
+# --- the jit helpers on their own -----------------------------------------------------------------
+
+@triton.jit
+def _encode_probe(y_ptr, half_ptr, nan_ptr, out_ptr, blocks, BLOCK_M: tl.constexpr):
+    """ENCODE over `blocks` blocks of 32 values, one block per row: bytes (blocks, 16)."""
+    row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ok = row < blocks
+    y = tl.load(y_ptr + row[:, None] * 32 + tl.arange(0, 32)[None, :], mask=ok[:, None], other=0.0)
+    half = tl.load(half_ptr + row, mask=ok, other=0) != 0
+    nan = tl.load(nan_ptr + row, mask=ok, other=0) != 0
+    packed = kernels.encode_portable(tl.reshape(y, (BLOCK_M, 1, 32)), half[:, None], nan[:, None])
+    tl.store(out_ptr + row[:, None] * 16 + tl.arange(0, 16)[None, :], packed.to(tl.uint8), mask=ok[:, None])
+
+
+@triton.jit
+def _rceil_probe(d_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < n
+    tl.store(out_ptr + i, kernels.rceil_exponent_portable(tl.load(d_ptr + i, mask=ok, other=1.0)), mask=ok)
+
+
+@triton.jit
+def _pow2_probe(n_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < n
+    tl.store(out_ptr + i, pow2(tl.load(n_ptr + i, mask=ok, other=0)), mask=ok)
+
+
+@triton.jit
+def _to_f32_probe(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < n
+    tl.store(out_ptr + i, to_f32(tl.load(x_ptr + i, mask=ok, other=0.0)), mask=ok)
+
+
+PROBE_BLOCK = 1 << 16
+
+
+def probe(kernel, inputs, out_dtype):
+    n = inputs[0].numel()
+    out = torch.full((n,), -7, dtype=out_dtype)
+    kernel[(triton.cdiv(n, PROBE_BLOCK),)](*inputs, out, n, BLOCK=PROBE_BLOCK)
+    return out
+
+
+def nearest_even_e2m1_code(a: np.ndarray) -> np.ndarray:
+    """Index of the E2M1 magnitude nearest to a >= 0 in float64 (ties to the even index), 7 past 6."""
+    hi = np.clip(np.searchsorted(E2M1, a), 1, 7)
+    lo = hi - 1
+    d_lo, d_hi = a - E2M1[lo], E2M1[hi] - a
+    code = np.where(d_lo < d_hi, lo, np.where(d_hi < d_lo, hi, np.where(lo % 2 == 0, lo, hi)))
+    return np.where(a >= 6.0, 7, code)
+
+
+def expected_bytes(v: np.ndarray) -> np.ndarray:
+    """[MX-ROUND, MX-SATURATE, MX-SIGN, MX-PACK] bytes of the values v (rows of 32), exactly."""
+    code = nearest_even_e2m1_code(np.abs(v.astype(np.float64)))
+    nibble = np.where(np.signbit(v), code | 8, code).astype(np.uint8)
+    return nibble[:, 0::2] | (nibble[:, 1::2] << 4)
+
+
+def encode_probe_values() -> np.ndarray:
+    """Every float32 in [0, 12] whose bits are a multiple of 251, the E2M1 values and midpoints and
+    their doubles (the halved blocks' grid) with their float32 neighbours, large values, Inf,
+    float32 max, subnormals and the smallest normals; each with both signs; rows of 32."""
+    mids = (E2M1[1:] + E2M1[:-1]) / 2
+    points = np.concatenate([E2M1, mids, 2 * E2M1, 2 * mids, [6.5, 7.0, 12.5, 1e30, F32_MAX, np.inf],
+                             [2.0**-149, 2.0**-127, 2.0**-126, 2.0**-125, 3 * 2.0**-126]]).astype(np.float32)
+    with np.errstate(over="ignore"):  # float32 max's successor is Inf
+        near = [points, np.nextafter(points, np.float32(0)), np.nextafter(points, np.float32(np.inf))]
+    grid = np.arange(0, 0x41400001, 251, dtype=np.uint32).view(np.float32)
+    y = np.concatenate([grid, *near]).astype(np.float32)
+    y = np.concatenate([y, -y])
+    return np.concatenate([y, np.zeros(-len(y) % 32, dtype=np.float32)]).reshape(-1, 32)
+
+
+def run_encode_probe(y: np.ndarray, half: bool, nan: bool) -> np.ndarray:
+    blocks = len(y)
+    out = torch.full((blocks, 16), POISON, dtype=torch.uint8)
+    flags = [torch.full((blocks,), int(flag), dtype=torch.int32) for flag in (half, nan)]
+    _encode_probe[(triton.cdiv(blocks, 1024),)](torch.from_numpy(y), *flags, out, blocks, BLOCK_M=1024)
+    return out.numpy()
+
+
+def test_encode_portable_rounds_like_an_independent_nearest_even():
+    y = encode_probe_values()
+    np.testing.assert_array_equal(run_encode_probe(y, half=False, nan=False), expected_bytes(y))
+
+
+def test_encode_portable_halved_blocks_round_the_halved_values():
+    # the kernel passes Inf blocks (e = 127) scaled by 2^-126 with `half` set: the value is y / 2
+    y = encode_probe_values()
+    np.testing.assert_array_equal(run_encode_probe(y, half=True, nan=False), expected_bytes(y / np.float32(2)))
+
+
+def test_encode_portable_nan_blocks_are_all_0x7():
+    y = encode_probe_values()[:64]
+    y[1, 3] = np.nan
+    for half in (False, True):
+        assert (run_encode_probe(y, half=half, nan=True) == 0x77).all()
+
+
+def test_rceil_exponent_portable_is_the_ceiling_of_log2():
+    g = np.random.default_rng(1)
+    powers = (np.arange(1, 255, dtype=np.uint32) << 23)
+    bits = np.concatenate([g.integers(0x00800000, 0x7F800000, 200_000, dtype=np.uint32), powers, powers + 1,
+                           powers[1:] - 1, [0x7F7FFFFF]]).astype(np.uint32)
+    d = bits.view(np.float32)
+    got = probe(_rceil_probe, [torch.from_numpy(d.copy())], torch.int32).numpy()
+    m, p = np.frexp(d.astype(np.float64))  # d = m * 2^p, m in [0.5, 1)
+    np.testing.assert_array_equal(got, np.where(m == 0.5, p - 1, p))
+
+
+def test_pow2_is_exact_for_every_exponent_the_kernels_use():
+    n = np.arange(-126, 128, dtype=np.int32)
+    got = probe(_pow2_probe, [torch.from_numpy(n)], torch.float32).numpy()
+    np.testing.assert_array_equal(got, np.exp2(n.astype(np.float64)).astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_to_f32_widens_every_16_bit_pattern_exactly(dtype):
+    # against torch's CPU widening, bit for bit; NaN payloads may differ (a signalling NaN may come
+    # out quiet) and the kernels treat every NaN alike, so NaN only needs to stay NaN
+    x = torch.from_numpy(ALL16.astype(np.uint16).view(np.int16).copy()).view(dtype)
+    got, want = probe(_to_f32_probe, [x], torch.float32), x.float()
+    nan = want.isnan()
+    assert torch.equal(got.isnan(), nan)
+    assert torch.equal(got[~nan].view(torch.int32), want[~nan].view(torch.int32))
