@@ -36,8 +36,3 @@ def on_device(t: torch.Tensor):
         return contextlib.nullcontext()
     return module.device(t.device)
 
-
-def rows_view(x: torch.Tensor) -> torch.Tensor:
-    """x as (rows, K): a view when the leading dims' strides allow it, otherwise one copy (as
-    torch.reshape does). The kernels take any strides of the two remaining dims."""
-    return x.reshape(-1, x.shape[-1])

@@ -22,7 +22,7 @@ import triton.language as tl
 from lowbit import spec
 
 from .float_bits import ceil_exponent_field, exponent_field, pow2, to_f32
-from .launch import LaunchConfig, on_device, pick, rows_view
+from .launch import LaunchConfig, on_device, pick
 
 BLOCK = tl.constexpr(spec.MX_BLOCK)  # elements per scale
 ONE_SIXTH_BITS = tl.constexpr(0x3E2AAAAB)  # fl32(1/6), as [MX-RCEIL] multiplies by it
@@ -115,7 +115,7 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_ru
     """Write MXFP4 of `x` (..., K) into contiguous `q` (..., K/2) and `scales` (..., K/32)."""
     if x.numel() == 0:
         return
-    x2 = rows_view(x)
+    x2 = x.reshape(-1, x.shape[-1])  # a view when the leading dims' strides allow it, else one copy
     rows, k = x2.shape
     config = config or pick(LAUNCH_TABLE, rows, k)
     block_k = min(config.block_k, triton.next_power_of_2(k))
