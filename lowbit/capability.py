@@ -74,6 +74,9 @@ class Call:
     group_size: int | None = None  # FP8 group size
     scale_rule: str | None = None  # MXFP4 scale rule
     out_given: bool = False  # the caller passed out= buffers
+    kv_dtype: torch.dtype | None = None  # attention: the KV cache dtype
+    heads: tuple[int, int] | None = None  # attention: (query heads, KV heads)
+    page_size: int | None = None  # attention: tokens per KV cache block
 
     def describe(self) -> str:
         parts = [f"{_dtype_name(self.dtype)} input", f"ndim {self.ndim}", f"last dim {self.k}"]
@@ -81,6 +84,12 @@ class Call:
             parts.append(f"group_size {self.group_size}")
         if self.scale_rule is not None:
             parts.append(f"scale_rule {self.scale_rule!r}")
+        if self.kv_dtype is not None:
+            parts.append(f"{_dtype_name(self.kv_dtype)} KV cache")
+        if self.heads is not None:
+            parts.append(f"{self.heads[0]} query / {self.heads[1]} KV heads")
+        if self.page_size is not None:
+            parts.append(f"page size {self.page_size}")
         if self.out_dtype is not None:
             parts.append(f"output {_dtype_name(self.out_dtype)}")
         if self.out_given:
@@ -114,7 +123,7 @@ class Capability:
     devices: tuple[str, ...]  # device types the backend is built for
     dtypes: tuple[torch.dtype, ...]  # accepted dtypes of the primary input
     fidelity: str  # "bit-exact to SPEC", or the named deviation
-    graph_safe: bool  # no host sync, and no allocation when out= is given: CUDA-graph capturable
+    graph_safe: bool  # no host sync: CUDA-graph capturable (with out=, quantize ops allocate nothing)
     compile_safe: bool  # torch.compile(fullgraph=True) traces it through its fake
     any_device: bool = False  # pure PyTorch: takes any device's tensors when forced, or as last fallback
     archs: Mapping[str, ArchRange | frozenset] = field(default_factory=dict)  # absent device: any arch
@@ -125,6 +134,10 @@ class Capability:
     scale_rules: tuple[str, ...] | None = None
     out_dtypes: tuple[torch.dtype, ...] | None = None
     last_dim_contiguous: bool = False  # True: needs stride 1 along the last dim
+    kv_dtypes: Mapping[torch.dtype, tuple[torch.dtype, ...]] | None = None  # attention: per input dtype,
+    # the KV cache dtypes it pairs with
+    head_sizes: tuple[int, int] | None = None  # attention: (min, max) head size, the last dim
+    page_size_multiple: int | None = None  # attention: the KV cache page size must be a multiple of it
     out_buffers: bool = True  # takes preallocated out= buffers
     variant: str = ""  # one of several kernels a backend has for the op, tried in its order ("ptx")
     notes: str = ""
@@ -192,6 +205,20 @@ class Capability:
                  f"output dtype {_dtype_name(call.out_dtype)} is not one of "
                  f"{_names(map(_dtype_name, self.out_dtypes))}",
                  f"pass dtype=torch.{_dtype_name(self.out_dtypes[0])}")
+        if call.kv_dtype is not None and self.kv_dtypes is not None and call.dtype in self.kv_dtypes:
+            pairs = self.kv_dtypes[call.dtype]
+            need(call.kv_dtype in pairs,
+                 f"a {_dtype_name(call.dtype)} query takes a KV cache of {_names(map(_dtype_name, pairs))}, "
+                 f"not {_dtype_name(call.kv_dtype)}",
+                 f"store the KV cache as {_dtype_name(pairs[0])}")
+        if self.head_sizes is not None:
+            low, high = self.head_sizes
+            need(low <= call.k <= high, f"head size {call.k} is outside {low}..{high}",
+                 f"pad the heads to a size in {low}..{high}, or use backend='cpu'")
+        if call.page_size is not None and self.page_size_multiple is not None:
+            need(call.page_size % self.page_size_multiple == 0,
+                 f"page size {call.page_size} is not a multiple of {self.page_size_multiple}",
+                 f"allocate the KV cache in pages of a multiple of {self.page_size_multiple} tokens")
         if self.last_dim_contiguous:
             need(call.last_dim_contiguous, "needs stride 1 along the last dim",
                  "pass x.contiguous()")
@@ -209,10 +236,18 @@ class Capability:
             sizes.append("group: " + ANY_GROUP_SIZE)
         elif self.group_sizes is not None:
             sizes.append("group " + "/".join(map(str, self.group_sizes)))
+        if self.head_sizes is not None:
+            sizes.append("head {}..{}".format(*self.head_sizes))
+        if self.page_size_multiple is not None:
+            sizes.append(f"page size x{self.page_size_multiple}")
+        dtypes = "/".join(_dtype_name(d) for d in self.dtypes)
+        if self.kv_dtypes is not None:
+            dtypes += " (KV cache: " + "; ".join(
+                f"{_dtype_name(q)} with {'/'.join(map(_dtype_name, kv))}" for q, kv in self.kv_dtypes.items()) + ")"
         return {
             "devices": _names(self.devices) + (" (+any, pure torch)" if self.any_device else ""),
             "arch": archs,
-            "dtypes": "/".join(_dtype_name(d) for d in self.dtypes),
+            "dtypes": dtypes,
             "ndim": f"{self.min_ndim}+" if self.max_ndim is None else f"{self.min_ndim}..{self.max_ndim}",
             "sizes": ", ".join(sizes) or "-",
             "rules": "/".join(self.scale_rules) if self.scale_rules else "-",
