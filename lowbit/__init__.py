@@ -1,8 +1,10 @@
-"""lowbit: low-bit quantization kernels with the same bits on every GPU vendor, behind one import.
+"""lowbit: low-bit quantization and attention kernels with the same bits on every GPU vendor, behind one import.
 
     import lowbit
     q, scales = lowbit.quantize_mxfp4(x)                      # MXFP4, blocks of 32, E8M0 scales
     q8, packed = lowbit.quantize_fp8_group_packed(x)          # E4M3 + DeepGEMM-packed UE8M0 scales
+    out = lowbit.unified_attention(q, k_cache, v_cache, cu_seqlens_q=cu, seqused_k=used,
+                                   block_table=table, max_seqlen_q=mq, max_seqlen_k=mk)
     lowbit.supports("quantize_mxfp4", x, device="cuda", arch="sm_90").ok
     print(lowbit.explain("quantize_fp8_group_packed", x, group_size=64))
 
@@ -16,6 +18,7 @@ from .fp8_group_packed import dequantize_fp8_group_packed, quantize_fp8_group_pa
 from .mxfp4 import dequantize_mxfp4, quantize_mxfp4
 from .ops import OPS
 from .query import capabilities, explain, supports
+from .unified_attention import unified_attention
 
 __version__ = "0.1.0"
 
@@ -33,4 +36,5 @@ __all__ = [
     "quantize_fp8_group_packed",
     "quantize_mxfp4",
     "supports",
+    "unified_attention",
 ]

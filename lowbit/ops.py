@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import fp8_group_packed, mxfp4
+from . import fp8_group_packed, mxfp4, unified_attention
 from .capability import Call
 
 
@@ -32,7 +32,7 @@ OPS = {
               fp8_group_packed.describe_public_call),
         OpDef("dequantize_fp8_group_packed", "FP8", "FP8 group-packed back to bfloat16/float16/float32",
               fp8_group_packed.describe_dequantize),
-        OpDef("unified_attention", "unified_attention (its own issue)",
-              "paged variable-length attention with FP8 descales", None),
+        OpDef("unified_attention", "Attention", "paged variable-length attention with FP8 descales",
+              unified_attention.describe_public_call),
     )
 }

@@ -1,5 +1,7 @@
 """Asking before dispatch: capabilities, supports and explain on meta and fake tensors."""
 
+import importlib.util
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -17,7 +19,8 @@ def test_capabilities_lists_every_op_of_every_backend():
         ("cpu", "quantize_mxfp4"), ("cpu", "dequantize_mxfp4"),
         ("cpu", "quantize_fp8_group_packed"), ("cpu", "dequantize_fp8_group_packed"),
         ("cuda", "quantize_mxfp4"), ("cuda", "quantize_fp8_group_packed"),
-    }
+        ("cpu", "unified_attention"),
+    } | ({("cuda", "unified_attention")} if _cuda_attention_written() else set())
     assert [c.label for c in records if c.op == "quantize_mxfp4"] == ["cuda/ptx", "cuda/triton", "cpu"]
     assert all(c.fidelity and c.dtypes for c in records)
 
@@ -81,10 +84,18 @@ def test_explain_names_the_fidelity_of_the_choice():
     assert "Alternative" not in text  # nothing to suggest when the first choice runs
 
 
-def test_declared_but_unimplemented_op():
+def _cuda_attention_written() -> bool:
+    """The CUDA unified_attention record is being written alongside; count it once it exists."""
+    return importlib.util.find_spec("lowbit.backends.cuda.unified_attention") is not None
+
+
+def test_unified_attention_is_implemented():
     assert "unified_attention" in lowbit.OPS
-    with pytest.raises(lowbit.UnsupportedError, match="no backend implements it yet"):
-        lowbit.supports("unified_attention")
+    q, cache = meta(3, 4, 64), meta(2, 16, 2, 64)
+    index = dict(cu_seqlens_q=meta(2, dtype=torch.int32), seqused_k=meta(1, dtype=torch.int32),
+                 block_table=meta(1, 2, dtype=torch.int32), max_seqlen_q=3, max_seqlen_k=20)
+    verdict = lowbit.supports("unified_attention", q, cache, cache, device="cpu", **index)
+    assert verdict.ok and verdict.backend == "cpu"
 
 
 def test_unknown_op():
