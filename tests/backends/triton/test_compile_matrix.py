@@ -6,17 +6,20 @@ launch on contiguous, 16-byte-aligned tensors specialises them: the last-dim str
 1 and pointers, K and row strides carry tt.divisibility=16, so the loads can vectorize."""
 
 import os
+import re
 
 import pytest
+import torch
 
 triton = pytest.importorskip("triton")
 
 from lowbit.backends.cuda import BACKEND as CUDA_BACKEND  # noqa: E402
 from lowbit.backends.cuda import mxfp4 as cuda_mxfp4  # noqa: E402
 from lowbit.backends.cuda import ptx  # noqa: E402
-from lowbit.backends.triton import fp8_group_packed, mxfp4  # noqa: E402
+from lowbit.backends.triton import fp8_group_packed, mxfp4, unified_attention  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
+from triton.compiler.errors import CompilationError  # noqa: E402
 
 pytestmark = [
     pytest.mark.aot,
@@ -214,3 +217,192 @@ def test_fp8_cuda_record_claims_only_archs_with_the_hardware_e4m3_cast():
     (kernel,) = CUDA_BACKEND.kernels_for("quantize_fp8_group_packed")
     archs = kernel.capability.archs["cuda"]
     assert 89 in archs and 90 in archs and 100 in archs and 120 in archs and 80 not in archs
+
+
+# --- unified attention ------------------------------------------------------------------------------
+# The kernel as attend() launches it on a GPU (DOT_F32 off, so tl.dot takes 16-bit operands), with the
+# tile configs plan() picks: a prefill launch (2-D, BLOCK_M 128) and a decode launch forced to 4 splits
+# (BLOCK_M 16, the partials merged by reduce_splits_kernel). With an FP8 cache the dots take float16:
+# E4M3 converts in hardware (sm_89+), and a bfloat16 query is scaled into float16 per row.
+
+ATTN_HEADS, ATTN_KV_HEADS, ATTN_PAGE = 32, 8, 16
+# (q, cache, out) pointer types
+ATTN_DTYPES = {"bf16": ("*bf16", "*bf16", "*bf16"), "fp8kv": ("*bf16", "*fp8e4nv", "*bf16"),
+               "fp8": ("*fp8e4nv", "*fp8e4nv", "*bf16"), "fp16-fp8kv": ("*fp16", "*fp8e4nv", "*fp16")}
+# (dtypes, head size, launch, options on): every dtype with both head sizes, both launches, and the
+# options (softcap, ALiBi, sinks, a left window) on and off
+ATTN_VARIANTS = [
+    ("bf16", 128, "prefill", False), ("bf16", 80, "decode", True),
+    ("fp8kv", 128, "decode", False), ("fp8kv", 80, "prefill", True),
+    ("fp8", 128, "prefill", True), ("fp8", 80, "decode", False),
+]
+ATTN_ARCHS = [*MATRIX_CUDA, "gfx942"]  # gfx950 below: the AMD compiles of FP8 take 15-35 s each
+# the dot of each dtype pairing: (the operand type in a CUDA mma, in an AMD v_mfma): an FP8 cache
+# converts to float16 (one cvt per pair of E4M3 values), a bfloat16 query scaled into float16's range
+DOT_TYPES = {"bf16": ("bf16", "bf16"), "fp8kv": ("f16", "f16"), "fp8": ("f16", "f16"), "fp16-fp8kv": ("f16", "f16")}
+E4M3_TO_F16_CVT = "cvt.rn.f16x2.e4m3x2"
+
+
+def attention_plan(launch, head_size):
+    """plan()'s choice for a prefill batch, or for a small decode batch with 4 splits forced."""
+    group = ATTN_HEADS // ATTN_KV_HEADS
+    if launch == "prefill":
+        return unified_attention.plan(num_tokens=4096, num_seqs=8, max_seqlen_q=512, max_seqlen_k=4096, group=group,
+                                      kv_heads=ATTN_KV_HEADS, head_size=head_size, sm_count=132)
+    return unified_attention.plan(num_tokens=4, num_seqs=4, max_seqlen_q=1, max_seqlen_k=4096, group=group,
+                                  kv_heads=ATTN_KV_HEADS, head_size=head_size, sm_count=132, splits=4)
+
+
+def compile_attention(arch, dtypes="bf16", head_size=128, launch="prefill", options_on=False):
+    """unified_attention_kernel as attend() launches it: absent optional tensors are cu_seqlens_q
+    (*i32) and so are the partials of a 2-D launch; descales one float32 per tensor."""
+    q_type, kv_type, out_type = ATTN_DTYPES[dtypes]
+    p = attention_plan(launch, head_size)
+    assert p.splits == (1 if launch == "prefill" else 4), p
+    fn = unified_attention.unified_attention_kernel
+    pointers = {"q_ptr": q_type, "k_ptr": kv_type, "v_ptr": kv_type, "out_ptr": out_type, "cu_seqlens_q": "*i32",
+                "seqused_k": "*i32", "block_table": "*i32",
+                "alibi_ptr": "*fp32" if options_on else "*i32", "sinks_ptr": "*fp32" if options_on else "*i32",
+                "q_descale": "*fp32" if q_type == "*fp8e4nv" else "*i32",
+                "k_descale": "*fp32" if kv_type == "*fp8e4nv" else "*i32",
+                "v_descale": "*fp32" if kv_type == "*fp8e4nv" else "*i32"}
+    for name in ("part_acc", "part_max", "part_sum"):
+        pointers[name] = "*fp32" if p.splits > 1 else "*i32"
+    scalars = {"softmax_scale": "fp32", "softcap": "fp32"}
+    constexprs = dict(NUM_HEADS=ATTN_HEADS, GROUP=ATTN_HEADS // ATTN_KV_HEADS, HEADS=p.heads,
+                      CHUNKS=-(-(ATTN_HEADS // ATTN_KV_HEADS) // p.heads), HEAD=head_size,
+                      HEAD_PAD=triton.next_power_of_2(head_size), PAGE=ATTN_PAGE, BLOCK_Q=p.block_q,
+                      BLOCK_M=p.config.block_m, BLOCK_N=p.config.block_n, SPLITS=p.splits, SOFTCAP=options_on,
+                      ALIBI=options_on, SINKS=options_on, HAS_LEFT=options_on, HAS_RIGHT=True,
+                      Q_DESCALE=q_type == "*fp8e4nv", K_DESCALE=kv_type == "*fp8e4nv",
+                      V_DESCALE=kv_type == "*fp8e4nv", FP8_KV=kv_type == "*fp8e4nv", DOT_F32=False)
+    signature = {}
+    for name in fn.arg_names:  # every other argument is an int: a length, a window bound or a stride
+        signature[name] = pointers.get(name) or scalars.get(name) or ("constexpr" if name in constexprs else "i32")
+    # tensors are 16-byte aligned, and every q/cache/out stride is a multiple of 16 elements (head 80 too)
+    divisible = [name for name in fn.arg_names if signature[name].startswith("*")
+                 or name.startswith(("stride_q_", "stride_k_", "stride_v_", "stride_o_"))]
+    return compile_kernel(fn, signature, constexprs, arch, divisible, num_warps=p.config.num_warps,
+                          num_stages=p.config.num_stages, enable_fp_fusion=True)
+
+
+def compile_reduce_splits(arch, head_size=128, sinks=False, v_descale=False, out_type="*bf16"):
+    fn = unified_attention.reduce_splits_kernel
+    signature = {"out_ptr": out_type, "part_acc": "*fp32", "part_max": "*fp32", "part_sum": "*fp32",
+                 "cu_seqlens_q": "*i32", "sinks_ptr": "*fp32" if sinks else "*i32",
+                 "v_descale": "*fp32" if v_descale else "*i32", "stride_o_token": "i32", "stride_o_head": "i32",
+                 "stride_vd_seq": "i32", "stride_vd_head": "i32", "NUM_HEADS": "constexpr", "GROUP": "constexpr",
+                 "HEAD": "constexpr", "HEAD_PAD": "constexpr", "SPLITS": "constexpr", "SINKS": "constexpr",
+                 "V_DESCALE": "constexpr"}
+    constexprs = dict(NUM_HEADS=ATTN_HEADS, GROUP=ATTN_HEADS // ATTN_KV_HEADS, HEAD=head_size,
+                      HEAD_PAD=triton.next_power_of_2(head_size), SPLITS=4, SINKS=sinks, V_DESCALE=v_descale)
+    return compile_kernel(fn, signature, constexprs, arch,
+                          divisible=("out_ptr", "part_acc", "part_max", "part_sum", "cu_seqlens_q", "stride_o_token",
+                                     "stride_o_head"), enable_fp_fusion=True)
+
+
+def dot_instructions(compiled, arch) -> list[str]:
+    """The tensor-core instructions of a compiled kernel (mma.sync, wgmma, tcgen05.mma; v_mfma)."""
+    if isinstance(arch, int):
+        return sorted(op for op in ptx_ops(compiled) if re.match(r"(wgmma\.mma_async|mma\.sync|tcgen05\.mma)\b", op))
+    return sorted(set(re.findall(r"\bv_mfma_\w+", compiled.asm["amdgcn"])))
+
+
+def assert_assembled(compiled, arch):
+    if isinstance(arch, int):
+        assert compiled.asm["cubin"], "ptxas produced no cubin"
+        assert f".target sm_{arch}" in compiled.asm["ptx"]
+    else:
+        assert compiled.asm["hsaco"], "no code object"
+        assert compiled.metadata.warp_size == 64
+
+
+def assert_tensor_core_dot(compiled, arch, dtypes):
+    """Both tl.dots run on the tensor cores with 16-bit operands (not float32, not FP8). tcgen05.mma
+    names its operand types in a runtime descriptor, so only its presence is checked."""
+    cuda_type, amd_type = DOT_TYPES[dtypes]
+    found = dot_instructions(compiled, arch)
+    assert found, f"no tensor-core instruction for {arch}"
+    if isinstance(arch, int):
+        typed = [op for op in found if not op.startswith("tcgen05")]
+        assert all(f".{cuda_type}.{cuda_type}" in op for op in typed), found
+    else:
+        assert all(op.endswith(f"_{amd_type}") for op in found), found
+
+
+@pytest.mark.parametrize("arch", ATTN_ARCHS, ids=ARCH_IDS)
+@pytest.mark.parametrize(("dtypes", "head_size", "launch", "options_on"), ATTN_VARIANTS,
+                         ids=[f"{d}-h{h}-{launch}{'-options' if on else ''}" for d, h, launch, on in ATTN_VARIANTS])
+def test_attention_kernel_compiles_to_a_tensor_core_dot(arch, dtypes, head_size, launch, options_on):
+    compiled = compile_attention(arch, dtypes, head_size, launch, options_on)
+    assert_assembled(compiled, arch)
+    assert_tensor_core_dot(compiled, arch, dtypes)
+    if isinstance(arch, int):
+        ptx_text = compiled.asm["ptx"]
+        if "fp8" in dtypes:  # E4M3 converts in hardware, pairs at a time
+            assert E4M3_TO_F16_CVT in ptx_text, sorted(op for op in ptx_ops(compiled) if op.startswith("cvt"))
+        else:
+            assert "e4m3" not in ptx_text
+
+
+@pytest.mark.parametrize("dtypes", ["bf16", "fp8"])
+def test_attention_compiles_for_gfx950(dtypes):
+    compiled = compile_attention("gfx950", dtypes, 80, "prefill", True)
+    assert_assembled(compiled, "gfx950")
+    assert_tensor_core_dot(compiled, "gfx950", dtypes)
+
+
+def test_attention_hopper_prefill_uses_wgmma_and_blackwell_tcgen05():
+    # the prefill tile (BLOCK_M 128) is large enough for the warpgroup / tensor-memory MMAs
+    assert any(op.startswith("wgmma.mma_async") for op in dot_instructions(compile_attention(90), 90))
+    assert any(op.startswith("tcgen05.mma") for op in dot_instructions(compile_attention(100), 100))
+
+
+@pytest.mark.parametrize("arch", [90, "gfx950"], ids=ARCH_IDS)
+def test_attention_float16_query_with_fp8_cache_compiles(arch):
+    compiled = compile_attention(arch, "fp16-fp8kv", 128, "decode", True)
+    assert_assembled(compiled, arch)
+    assert_tensor_core_dot(compiled, arch, "fp16-fp8kv")
+
+
+@pytest.mark.parametrize("arch", [*MATRIX_CUDA, *MATRIX_HIP], ids=ARCH_IDS)
+@pytest.mark.parametrize(("head_size", "sinks", "v_descale"), [(128, False, False), (80, True, True)])
+def test_attention_reduce_splits_kernel_compiles(arch, head_size, sinks, v_descale):
+    assert_assembled(compile_reduce_splits(arch, head_size, sinks, v_descale), arch)
+
+
+def attention_records():
+    return [kernel.capability for kernel in CUDA_BACKEND.kernels_for("unified_attention")]
+
+
+def claims_fp8(record, arch) -> bool:
+    """The record accepts a float8_e4m3fn query or cache on sm_`arch`."""
+    e4m3 = torch.float8_e4m3fn
+    return arch in record.archs["cuda"] and (e4m3 in record.dtypes
+                                             or any(e4m3 in kv for kv in (record.kv_dtypes or {}).values()))
+
+
+def test_attention_compiles_for_the_oldest_arch_a_cuda_record_claims():
+    oldest = min(arch for arch in CUDA if any(arch in record.archs["cuda"] for record in attention_records()))
+    compiled = compile_attention(oldest, "bf16", 128, "prefill")
+    assert_assembled(compiled, oldest)
+    assert_tensor_core_dot(compiled, oldest, "bf16")
+
+
+def test_attention_fp8_compiles_on_the_oldest_arch_a_cuda_record_claims_it_for():
+    oldest = min(arch for arch in CUDA if any(claims_fp8(record, arch) for record in attention_records()))
+    for dtypes in ("fp8kv", "fp8"):
+        compiled = compile_attention(oldest, dtypes, 128, "decode")
+        assert_assembled(compiled, oldest)
+        assert_tensor_core_dot(compiled, oldest, dtypes)
+        assert E4M3_TO_F16_CVT in compiled.asm["ptx"]
+
+
+def test_attention_fp8_fails_to_compile_before_sm89_and_no_cuda_record_claims_it_there(capfd):
+    # Triton has no float8_e4m3fn (fp8e4nv) type before sm_89
+    with pytest.raises(CompilationError, match="fp8e4nv not supported"):
+        compile_attention(80, "fp8kv", 128, "decode")
+    capfd.readouterr()  # Triton prints the kernel source on a compilation error: drop it
+    for record in attention_records():
+        assert not any(claims_fp8(record, arch) for arch in CUDA if arch < 89), record
+    assert any(claims_fp8(record, 89) for record in attention_records())

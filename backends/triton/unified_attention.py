@@ -1,0 +1,429 @@
+"""unified_attention (docs/SPEC.md "Attention") as one portable Triton kernel, its split-KV
+reduction, and the launcher that picks between them without reading a device value.
+
+Each program owns a tile of BLOCK_M rows: BLOCK_Q query tokens of one sequence times HEADS query
+heads that share one KV head (GQA packing: the K/V tile it loads serves every head of the group).
+It streams that sequence's keys and values through the block table in tiles of BLOCK_N, with an
+online softmax in base 2. Key tiles fall into three runs: those that some row cannot fully see
+(left of the window), those every row sees whole (no mask, no bounds: the fast loop), and those
+past the diagonal or the sequence's end; only the outer runs compute a mask.
+
+Two launches share the kernel:
+- 2-D (query blocks x KV heads): each program sweeps all its keys and writes normalised rows.
+- split-KV (query blocks x KV heads x splits), for decode batches with too few (sequence, KV head)
+  pairs to fill the GPU: each program sweeps one slice of the keys and writes float32 partials
+  (running max, sum, unnormalised output); `reduce_splits_kernel` merges them, adds the sink and
+  the value descale.
+The grid comes from host ints only (num_tokens, num_seqs, max_seqlen_q, max_seqlen_k): a program
+finds its sequence by binary search over cu_seqlens_q, so nothing waits for the device and the
+launch can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .float_bits import exponent_field, pow2, to_f32
+from .launch import on_device
+
+LOG2E = tl.constexpr(1.4426950408889634)
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def find_sequence(cu_seqlens_q, num_seqs, block_id, BLOCK_Q: tl.constexpr):
+    """The sequence whose query blocks hold `block_id`: sequence s owns blocks from
+    cu_seqlens_q[s] // BLOCK_Q + s on (an upper bound on the blocks before it, so no two overlap)."""
+    lo = 0
+    hi = num_seqs
+    while lo < hi:  # the first s whose first block lies past block_id, minus one
+        mid = (lo + hi) // 2
+        first = tl.load(cu_seqlens_q + mid) // BLOCK_Q + mid
+        if first <= block_id:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@triton.jit
+def tanh(x):
+    """tanh from one exp2 and a fast division: no vendor math library, so every target computes it
+    (an IEEE division here made ptxas 12.9 crash on some kernels)."""
+    t = tl.exp2(tl.abs(x) * -2.0 * LOG2E)
+    y = tl.fdiv(1.0 - t, 1.0 + t)
+    return tl.where(x < 0, -y, y)
+
+
+@triton.jit
+def to_float16(q):
+    """(q16, scale) with q = q16 * scale per row, exactly down to 2^-38 of the row's largest
+    magnitude: a bfloat16 row is scaled by a power of two that puts its largest magnitude in
+    [2^14, 2^15), inside float16's range with all of bfloat16's significand bits (rows below
+    2^-112 get the largest factor, 2^126). FP8 and float16 rows convert as they are."""
+    if q.dtype == tl.bfloat16:
+        x = to_f32(q)  # by bits: the interpreter's own widening gets bfloat16 subnormals wrong
+        e = exponent_field(tl.max(tl.abs(x), 1)) - 127
+        shift = tl.minimum(tl.maximum(e - 14, -126), 113)  # both 2^shift and 2^-shift stay normal
+        return (x * pow2(-shift)[:, None]).to(tl.float16), pow2(shift)
+    return q.to(tl.float16), tl.full([q.shape[0]], 1.0, tl.float32)
+
+
+@triton.jit
+def load_rows(ptrs, in_seq, d_ok, MASKED: tl.constexpr, HEAD_MASKED: tl.constexpr):
+    """A (keys x head) tile; masked only where a key may lie past kv_len or the head is padded."""
+    if MASKED and HEAD_MASKED:
+        return tl.load(ptrs, mask=in_seq[:, None] & d_ok[None, :], other=0.0)
+    elif MASKED:
+        return tl.load(ptrs, mask=in_seq[:, None], other=0.0)
+    elif HEAD_MASKED:
+        return tl.load(ptrs, mask=d_ok[None, :], other=0.0)
+    else:
+        return tl.load(ptrs)
+
+
+@triton.jit
+def sweep(acc, m_i, l_i, q, tile_lo, tile_hi, k_base, v_base, table_row,
+          stride_k_block, stride_k_slot, stride_v_block, stride_v_slot,
+          offs_d, d_ok, kv_len, pos, score_factor, cap_factor, cap_log2, alibi_log2, left, right,
+          PAGE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HEAD_MASKED: tl.constexpr,
+          SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """Key tiles tile_lo .. tile_hi - 1 into the running (acc, m_i, l_i), scores in base 2.
+    MASKED: some key of a tile may be invisible to some row (or lie past kv_len). The factors are
+    per row: they carry the query's power-of-two scaling (see to_float16)."""
+    compute = q.dtype
+    offs_n = tl.arange(0, BLOCK_N)
+    for tile in range(tile_lo, tile_hi):
+        j = tile * BLOCK_N + offs_n
+        if MASKED:
+            in_seq = j < kv_len
+            page = tl.load(table_row + j // PAGE, mask=in_seq, other=0).to(tl.int64)  # [ATTN-PAGES]
+        else:
+            in_seq = None
+            page = tl.load(table_row + j // PAGE).to(tl.int64)
+        slot = (j % PAGE).to(tl.int64)
+        k = load_rows(k_base + (page * stride_k_block + slot * stride_k_slot)[:, None] + offs_d[None, :],
+                      in_seq, d_ok, MASKED, HEAD_MASKED).to(compute)
+        s = tl.dot(q, tl.trans(k))
+        if not (MASKED or SOFTCAP or ALIBI):  # the bulk of the work: one FMA per score
+            # a positive factor ([ATTN-FP8]) commutes with the max: max(s * f) = max(s) * f
+            m_new = tl.maximum(m_i, tl.max(s, 1) * score_factor)
+            p = tl.exp2(s * score_factor[:, None] - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)
+        else:
+            m_new, p, alpha = masked_softmax_step(s, m_i, j, in_seq, pos, score_factor, cap_factor, cap_log2,
+                                                 alibi_log2, left, right, MASKED, SOFTCAP, ALIBI, HAS_LEFT,
+                                                 HAS_RIGHT)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = load_rows(v_base + (page * stride_v_block + slot * stride_v_slot)[:, None] + offs_d[None, :],
+                      in_seq, d_ok, MASKED, HEAD_MASKED).to(compute)
+        acc = acc * alpha[:, None] + tl.dot(p.to(compute), v)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def masked_softmax_step(s, m_i, j, in_seq, pos, score_factor, cap_factor, cap_log2, alibi_log2, left, right,
+                        MASKED: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, HAS_LEFT: tl.constexpr,
+                        HAS_RIGHT: tl.constexpr):
+    """(new running max, base-2 weights, rescale of the old ones) for one tile of raw scores `s`,
+    with softcap, ALiBi and the mask."""
+    if SOFTCAP:  # [ATTN-SOFTCAP]: cap_factor = c / softcap, cap_log2 = softcap * log2(e)
+        s = tanh(s * cap_factor[:, None]) * cap_log2
+    else:  # [ATTN-SCORE]: score_factor = c * log2(e)
+        s = s * score_factor[:, None]
+    if ALIBI:  # [ATTN-ALIBI]
+        s = s - alibi_log2[:, None] * tl.abs(pos[:, None] - j[None, :]).to(tl.float32)
+    if MASKED:  # [ATTN-MASK]
+        visible = in_seq[None, :]
+        if HAS_RIGHT:
+            visible = visible & (j[None, :] <= pos[:, None] + right)
+        if HAS_LEFT:
+            visible = visible & (j[None, :] >= pos[:, None] - left)
+        s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen nothing yet
+    return m_new, tl.exp2(s - m_safe[:, None]), tl.exp2(m_i - m_safe)
+
+
+@triton.jit
+def unified_attention_kernel(
+        q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q, seqused_k, block_table,
+        alibi_ptr, sinks_ptr, q_descale, k_descale, v_descale, part_acc, part_max, part_sum,
+        num_seqs, max_seqlen_k, softmax_scale, softcap, left, right, tiles_per_split,
+        stride_q_token, stride_q_head, stride_k_block, stride_k_slot, stride_k_head,
+        stride_v_block, stride_v_slot, stride_v_head, stride_o_token, stride_o_head, stride_table,
+        stride_qd_seq, stride_qd_head, stride_kd_seq, stride_kd_head, stride_vd_seq, stride_vd_head,
+        NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEADS: tl.constexpr, CHUNKS: tl.constexpr,
+        HEAD: tl.constexpr, HEAD_PAD: tl.constexpr, PAGE: tl.constexpr,
+        BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
+        SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, SINKS: tl.constexpr, HAS_LEFT: tl.constexpr,
+        HAS_RIGHT: tl.constexpr, Q_DESCALE: tl.constexpr, K_DESCALE: tl.constexpr, V_DESCALE: tl.constexpr,
+        FP8_KV: tl.constexpr, DOT_F32: tl.constexpr):
+    # the last query blocks of a causal sequence see the most keys: start them first
+    block_id = tl.num_programs(0) - 1 - tl.program_id(0)
+    kv_head = tl.program_id(1) // CHUNKS
+    chunk = tl.program_id(1) % CHUNKS
+    seq = find_sequence(cu_seqlens_q, num_seqs, block_id, BLOCK_Q)
+    q_start = tl.load(cu_seqlens_q + seq)
+    q_len = tl.load(cu_seqlens_q + seq + 1) - q_start
+    q_block = block_id - (q_start // BLOCK_Q + seq)
+    if q_block * BLOCK_Q >= q_len:
+        return
+    kv_len = tl.minimum(tl.load(seqused_k + seq), max_seqlen_k)  # never past the table's width
+
+    rows = tl.arange(0, BLOCK_M)
+    token = q_block * BLOCK_Q + rows // HEADS  # within the sequence
+    g = chunk * HEADS + rows % HEADS  # query head within the KV head's group
+    row_ok = (token < q_len) & (g < GROUP)
+    head = kv_head * GROUP + g
+    pos = token + kv_len - q_len  # [ATTN-POSITION]
+    offs_d = tl.arange(0, HEAD_PAD)
+    d_ok = offs_d < HEAD
+    q_rows = (q_start + token).to(tl.int64) * stride_q_token + head * stride_q_head
+    q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    # The dot operands' dtype (the sweep converts K, V and P to q's): the query's own, or float16
+    # with an FP8 cache (E4M3 -> float16 is one instruction per pair; -> bfloat16 takes several)
+    if DOT_F32:  # the interpreter: its tl.dot mistakes bfloat16 operands for integers
+        q, q_scale = q.to(tl.float32), 1.0
+    elif FP8_KV:
+        q, q_scale = to_float16(q)
+    else:
+        q, q_scale = q.to(out_ptr.dtype.element_ty), 1.0
+
+    c = softmax_scale  # [ATTN-SCORE, ATTN-FP8]: the query and key descales fold into the factor
+    if Q_DESCALE:
+        c = c * tl.load(q_descale + seq * stride_qd_seq + kv_head * stride_qd_head)
+    if K_DESCALE:
+        c = c * tl.load(k_descale + seq * stride_kd_seq + kv_head * stride_kd_head)
+    alibi_log2 = tl.zeros([BLOCK_M], tl.float32)
+    if ALIBI:
+        alibi_log2 = tl.load(alibi_ptr + head, mask=row_ok, other=0.0).to(tl.float32) * LOG2E
+
+    # Key tiles: [first, full_lo) and [full_hi, last) need a mask; [full_lo, full_hi) is seen whole
+    # by every row. A window bound holds for all rows of the block when it holds for its extreme row.
+    p_lo = q_block * BLOCK_Q + kv_len - q_len
+    p_hi = tl.minimum(q_block * BLOCK_Q + BLOCK_Q, q_len) - 1 + kv_len - q_len
+    key_lo = 0
+    full_lo = 0
+    key_hi = kv_len
+    full_hi = kv_len
+    if HAS_LEFT:
+        key_lo = tl.maximum(p_lo - left, 0)
+        full_lo = tl.maximum(p_hi - left, 0)
+    if HAS_RIGHT:
+        key_hi = tl.minimum(tl.maximum(p_hi + right + 1, 0), kv_len)
+        full_hi = tl.minimum(tl.maximum(p_lo + right + 1, 0), kv_len)
+    first = key_lo // BLOCK_N
+    last = tl.cdiv(key_hi, BLOCK_N)
+    if SPLITS > 1:
+        first = tl.maximum(first, tl.program_id(2) * tiles_per_split)
+        last = tl.minimum(last, (tl.program_id(2) + 1) * tiles_per_split)
+    last = tl.maximum(last, first)
+    full_lo = tl.minimum(tl.maximum(tl.cdiv(full_lo, BLOCK_N), first), last)
+    full_hi = tl.minimum(tl.maximum(full_hi // BLOCK_N, full_lo), last)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    if SINKS and SPLITS == 1:  # [ATTN-SINK]: a logit with no value; the split path adds it when merging
+        m_i = tl.load(sinks_ptr + head, mask=row_ok, other=float("-inf")).to(tl.float32) * LOG2E
+        l_i = tl.where(m_i > float("-inf"), 1.0, 0.0)
+    acc = tl.zeros([BLOCK_M, HEAD_PAD], tl.float32)
+
+    k_base = k_ptr + kv_head.to(tl.int64) * stride_k_head
+    v_base = v_ptr + kv_head.to(tl.int64) * stride_v_head
+    table_row = block_table + seq.to(tl.int64) * stride_table
+    score_factor = tl.full([BLOCK_M], 1.0, tl.float32) * (c * LOG2E) * q_scale
+    cap_factor = tl.full([BLOCK_M], 1.0, tl.float32) * (c / softcap) * q_scale
+    cap_log2 = softcap * LOG2E
+    HEAD_MASKED: tl.constexpr = HEAD != HEAD_PAD
+    acc, m_i, l_i = sweep(acc, m_i, l_i, q, first, full_lo, k_base, v_base, table_row,
+                          stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, offs_d, d_ok, kv_len, pos,
+                          score_factor, cap_factor, cap_log2, alibi_log2, left, right,
+                          PAGE, BLOCK_N, True, HEAD_MASKED, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT)
+    acc, m_i, l_i = sweep(acc, m_i, l_i, q, full_lo, full_hi, k_base, v_base, table_row,
+                          stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, offs_d, d_ok, kv_len, pos,
+                          score_factor, cap_factor, cap_log2, alibi_log2, left, right,
+                          PAGE, BLOCK_N, False, HEAD_MASKED, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT)
+    acc, m_i, l_i = sweep(acc, m_i, l_i, q, full_hi, last, k_base, v_base, table_row,
+                          stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, offs_d, d_ok, kv_len, pos,
+                          score_factor, cap_factor, cap_log2, alibi_log2, left, right,
+                          PAGE, BLOCK_N, True, HEAD_MASKED, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT)
+
+    if SPLITS == 1:  # [ATTN-OUTPUT]: a row that saw no key (l = 0) writes zeros
+        scale = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)
+        if V_DESCALE:
+            scale = scale * tl.load(v_descale + seq * stride_vd_seq + kv_head * stride_vd_head)
+        o_rows = (q_start + token).to(tl.int64) * stride_o_token + head * stride_o_head
+        tl.store(out_ptr + o_rows[:, None] + offs_d[None, :], (acc * scale[:, None]).to(out_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & d_ok[None, :])
+    else:  # partials, indexed ((token * NUM_HEADS + head) * SPLITS + split)
+        part = ((q_start + token).to(tl.int64) * NUM_HEADS + head) * SPLITS + tl.program_id(2)
+        tl.store(part_max + part, m_i, mask=row_ok)
+        tl.store(part_sum + part, l_i, mask=row_ok)
+        tl.store(part_acc + part[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=row_ok[:, None])
+
+
+@triton.jit
+def reduce_splits_kernel(out_ptr, part_acc, part_max, part_sum, cu_seqlens_q, sinks_ptr, v_descale,
+                         stride_o_token, stride_o_head, stride_vd_seq, stride_vd_head,
+                         NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD: tl.constexpr,
+                         HEAD_PAD: tl.constexpr, SPLITS: tl.constexpr, SINKS: tl.constexpr,
+                         V_DESCALE: tl.constexpr):
+    """One (sequence, query head): merge the splits of each of its query tokens."""
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    q_start = tl.load(cu_seqlens_q + seq)
+    q_end = tl.load(cu_seqlens_q + seq + 1)
+    splits = tl.arange(0, SPLITS)
+    offs_d = tl.arange(0, HEAD_PAD)
+    sink = float("-inf")
+    if SINKS:
+        sink = tl.load(sinks_ptr + head).to(tl.float32) * LOG2E
+    scale = 1.0
+    if V_DESCALE:
+        scale = tl.load(v_descale + seq * stride_vd_seq + (head // GROUP) * stride_vd_head)
+    for i in range(0, q_end - q_start):
+        token = q_start.to(tl.int64) + i
+        part = (token * NUM_HEADS + head) * SPLITS + splits
+        m = tl.load(part_max + part)
+        m_all = tl.maximum(tl.max(m, 0), sink)
+        m_safe = tl.where(m_all == float("-inf"), 0.0, m_all)
+        w = tl.exp2(m - m_safe)
+        total = tl.sum(tl.load(part_sum + part) * w, 0) + tl.exp2(sink - m_safe)
+        acc = tl.sum(tl.load(part_acc + part[:, None] * HEAD_PAD + offs_d[None, :]) * w[:, None], 0)
+        o = acc * tl.where(total > 0, scale / tl.where(total > 0, total, 1.0), 0.0)
+        tl.store(out_ptr + token * stride_o_token + head * stride_o_head + offs_d,
+                 o.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD)
+
+
+# --- the launcher ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Rows per program (query tokens x heads of one group), keys per tile, warps, pipeline stages."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+# Tuned on an H100; see docs/benchmarks.md. Prefill: query blocks of 128 rows; decode (every
+# sequence's new tokens fit one block): 16 rows, the smallest tile tl.dot takes.
+PREFILL = {64: AttentionConfig(128, 64, 4, 3), 128: AttentionConfig(128, 128, 8, 3),
+           256: AttentionConfig(64, 32, 4, 2)}
+DECODE = {64: AttentionConfig(16, 128, 4, 3), 128: AttentionConfig(16, 128, 4, 3),
+          256: AttentionConfig(16, 64, 4, 2)}
+MAX_SPLITS = 64
+
+
+@dataclass(frozen=True)
+class Plan:
+    config: AttentionConfig
+    heads: int  # query heads per program (a power of two)
+    block_q: int  # query tokens per program
+    splits: int  # 1: the 2-D launch; more: split-KV with a reduction
+    query_blocks: int  # grid dim 0: an upper bound on the query blocks of all sequences
+
+
+def plan(*, num_tokens: int, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int, group: int, kv_heads: int,
+         head_size: int, sm_count: int, splits: int | None = None, config: AttentionConfig | None = None) -> Plan:
+    """The launch for a call, from host ints only. Split-KV when every sequence's queries fit one
+    block and the 2-D grid would leave most of the GPU idle. `splits` and `config` force a choice."""
+    if config is None:
+        head_pad = max(triton.next_power_of_2(head_size), 16)
+        decode = max_seqlen_q * min(triton.next_power_of_2(group), 16) <= 16
+        table = DECODE if decode else PREFILL
+        config = table[min(size for size in table if size >= head_pad)]
+    heads = min(triton.next_power_of_2(group), config.block_m)
+    block_q = config.block_m // heads
+    query_blocks = num_tokens // block_q + num_seqs
+    tiles = triton.cdiv(max(max_seqlen_k, 1), config.block_n)
+    if splits is None:
+        programs = num_seqs * kv_heads * triton.cdiv(group, heads)
+        splits = 1
+        if max_seqlen_q <= block_q and programs < 2 * sm_count:  # aim at about two programs per SM
+            splits = min(_floor_power_of_2(2 * sm_count // max(programs, 1)), MAX_SPLITS)
+    splits = max(1, min(_floor_power_of_2(splits), _floor_power_of_2(tiles)))  # every split sweeps a tile
+    if max_seqlen_q > block_q:
+        splits = 1  # the reduction takes one query block per sequence
+    return Plan(config, heads, block_q, splits, query_blocks)
+
+
+def _floor_power_of_2(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 8  # the interpreter: any count gives the same values
+
+
+def attend(q, k_cache, v_cache, out, *, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
+           softmax_scale, causal, window, softcap, alibi_slopes, sinks, q_descale, k_descale, v_descale,
+           splits: int | None = None, config: AttentionConfig | None = None) -> None:
+    """Write attention into `out` (docs/SPEC.md "Attention"). Arguments are checked by
+    lowbit/unified_attention.py; `splits` and `config` override the plan (tests, tuning)."""
+    num_tokens, num_heads, head_size = q.shape
+    kv_heads, page = k_cache.shape[2], k_cache.shape[1]
+    num_seqs = cu_seqlens_q.shape[0] - 1
+    if num_tokens == 0 or num_seqs == 0:
+        return
+    group = num_heads // kv_heads
+    p = plan(num_tokens=num_tokens, num_seqs=num_seqs, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
+             group=group, kv_heads=kv_heads, head_size=head_size, sm_count=sm_count(q.device), splits=splits,
+             config=config)
+    cfg = p.config
+    head_pad = max(triton.next_power_of_2(head_size), 16)
+    left, right = window
+    right = 0 if causal else right  # causal keeps j <= p: a right bound of 0
+    chunks = triton.cdiv(group, p.heads)
+    dummy = cu_seqlens_q  # stands in for absent optional tensors (never read: their flag is off)
+    if p.splits > 1:
+        part_acc = torch.empty((num_tokens * num_heads * p.splits, head_pad), dtype=torch.float32, device=q.device)
+        part_max = torch.empty(num_tokens * num_heads * p.splits, dtype=torch.float32, device=q.device)
+        part_sum = torch.empty_like(part_max)
+    else:
+        part_acc = part_max = part_sum = dummy
+    qd, kd, vd = (_descale_strides(d) for d in (q_descale, k_descale, v_descale))
+    tiles = triton.cdiv(max(max_seqlen_k, 1), cfg.block_n)
+    # Fused multiply-adds are welcome here: attention is compared within a tolerance, not bit for bit
+    with on_device(q):
+        unified_attention_kernel[(p.query_blocks, kv_heads * chunks, p.splits)](
+            q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table,
+            dummy if alibi_slopes is None else alibi_slopes, dummy if sinks is None else sinks,
+            dummy if q_descale is None else q_descale, dummy if k_descale is None else k_descale,
+            dummy if v_descale is None else v_descale, part_acc, part_max, part_sum,
+            num_seqs, max_seqlen_k, softmax_scale, softcap if softcap > 0 else 1.0, left, right,
+            triton.cdiv(tiles, p.splits),
+            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
+            block_table.stride(0), *qd, *kd, *vd,
+            NUM_HEADS=num_heads, GROUP=group, HEADS=p.heads, CHUNKS=chunks, HEAD=head_size, HEAD_PAD=head_pad,
+            PAGE=page, BLOCK_Q=p.block_q, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLITS=p.splits,
+            SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, SINKS=sinks is not None, HAS_LEFT=left >= 0,
+            HAS_RIGHT=right >= 0, Q_DESCALE=q_descale is not None, K_DESCALE=k_descale is not None,
+            V_DESCALE=v_descale is not None, FP8_KV=k_cache.dtype == torch.float8_e4m3fn,
+            DOT_F32=q.device.type == "cpu", num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            enable_fp_fusion=True)
+        if p.splits > 1:
+            reduce_splits_kernel[(num_seqs, num_heads)](
+                out, part_acc, part_max, part_sum, cu_seqlens_q, dummy if sinks is None else sinks,
+                dummy if v_descale is None else v_descale, out.stride(0), out.stride(1), *vd,
+                NUM_HEADS=num_heads, GROUP=group, HEAD=head_size, HEAD_PAD=head_pad, SPLITS=p.splits,
+                SINKS=sinks is not None, V_DESCALE=v_descale is not None, num_warps=4, enable_fp_fusion=True)
+
+
+def _descale_strides(descale) -> tuple[int, int]:
+    """(per sequence, per KV head) strides of a descale: 0, 0 for one value per tensor."""
+    if descale is None or descale.numel() == 1:
+        return 0, 0
+    return descale.stride(0), descale.stride(1)
