@@ -126,7 +126,8 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="the ops x backends matrix for this machine")
     sub.add_parser("demo", help="quantize a sample tensor here and check it against the reference")
-    bench = sub.add_parser("bench", help="GPU benchmarks: `bench quant`, `bench tune-quant` (needs CUDA and Triton)")
+    bench = sub.add_parser("bench", help="GPU benchmarks: `bench quant`, `bench tune-quant`, `bench attention` "
+                                         "(needs CUDA and Triton)")
     bench.add_argument("suite", choices=sorted(BENCHMARKS))
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
@@ -139,4 +140,5 @@ def main(argv=None) -> None:
         {"info": info, "demo": demo}[args.command]()
 
 
-BENCHMARKS = {"quant": "lowbit.benchmarks.quant", "tune-quant": "lowbit.benchmarks.tune_quant"}
+BENCHMARKS = {"quant": "lowbit.benchmarks.quant", "tune-quant": "lowbit.benchmarks.tune_quant",
+              "attention": "lowbit.benchmarks.attention"}
