@@ -367,6 +367,12 @@ def test_attention_fp8_below_sm89_is_refused_by_both_cuda_variants_and_falls_bac
 def test_attention_strict_mode_refuses_fp8_on_sm80(pair, monkeypatch):
     q_dtype, kv_dtype = ATTN_PAIRS[pair]
     call = ask_attention("sm_80", q_dtype=q_dtype, kv_dtype=kv_dtype).call
+    assert_strict_mode_refuses(call, {"cuda/triton": "needs sm_89+, not sm_80",
+                                      "cuda/triton-16bit": ATTN_FP8_BELOW_SM89[pair]}, monkeypatch)
+
+
+def assert_strict_mode_refuses(call, constraints, monkeypatch):
+    """The call falls back to the reference, and under LOWBIT_STRICT=1 raises naming each constraint."""
     assert dispatch.resolve(call).capability.label == "cpu"  # without LOWBIT_STRICT: the reference
     monkeypatch.setenv(dispatch.ENV_STRICT, "1")
     dispatch.clear_cache()
@@ -374,8 +380,8 @@ def test_attention_strict_mode_refuses_fp8_on_sm80(pair, monkeypatch):
         dispatch.resolve(call)
     text = str(raised.value)
     assert "LOWBIT_STRICT=1 refuses fallbacks" in text
-    assert "  - cuda/triton: needs sm_89+, not sm_80" in text
-    assert f"  - cuda/triton-16bit: {ATTN_FP8_BELOW_SM89[pair]}" in text
+    for label, constraint in constraints.items():
+        assert f"  - {label}: {constraint}" in text
 
 
 @pytest.mark.parametrize("head_size", [32, 64, 80, 96, 128, 192, 256])
@@ -450,15 +456,7 @@ def test_attention_refusals_name_the_constraint(name):
 def test_attention_strict_mode_raises_instead_of_falling_back(name, monkeypatch):
     changes, constraints, _ = ATTN_REFUSALS[name]
     call = ask_attention(**changes).call  # a call on a (fake) cuda device of that arch
-    assert dispatch.resolve(call).capability.label == "cpu"  # without LOWBIT_STRICT: the reference
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
-    dispatch.clear_cache()
-    with pytest.raises(lowbit.UnsupportedError) as raised:
-        dispatch.resolve(call)
-    text = str(raised.value)
-    assert "LOWBIT_STRICT=1 refuses fallbacks" in text
-    for label, constraint in constraints.items():
-        assert f"  - {label}: {constraint}" in text
+    assert_strict_mode_refuses(call, constraints, monkeypatch)
 
 
 def test_attention_mismatched_arguments_raise_value_error_before_dispatch():
