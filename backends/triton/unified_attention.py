@@ -32,7 +32,6 @@ from .float_bits import exponent_field, pow2, to_f32
 from .launch import on_device
 
 LOG2E = tl.constexpr(1.4426950408889634)
-_LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -314,7 +313,8 @@ class AttentionConfig:
     num_stages: int
 
 
-# Tuned on an H100; see docs/benchmarks.md. Prefill: query blocks of 128 rows; decode (every
+# By padded head size. The 128 entries are tuned on an H100 (docs/benchmarks.md); 64 and 256 are
+# sized for the register budget, untuned. Prefill: query blocks of 128 rows; decode (every
 # sequence's new tokens fit one block): 16 rows, the smallest tile tl.dot takes.
 PREFILL = {64: AttentionConfig(128, 64, 4, 3), 128: AttentionConfig(128, 128, 8, 3),
            256: AttentionConfig(64, 32, 4, 2)}
