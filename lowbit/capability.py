@@ -79,19 +79,19 @@ class Call:
     page_size: int | None = None  # attention: tokens per KV cache block
 
     def describe(self) -> str:
-        parts = [f"{_dtype_name(self.dtype)} input", f"ndim {self.ndim}", f"last dim {self.k}"]
+        parts = [f"{dtype_name(self.dtype)} input", f"ndim {self.ndim}", f"last dim {self.k}"]
         if self.group_size is not None:
             parts.append(f"group_size {self.group_size}")
         if self.scale_rule is not None:
             parts.append(f"scale_rule {self.scale_rule!r}")
         if self.kv_dtype is not None:
-            parts.append(f"{_dtype_name(self.kv_dtype)} KV cache")
+            parts.append(f"{dtype_name(self.kv_dtype)} KV cache")
         if self.heads is not None:
             parts.append(f"{self.heads[0]} query / {self.heads[1]} KV heads")
         if self.page_size is not None:
             parts.append(f"page size {self.page_size}")
         if self.out_dtype is not None:
-            parts.append(f"output {_dtype_name(self.out_dtype)}")
+            parts.append(f"output {dtype_name(self.out_dtype)}")
         if self.out_given:
             parts.append("out= given")
         if not self.last_dim_contiguous:
@@ -171,8 +171,8 @@ class Capability:
                      "use a device in that range, or another backend")
         need(
             call.dtype in self.dtypes,
-            f"input dtype {_dtype_name(call.dtype)} is not one of {_names(map(_dtype_name, self.dtypes))}",
-            f"cast the input to {_dtype_name(self.dtypes[0])}",
+            f"input dtype {dtype_name(call.dtype)} is not one of {_names(map(dtype_name, self.dtypes))}",
+            f"cast the input to {dtype_name(self.dtypes[0])}",
         )
         need(
             call.ndim >= self.min_ndim,
@@ -202,15 +202,15 @@ class Capability:
                  f"pass scale_rule={self.scale_rules[0]!r}")
         if call.out_dtype is not None and self.out_dtypes is not None:
             need(call.out_dtype in self.out_dtypes,
-                 f"output dtype {_dtype_name(call.out_dtype)} is not one of "
-                 f"{_names(map(_dtype_name, self.out_dtypes))}",
-                 f"pass dtype=torch.{_dtype_name(self.out_dtypes[0])}")
+                 f"output dtype {dtype_name(call.out_dtype)} is not one of "
+                 f"{_names(map(dtype_name, self.out_dtypes))}",
+                 f"pass dtype=torch.{dtype_name(self.out_dtypes[0])}")
         if call.kv_dtype is not None and self.kv_dtypes is not None and call.dtype in self.kv_dtypes:
             pairs = self.kv_dtypes[call.dtype]
             need(call.kv_dtype in pairs,
-                 f"a {_dtype_name(call.dtype)} query takes a KV cache of {_names(map(_dtype_name, pairs))}, "
-                 f"not {_dtype_name(call.kv_dtype)}",
-                 f"store the KV cache as {_dtype_name(pairs[0])}")
+                 f"a {dtype_name(call.dtype)} query takes a KV cache of {_names(map(dtype_name, pairs))}, "
+                 f"not {dtype_name(call.kv_dtype)}",
+                 f"store the KV cache as {dtype_name(pairs[0])}")
         if self.head_sizes is not None:
             low, high = self.head_sizes
             need(low <= call.k <= high, f"head size {call.k} is outside {low}..{high}",
@@ -240,10 +240,10 @@ class Capability:
             sizes.append("head {}..{}".format(*self.head_sizes))
         if self.page_size_multiple is not None:
             sizes.append(f"page size x{self.page_size_multiple}")
-        dtypes = "/".join(_dtype_name(d) for d in self.dtypes)
+        dtypes = "/".join(dtype_name(d) for d in self.dtypes)
         if self.kv_dtypes is not None:
             dtypes += " (KV cache: " + "; ".join(
-                f"{_dtype_name(q)} with {'/'.join(map(_dtype_name, kv))}" for q, kv in self.kv_dtypes.items()) + ")"
+                f"{dtype_name(q)} with {'/'.join(map(dtype_name, kv))}" for q, kv in self.kv_dtypes.items()) + ")"
         return {
             "devices": _names(self.devices) + (" (+any, pure torch)" if self.any_device else ""),
             "arch": archs,
@@ -264,7 +264,8 @@ class Capability:
                 f"{row['fidelity']}; graph-safe {row['graph-safe']}; compile-safe {row['compile-safe']}")
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    """"bfloat16" for torch.bfloat16: how messages name a dtype."""
     return str(dtype).removeprefix("torch.")
 
 

@@ -15,7 +15,7 @@ import os
 import torch
 
 from . import dispatch
-from .capability import Call
+from .capability import Call, dtype_name
 from .errors import UnsupportedError, require_type
 
 OP = "unified_attention"
@@ -153,18 +153,19 @@ def _problems(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, ma
     if heads == 0 or kv_heads == 0 or page_size == 0:
         found.append("num_heads, num_kv_heads and block_size must be at least 1")
     if v_cache.dtype != k_cache.dtype:
-        found.append(f"k_cache is {_name(k_cache.dtype)} and v_cache {_name(v_cache.dtype)}; store both alike")
+        found.append(f"k_cache is {dtype_name(k_cache.dtype)} and v_cache {dtype_name(v_cache.dtype)}; "
+                     "store both alike")
     if out is not None:
         if tuple(out.shape) != tuple(q.shape):
             found.append(f"out has shape {tuple(out.shape)}, needs q's {tuple(q.shape)}")
         if out.dtype not in OUT_DTYPES:
-            found.append(f"out dtype {_name(out.dtype)} is not bfloat16 or float16")
+            found.append(f"out dtype {dtype_name(out.dtype)} is not bfloat16 or float16")
         elif q.dtype in OUT_DTYPES and out.dtype != q.dtype:
-            found.append(f"out dtype {_name(out.dtype)} differs from q's {_name(q.dtype)}")
+            found.append(f"out dtype {dtype_name(out.dtype)} differs from q's {dtype_name(q.dtype)}")
     for name, t, dim in (("cu_seqlens_q", cu_seqlens_q, 1), ("seqused_k", seqused_k, 1),
                          ("block_table", block_table, 2)):
         if t.dtype != INDEX_DTYPE or t.dim() != dim:
-            found.append(f"{name} must be a {dim}-D int32 tensor, not {t.dim()}-D {_name(t.dtype)}")
+            found.append(f"{name} must be a {dim}-D int32 tensor, not {t.dim()}-D {dtype_name(t.dtype)}")
     if found:
         return found
     seqs = int(cu_seqlens_q.shape[0]) - 1
@@ -185,7 +186,7 @@ def _problems(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, ma
     for name, t in (("alibi_slopes", alibi_slopes), ("sinks", sinks)):
         if t is not None and (tuple(t.shape) != (heads,) or t.dtype not in PER_HEAD_DTYPES):
             found.append(f"{name} must be a float tensor of shape ({heads},) (one per query head), "
-                         f"not {tuple(t.shape)} {_name(t.dtype)}")
+                         f"not {tuple(t.shape)} {dtype_name(t.dtype)}")
     for name, t, owner in (("q_descale", q_descale, q), ("k_descale", k_descale, k_cache),
                            ("v_descale", v_descale, v_cache)):
         what = name[0] if name != "q_descale" else "q"
@@ -193,21 +194,17 @@ def _problems(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, ma
             found.append(f"{name} is required with a float8_e4m3fn {what if what == 'q' else what + '_cache'} "
                          f"(pass torch.ones(1, device=...) for a unit scale)")
         elif owner.dtype != FP8_DTYPE and t is not None:
-            found.append(f"{name} applies to float8_e4m3fn tensors only; this one is {_name(owner.dtype)}, so "
+            found.append(f"{name} applies to float8_e4m3fn tensors only; this one is {dtype_name(owner.dtype)}, so "
                          "drop it (or store the tensor as float8_e4m3fn)")
         elif t is not None and (t.dtype != DESCALE_DTYPE or (t.numel() != 1 and tuple(t.shape) != (seqs, kv_heads))):
             found.append(f"{name} must be float32 with one value (per tensor) or shape ({seqs}, {kv_heads}) "
-                         f"(per sequence and KV head), not {tuple(t.shape)} {_name(t.dtype)}")
+                         f"(per sequence and KV head), not {tuple(t.shape)} {dtype_name(t.dtype)}")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("out", out), ("cu_seqlens_q", cu_seqlens_q),
                     ("seqused_k", seqused_k), ("block_table", block_table), ("alibi_slopes", alibi_slopes),
                     ("sinks", sinks), ("q_descale", q_descale), ("k_descale", k_descale), ("v_descale", v_descale)):
         if t is not None and t.device != q.device:
             found.append(f"{name} is on {t.device}, q on {q.device}; move them to one device")
     return found
-
-
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 # --- [ATTN-DEBUG]: checks that read device values, only when asked ------------------------------
@@ -235,11 +232,12 @@ def check_device_values(q, k_cache, cu_seqlens_q, seqused_k, block_table, max_se
     if any(n < 0 for n in used) or (used and max(used) > max_seqlen_k):
         found.append(f"seqused_k must lie in 0..max_seqlen_k={max_seqlen_k}, got {min(used)}..{max(used)}")
     page_size, blocks = k_cache.shape[1], k_cache.shape[0]
-    for s, n in enumerate(used):
-        pages = block_table[s, : -(-max(n, 0) // page_size)].tolist()
-        if any(not 0 <= p < blocks for p in pages):
-            found.append(f"block_table[{s}] points outside the cache's {blocks} blocks")
-            break
+    table = block_table[: len(used)]
+    pages_used = (seqused_k.clamp(min=0) + page_size - 1) // page_size
+    in_use = torch.arange(table.shape[1], device=table.device)[None, :] < pages_used[:, None]
+    outside = (((table < 0) | (table >= blocks)) & in_use).any(1).nonzero().flatten().tolist()
+    if outside:
+        found.append(f"block_table[{outside[0]}] points outside the cache's {blocks} blocks")
     for name, descale in zip(("q_descale", "k_descale", "v_descale"), descales):
         if descale is not None and not bool((descale > 0).all()):
             found.append(f"{name} holds a value <= 0 (or NaN); descales are positive")

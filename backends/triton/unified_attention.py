@@ -330,6 +330,7 @@ class Plan:
     block_q: int  # query tokens per program
     splits: int  # 1: the 2-D launch; more: split-KV with a reduction
     query_blocks: int  # grid dim 0: an upper bound on the query blocks of all sequences
+    tiles_per_split: int  # key tiles each split sweeps
 
 
 def plan(*, num_tokens: int, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int, group: int, kv_heads: int,
@@ -337,7 +338,7 @@ def plan(*, num_tokens: int, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int
     """The launch for a call, from host ints only. Split-KV when every sequence's queries fit one
     block and the 2-D grid would leave most of the GPU idle. `splits` and `config` force a choice."""
     if config is None:
-        head_pad = max(triton.next_power_of_2(head_size), 16)
+        head_pad = padded_head(head_size)
         decode = max_seqlen_q * min(triton.next_power_of_2(group), 16) <= 16
         table = DECODE if decode else PREFILL
         config = table[min(size for size in table if size >= head_pad)]
@@ -353,7 +354,12 @@ def plan(*, num_tokens: int, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int
     splits = max(1, min(_floor_power_of_2(splits), _floor_power_of_2(tiles)))  # every split sweeps a tile
     if max_seqlen_q > block_q:
         splits = 1  # the reduction takes one query block per sequence
-    return Plan(config, heads, block_q, splits, query_blocks)
+    return Plan(config, heads, block_q, splits, query_blocks, triton.cdiv(tiles, splits))
+
+
+def padded_head(head_size: int) -> int:
+    """HEAD_PAD: the head size rounded up to a power of two, at least 16 (tl.dot's smallest K)."""
+    return max(triton.next_power_of_2(head_size), 16)
 
 
 def _floor_power_of_2(n: int) -> int:
@@ -382,28 +388,27 @@ def attend(q, k_cache, v_cache, out, *, cu_seqlens_q, seqused_k, block_table, ma
              group=group, kv_heads=kv_heads, head_size=head_size, sm_count=sm_count(q.device), splits=splits,
              config=config)
     cfg = p.config
-    head_pad = max(triton.next_power_of_2(head_size), 16)
+    head_pad = padded_head(head_size)
     left, right = window
     right = 0 if causal else right  # causal keeps j <= p: a right bound of 0
     chunks = triton.cdiv(group, p.heads)
-    dummy = cu_seqlens_q  # stands in for absent optional tensors (never read: their flag is off)
+
+    def given(t):  # an absent optional tensor is passed as cu_seqlens_q (never read: its flag is off)
+        return cu_seqlens_q if t is None else t
     if p.splits > 1:
         part_acc = torch.empty((num_tokens * num_heads * p.splits, head_pad), dtype=torch.float32, device=q.device)
         part_max = torch.empty(num_tokens * num_heads * p.splits, dtype=torch.float32, device=q.device)
         part_sum = torch.empty_like(part_max)
     else:
-        part_acc = part_max = part_sum = dummy
+        part_acc = part_max = part_sum = given(None)
     qd, kd, vd = (_descale_strides(d) for d in (q_descale, k_descale, v_descale))
-    tiles = triton.cdiv(max(max_seqlen_k, 1), cfg.block_n)
     # Fused multiply-adds are welcome here: attention is compared within a tolerance, not bit for bit
     with on_device(q):
         unified_attention_kernel[(p.query_blocks, kv_heads * chunks, p.splits)](
             q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table,
-            dummy if alibi_slopes is None else alibi_slopes, dummy if sinks is None else sinks,
-            dummy if q_descale is None else q_descale, dummy if k_descale is None else k_descale,
-            dummy if v_descale is None else v_descale, part_acc, part_max, part_sum,
-            num_seqs, max_seqlen_k, softmax_scale, softcap if softcap > 0 else 1.0, left, right,
-            triton.cdiv(tiles, p.splits),
+            given(alibi_slopes), given(sinks), given(q_descale), given(k_descale), given(v_descale),
+            part_acc, part_max, part_sum,
+            num_seqs, max_seqlen_k, softmax_scale, softcap if softcap > 0 else 1.0, left, right, p.tiles_per_split,
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
             block_table.stride(0), *qd, *kd, *vd,
@@ -416,8 +421,8 @@ def attend(q, k_cache, v_cache, out, *, cu_seqlens_q, seqused_k, block_table, ma
             enable_fp_fusion=True)
         if p.splits > 1:
             reduce_splits_kernel[(num_seqs, num_heads)](
-                out, part_acc, part_max, part_sum, cu_seqlens_q, dummy if sinks is None else sinks,
-                dummy if v_descale is None else v_descale, out.stride(0), out.stride(1), *vd,
+                out, part_acc, part_max, part_sum, cu_seqlens_q, given(sinks), given(v_descale),
+                out.stride(0), out.stride(1), *vd,
                 NUM_HEADS=num_heads, GROUP=group, HEAD=head_size, HEAD_PAD=head_pad, SPLITS=p.splits,
                 SINKS=sinks is not None, V_DESCALE=v_descale is not None, num_warps=4, enable_fp_fusion=True)
 
