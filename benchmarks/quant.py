@@ -2,7 +2,8 @@
 torch.compile of the reference (the plain-PyTorch code a user would otherwise compile).
 
 Bytes counted per call (the fewest a kernel must move): the input read once, q and the scales
-written once. MXFP4: M*K*s + M*K/2 + M*K/32. FP8: M*K*s + M*K + 4*ceil(G/4)*A.
+written once. MXFP4: M*K*s + M*K/2 + M*K/32. per_token_group_quant_mxfp4 (float32 scales, vLLM's
+convention): M*K*s + M*K/2 + 4*M*K/32. FP8: M*K*s + M*K + 4*ceil(G/4)*A.
 """
 
 from __future__ import annotations
@@ -27,6 +28,28 @@ def mxfp4_bytes(m: int, k: int, itemsize: int) -> int:
     return m * k * itemsize + m * k // 2 + m * k // spec.MX_BLOCK
 
 
+def group_quant_bytes(m: int, k: int, itemsize: int) -> int:
+    return m * k * itemsize + m * k // 2 + 4 * m * k // spec.MX_BLOCK
+
+
+def _group_quant_buffers(x):
+    x_q = torch.empty((*x.shape[:-1], x.shape[-1] // 2), dtype=torch.uint8, device=x.device)
+    x_s = torch.empty((*x.shape[:-1], x.shape[-1] // spec.MX_BLOCK), dtype=torch.float32, device=x.device)
+    return x_q, x_s
+
+
+def _group_quant(x):
+    x_q, x_s = _group_quant_buffers(x)
+    lowbit.per_token_group_quant_mxfp4(x, x_q, x_s)
+    return x_q, x_s
+
+
+def _reference_group_quant(x):
+    x_q, x_s = _group_quant_buffers(x)
+    reference_mxfp4.quantize_into(x, x_q, x_s, eps=spec.MX_DEFAULT_EPS)
+    return x_q, x_s
+
+
 def fp8_bytes(m: int, k: int, itemsize: int) -> int:
     return m * k * itemsize + m * k + 4 * spec.scale_words(k // spec.FP8_DEFAULT_GROUP) * spec.tma_rows(m)
 
@@ -49,11 +72,12 @@ def _reference_fp8(x):
 
 OPS = {
     "quantize_mxfp4": (lambda x: lowbit.quantize_mxfp4(x), _reference_mxfp4, mxfp4_bytes),
+    "per_token_group_quant_mxfp4": (_group_quant, _reference_group_quant, group_quant_bytes),
     "quantize_fp8_group_packed": (lambda x: lowbit.quantize_fp8_group_packed(x), _reference_fp8, fp8_bytes),
 }
 
 
-def run(rows=ROWS, ks=KS, dtype=torch.bfloat16, compare=True, out=sys.stdout) -> list[dict]:
+def run(rows=ROWS, ks=KS, dtype=torch.bfloat16, compare=True, ops=tuple(OPS), out=sys.stdout) -> list[dict]:
     """Per shape: GPU µs per call (median over CUDA-graph replays of back-to-back calls, so host
     overhead is out), GB/s and % of the copy, the same for torch.compile of the reference, and the
     eager µs per call with host overhead in."""
@@ -61,7 +85,8 @@ def run(rows=ROWS, ks=KS, dtype=torch.bfloat16, compare=True, out=sys.stdout) ->
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {_triton_version()} | "
           f"{dtype} | device-to-device copy {copy:.0f} GB/s (read + write)", file=out)
     results = []
-    for op, (ours, reference, count) in OPS.items():
+    for op in ops:
+        ours, reference, count = OPS[op]
         compiled = torch.compile(reference) if compare else None
         print(f"\n{op}\n| M | K | µs | GB/s | % of copy | torch.compile µs | speed-up | eager µs/call |", file=out)
         print("|---:|---:|---:|---:|---:|---:|---:|---:|", file=out)
@@ -95,5 +120,6 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", type=int, nargs="*", default=ROWS)
     parser.add_argument("--ks", type=int, nargs="*", default=KS)
     parser.add_argument("--no-compare", action="store_true", help="skip torch.compile of the reference")
+    parser.add_argument("--ops", nargs="*", choices=tuple(OPS), default=tuple(OPS))
     args = parser.parse_args(argv)
-    run(rows=args.rows, ks=args.ks, compare=not args.no_compare)
+    run(rows=args.rows, ks=args.ks, compare=not args.no_compare, ops=args.ops)

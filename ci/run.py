@@ -44,7 +44,11 @@ def expand(names: list[str], rows: dict[str, dict]) -> list[str]:
 def run_row(name: str, row: dict, extra: list[str]) -> dict[str, int]:
     missing = [m for m in row["needs"] if importlib.util.find_spec(m) is None]
     if missing:
-        print(f"ci: row {name} needs {', '.join(missing)}: install with pip install -e '.[test]'", flush=True)
+        print(f"ci: row {name} needs {', '.join(missing)}: {row['install']}", flush=True)
+        return {"passed": 0, "failed": 1, "skipped": 0}
+    absent = accelerator_absent(row["accelerator"])
+    if absent:  # a hardware row that skipped every test would pass without testing anything
+        print(f"ci: row {name} runs on {row['runs_on']}, but {absent}", flush=True)
         return {"passed": 0, "failed": 1, "skipped": 0}
     report = ROOT / ".ci-results" / f"{name}.xml"
     report.parent.mkdir(exist_ok=True)
@@ -59,6 +63,19 @@ def run_row(name: str, row: dict, extra: list[str]) -> dict[str, int]:
     if code != 0 and counts["failed"] == 0:
         counts["failed"] = 1  # pytest itself failed (collection error, crash)
     return counts
+
+
+def accelerator_absent(accelerator: str) -> str:
+    """Why torch sees no device of `accelerator` here ("" when it does, or when the row needs none)."""
+    if accelerator == "none":
+        return ""
+    import torch
+
+    if accelerator == "nvidia" and not torch.cuda.is_available():
+        return "torch.cuda.is_available() is False"
+    if accelerator == "intel" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        return "torch.xpu.is_available() is False (a torch XPU build and the Intel GPU driver are needed)"
+    return ""
 
 
 def _counts(report: Path) -> dict[str, int]:

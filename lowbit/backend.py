@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from .capability import Capability
 
@@ -18,6 +18,9 @@ class Kernel:
 
     capability: Capability
     run: Callable
+    # Why this kernel cannot run in this process (its vendor library does not import), or None.
+    # Asked lazily, at most once per process, and never for an opt-in variant the caller has not opted into.
+    unavailable: Callable[[], str | None] | None = None
 
     @property
     def op(self) -> str:
@@ -37,12 +40,19 @@ class Backend:
     # Why this backend cannot run in this process (a missing package, say), or None. Called lazily,
     # at most once per process, never at `import lowbit`.
     unavailable: Callable[[], str | None] = lambda: None
+    # Environment variables that choose among the backend's variants, with their allowed values
+    # ({"LOWBIT_XPU_PROVIDER": ("triton", "vendor")}); a record's `opt_in` names one of them.
+    settings: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for k in self.kernels:
             if k.capability.backend != self.name:
                 raise ValueError(f"lowbit: kernel for {k.op} declares backend {k.capability.backend!r}, "
                                  f"but is registered in backend {self.name!r}")
+            name, _, value = k.capability.opt_in.partition("=")
+            if k.capability.opt_in and value not in self.settings.get(name, ()):
+                raise ValueError(f"lowbit: {k.capability.label} opts in with {k.capability.opt_in!r}, "
+                                 f"which backend {self.name!r} does not declare in its settings")
 
     def kernels_for(self, op: str) -> tuple[Kernel, ...]:
         """The backend's kernels for `op`, in the order it prefers them (a specialised variant

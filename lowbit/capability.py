@@ -70,6 +70,7 @@ class Call:
     ndim: int
     k: int  # the last dim: elements per row
     last_dim_contiguous: bool = True
+    contiguous: bool = True  # the whole input is contiguous (row-major, no gaps)
     out_dtype: torch.dtype | None = None  # dequantize: the requested output dtype
     group_size: int | None = None  # FP8 group size
     scale_rule: str | None = None  # MXFP4 scale rule
@@ -96,6 +97,8 @@ class Call:
             parts.append("out= given")
         if not self.last_dim_contiguous:
             parts.append("last dim strided")
+        elif not self.contiguous:
+            parts.append("input not contiguous")
         where = self.device_type if self.arch is None else f"{self.device_type} {arch_name(self.arch)}"
         return ", ".join(parts) + f", on {where}"
 
@@ -134,12 +137,17 @@ class Capability:
     scale_rules: tuple[str, ...] | None = None
     out_dtypes: tuple[torch.dtype, ...] | None = None
     last_dim_contiguous: bool = False  # True: needs stride 1 along the last dim
+    contiguous: bool = False  # True: needs a contiguous input (a vendor op that asserts it)
     kv_dtypes: Mapping[torch.dtype, tuple[torch.dtype, ...]] | None = None  # attention: per input dtype,
     # the KV cache dtypes it pairs with
     head_sizes: tuple[int, int] | None = None  # attention: (min, max) head size, the last dim
     page_size_multiple: int | None = None  # attention: the KV cache page size must be a multiple of it
     out_buffers: bool = True  # takes preallocated out= buffers
     variant: str = ""  # one of several kernels a backend has for the op, tried in its order ("ptx")
+    # "NAME=value": auto-dispatch (and a backend forced by name) tries this variant only while the
+    # environment variable NAME equals value, because its bits deviate from the SPEC; naming the
+    # variant (backend="xpu/vendor") always may. "": always tried.
+    opt_in: str = ""
     notes: str = ""
 
     @property
@@ -222,6 +230,8 @@ class Capability:
         if self.last_dim_contiguous:
             need(call.last_dim_contiguous, "needs stride 1 along the last dim",
                  "pass x.contiguous()")
+        if self.contiguous:
+            need(call.last_dim_contiguous and call.contiguous, "needs a contiguous input", "pass x.contiguous()")
         if call.out_given:
             need(self.out_buffers, "takes no out= buffers", "drop out= and use the returned tensors")
         return found
@@ -241,6 +251,7 @@ class Capability:
         if self.page_size_multiple is not None:
             sizes.append(f"page size x{self.page_size_multiple}")
         dtypes = "/".join(dtype_name(d) for d in self.dtypes)
+        strides = "contiguous" if self.contiguous else "last dim contiguous" if self.last_dim_contiguous else "any"
         if self.kv_dtypes is not None:
             dtypes += " (KV cache: " + "; ".join(
                 f"{dtype_name(q)} with {'/'.join(map(dtype_name, kv))}" for q, kv in self.kv_dtypes.items()) + ")"
@@ -251,17 +262,19 @@ class Capability:
             "ndim": f"{self.min_ndim}+" if self.max_ndim is None else f"{self.min_ndim}..{self.max_ndim}",
             "sizes": ", ".join(sizes) or "-",
             "rules": "/".join(self.scale_rules) if self.scale_rules else "-",
-            "strides": "last dim contiguous" if self.last_dim_contiguous else "any",
+            "strides": strides,
             "fidelity": self.fidelity,
             "graph-safe": "yes" if self.graph_safe else "no",
             "compile-safe": "yes" if self.compile_safe else "no",
+            "auto": f"only with {self.opt_in}" if self.opt_in else "yes",
         }
 
     def __str__(self) -> str:
         row = self.as_row()
         return (f"{self.op} on {self.label}: devices {row['devices']}; arch {row['arch']}; dtypes {row['dtypes']}; "
                 f"ndim {row['ndim']}; sizes {row['sizes']}; rules {row['rules']}; strides {row['strides']}; "
-                f"{row['fidelity']}; graph-safe {row['graph-safe']}; compile-safe {row['compile-safe']}")
+                f"{row['fidelity']}; graph-safe {row['graph-safe']}; compile-safe {row['compile-safe']}; "
+                f"auto-dispatch {row['auto']}")
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -14,7 +14,7 @@ from .capability import arch_name
 from .devices import device_arch, present_device_types
 from .ops import OPS
 
-_COLUMNS = ("backend", "here", "devices", "arch", "dtypes", "ndim", "sizes", "rules", "strides", "fidelity",
+_COLUMNS = ("backend", "here", "auto", "devices", "arch", "dtypes", "ndim", "sizes", "rules", "strides", "fidelity",
             "graph-safe", "compile-safe")
 
 
@@ -32,21 +32,26 @@ def info(out=sys.stdout) -> None:
         print(f"warning: {problem}", file=out)
     for op in OPS.values():
         print(f"\n{op.name}: {op.summary} [docs/SPEC.md: {op.spec}]", file=out)
-        kernels = [(b, k) for b in registry.backends() for k in b.kernels_for(op.name)]
+        kernels = [k for b in registry.backends() for k in b.kernels_for(op.name)]
         if not kernels:
             print("  declared; no backend implements it yet", file=out)
             continue
-        rows = [_row(b, k.capability, archs) for b, k in kernels]
+        opt_ins = dispatch.opted_in()
+        rows = [_row(k, archs, opt_ins) for k in kernels]
         _table(rows, out)
         for device_type in present:
             print(f"  on {device_type}: {_choice(op.name, device_type, archs[device_type])}", file=out)
 
 
-def _row(backend, cap, archs) -> dict[str, str]:
-    why = registry.unavailable(backend.name)
+def _row(kernel, archs, opt_ins) -> dict[str, str]:
+    cap = kernel.capability
+    probe = not cap.opt_in or cap.opt_in in opt_ins  # an opt-in variant's library is imported only when chosen
+    why = registry.kernel_unavailable(kernel) if probe else registry.unavailable(cap.backend)
     usable = [d for d in cap.devices if d in archs]
     if why:
         here = f"no: {why}"
+    elif not probe:
+        here = "not probed (opt-in)"
     elif any(_arch_ok(cap, d, archs[d]) for d in usable):
         here = "yes"
     elif usable:
@@ -65,9 +70,12 @@ def _arch_ok(cap, device_type: str, arch) -> bool:
 
 def _choice(op: str, device_type: str, arch) -> str:
     """The kernel auto-dispatch picks for a tensor on this device, before any input check."""
+    opt_ins = dispatch.opted_in()
     for kernel, native in dispatch.candidates(op, device_type):
         cap = kernel.capability
-        if not registry.unavailable(cap.backend) and (not native or _arch_ok(cap, device_type, arch)):
+        if cap.opt_in and cap.opt_in not in opt_ins:
+            continue
+        if not registry.kernel_unavailable(kernel) and (not native or _arch_ok(cap, device_type, arch)):
             return cap.label + ("" if native else " (pure-PyTorch fallback)")
     return "none"
 

@@ -4,9 +4,11 @@ Within the call's device type the highest-priority backend whose capability chec
 pure-PyTorch backends that take any device come last, as a fallback. A backend's variants of one
 kernel (cuda: PTX, then portable Triton) are tried in its order. `backend="name"` forces a backend
 (its variants still in order), `backend="name/variant"` one variant;
-`LOWBIT_BACKEND` replaces the default "auto"; a fallback (a higher-priority backend refused the
-call, or nothing native to the device exists) logs one warning per decision, and `LOWBIT_STRICT=1`
-turns it into UnsupportedError. Decisions are cached by `Call`, which holds no row count, so the
+`LOWBIT_BACKEND` replaces the default "auto". A variant whose bits deviate from the SPEC declares
+an opt-in (`LOWBIT_XPU_PROVIDER=vendor`): auto-dispatch and a backend forced by name skip it unless
+that environment variable is set so; naming the variant runs it. A fallback (a higher-priority
+backend refused the call, or nothing native to the device exists) logs one warning per decision,
+and `LOWBIT_STRICT=1` turns it into UnsupportedError. Decisions are cached by `Call`, which holds no row count, so the
 per-call cost after the first call of a kind is a dictionary look-up.
 """
 
@@ -39,6 +41,7 @@ class Verdict:
     backend: str | None  # the backend that runs the call; None: none can
     rejected: tuple[tuple[str, tuple[Unmet, ...]], ...]  # (backend or backend/variant, unmet) as tried
     fallback: bool = False  # runs, but not on the first choice for its device
+    opt_in_passed_over: bool = False  # an opted-in variant (LOWBIT_XPU_PROVIDER=vendor) could not take the call
     alternative: str = ""  # what would work instead, when refused
     kernel: Kernel | None = field(default=None, compare=False)
 
@@ -101,6 +104,7 @@ def call_for(op: str, x, **options) -> Call:
         k=int(x.shape[-1]) if x.dim() else 0,
         # bool(): under dynamic shapes a SymBool must not reach the cache key
         last_dim_contiguous=bool(x.dim() == 0 or x.shape[-1] <= 1 or x.stride(-1) == 1),
+        contiguous=bool(x.is_contiguous()),
     )
     return Call(**{**fields, **options})
 
@@ -119,31 +123,56 @@ def candidates(op: str, device_type: str) -> list[tuple[Kernel, bool]]:
     return native + fallback
 
 
-def _check(kernel: Kernel, call: Call) -> tuple[Unmet, ...]:
-    missing = registry.unavailable(kernel.capability.backend)
-    unmet = kernel.capability.unmet(call)
+def _check(kernel: Kernel, call: Call, opt_ins: frozenset[str] | None) -> tuple[Unmet, ...]:
+    """What stops `kernel` from running `call`. `opt_ins`: the opt-ins set now; None when the
+    caller named this very variant (that is an opt-in)."""
+    cap = kernel.capability
+    unmet = cap.unmet(call)
+    if opt_ins is not None and cap.opt_in and cap.opt_in not in opt_ins:
+        # Not probed for its library either: an opt-in import may be slow or have side effects
+        unmet.insert(0, Unmet(f"auto-dispatch uses it only with {cap.opt_in} (fidelity: {cap.fidelity})",
+                              f"set {cap.opt_in}, or pass backend={cap.label!r}"))
+        return tuple(unmet)
+    missing = registry.kernel_unavailable(kernel)
     if missing:
         unmet.insert(0, Unmet(f"cannot load here: {missing}", "install what it needs"))
     return tuple(unmet)
 
 
+def opted_in() -> frozenset[str]:
+    """The variant opt-ins the environment sets now ("LOWBIT_XPU_PROVIDER=vendor"), read per call
+    like LOWBIT_BACKEND. A value a backend does not declare is an error, not a silent default."""
+    found = []
+    for name, values in registry.settings().items():
+        value = os.environ.get(name)
+        if value:
+            if value not in values:
+                raise ValueError(f"lowbit: {name}={value!r} is not one of {', '.join(map(repr, values))}; "
+                                 f"set one of those, or unset {name} for the default")
+            found.append(f"{name}={value}")
+    return frozenset(found)
+
+
 @functools.lru_cache(maxsize=4096)
-def select(call: Call, requested: str = AUTO) -> Verdict:
-    """The dispatch decision for `call` (cached). Never raises for an unsupported call."""
+def select(call: Call, requested: str = AUTO, opt_ins: frozenset[str] = frozenset()) -> Verdict:
+    """The dispatch decision for `call` (cached) under the opt-ins `opt_ins` (see opted_in()).
+    Never raises for an unsupported call."""
     if requested != AUTO:
-        return _select_forced(call, requested)
-    rejected = []
+        return _select_forced(call, requested, opt_ins)
+    rejected, tried = [], []
     for kernel, native in candidates(call.op, call.device_type):
-        unmet = _check(kernel, call)
+        unmet = _check(kernel, call, opt_ins)
         if unmet:
             rejected.append((kernel.capability.label, unmet))
+            tried.append(kernel)
             continue
         # A fallback: an earlier *backend* refused (an earlier variant of this one does not count)
         chosen = kernel.capability.backend
         fallback = not native or any(label.split("/")[0] != chosen for label, _ in rejected)
         alternative = f"pass backend={kernel.capability.backend!r} to choose the slower backend explicitly"
         return Verdict(call, AUTO, kernel.capability.backend, tuple(rejected), fallback=fallback,
-                       alternative=alternative if fallback else "", kernel=kernel)
+                       alternative=alternative if fallback else "", kernel=kernel,
+                       opt_in_passed_over=_opted_in_among(tried, opt_ins))
     if not rejected:
         rejected.append(("(none)", (Unmet(f"no installed backend implements {call.op}",
                                           "see `python -m lowbit info`"),)))
@@ -153,29 +182,36 @@ def select(call: Call, requested: str = AUTO) -> Verdict:
     return Verdict(call, AUTO, None, tuple(rejected), alternative="; or ".join(fixes))
 
 
-def _select_forced(call: Call, requested: str) -> Verdict:
+def _opted_in_among(refused: list[Kernel], opt_ins: frozenset[str]) -> bool:
+    """Whether the environment opted into one of the `refused` kernels: the call runs, but not
+    where the caller asked."""
+    return any(k.capability.opt_in in opt_ins for k in refused)
+
+
+def _select_forced(call: Call, requested: str, opt_ins: frozenset[str]) -> Verdict:
     name, _, variant = requested.partition("/")
     backend = registry.get(name)
     if backend is None:
         known = ", ".join(b.name for b in registry.backends())
         unmet = (Unmet(f"no backend is named {name!r} (known: {known})", "use a known name"),)
-        return Verdict(call, requested, None, ((requested, unmet),), alternative=_auto_alternative(call))
+        return Verdict(call, requested, None, ((requested, unmet),), alternative=_auto_alternative(call, opt_ins))
     kernels = [k for k in backend.kernels_for(call.op) if not variant or k.capability.variant == variant]
     if not kernels:
         what = f"variant {variant!r} for {call.op}" if variant else f"kernel for {call.op}"
         unmet = (Unmet(f"has no {what}", "use another backend"),)
-        return Verdict(call, requested, None, ((requested, unmet),), alternative=_auto_alternative(call))
+        return Verdict(call, requested, None, ((requested, unmet),), alternative=_auto_alternative(call, opt_ins))
     rejected = []
     for kernel in kernels:
-        unmet = _check(kernel, call)
+        unmet = _check(kernel, call, None if variant else opt_ins)
         if not unmet:
-            return Verdict(call, requested, name, tuple(rejected), kernel=kernel)
+            return Verdict(call, requested, name, tuple(rejected), kernel=kernel,
+                           opt_in_passed_over=_opted_in_among(kernels[:kernels.index(kernel)], opt_ins))
         rejected.append((kernel.capability.label, unmet))
-    return Verdict(call, requested, None, tuple(rejected), alternative=_auto_alternative(call))
+    return Verdict(call, requested, None, tuple(rejected), alternative=_auto_alternative(call, opt_ins))
 
 
-def _auto_alternative(call: Call) -> str:
-    auto = select(call, AUTO)
+def _auto_alternative(call: Call, opt_ins: frozenset[str]) -> str:
+    auto = select(call, AUTO, opt_ins)
     if auto.ok:
         return f"backend={auto.backend!r} can run this call (backend='auto' picks it)"
     return auto.alternative
@@ -183,12 +219,14 @@ def _auto_alternative(call: Call) -> str:
 
 def resolve(call: Call, backend: str = AUTO) -> Kernel:
     """The kernel that runs `call`, or UnsupportedError. Both the real op and its fake call this."""
-    verdict = select(call, requested_backend() if backend == AUTO else backend)
+    verdict = select(call, requested_backend() if backend == AUTO else backend, opted_in())
     if not verdict.ok:
         raise verdict.error()
     if verdict.fallback:
         if os.environ.get(ENV_STRICT, "0") not in ("", "0"):
             raise verdict.error(f"{ENV_STRICT}=1 refuses fallbacks; this one is needed because:")
+        _warn_once(verdict)
+    elif verdict.opt_in_passed_over:  # not a fallback (same backend, SPEC bits), but not what was asked for
         _warn_once(verdict)
     return verdict.kernel
 

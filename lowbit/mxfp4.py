@@ -6,11 +6,16 @@ Kernels live in backends/<name>/mxfp4.py with their capability records.
 
 from __future__ import annotations
 
+import math
+import struct
+
 import torch
 
 from . import dispatch, spec
-from .capability import Call
-from .errors import require_type
+from .capability import Call, dtype_name
+from .errors import UnsupportedError, require_type
+
+GROUP_QUANT = "per_token_group_quant_mxfp4"
 
 
 def quantize_mxfp4(x: torch.Tensor, *, scale_rule: str = spec.MX_DEFAULT_SCALE_RULE,
@@ -26,6 +31,27 @@ def quantize_mxfp4(x: torch.Tensor, *, scale_rule: str = spec.MX_DEFAULT_SCALE_R
     return torch.ops.lowbit.quantize_mxfp4(x, scale_rule, backend)
 
 
+def per_token_group_quant_mxfp4(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor,
+                                group_size: int = spec.MX_BLOCK, eps: float = spec.MX_DEFAULT_EPS, *,
+                                backend: str = dispatch.AUTO) -> None:
+    """MXFP4 of `x` (..., K) into the caller's buffers, in vLLM's argument convention (the Intel
+    vendor op `torch.ops._C.per_token_group_quant_mxfp4`'s), extended to N-D input.
+
+    `x_q` (..., K/2) uint8 or float4_e2m1fn_x2 receives the packed elements; `x_s` (..., K/32)
+    receives the scales, as float32 powers of two (the vendor convention) or as E8M0 bytes
+    (float8_e8m0fnu or uint8). Scales follow the "rceil" rule with `d` at least `eps`
+    (docs/SPEC.md [MX-EPS]). Writes nothing when an argument is refused; returns None.
+
+    Under torch.compile with inductor pass a float8_e8m0fnu `x_s` as `x_s.view(torch.uint8)` from
+    outside the compiled function: inductor (torch <= 2.13) does not lower a mutated E8M0 input
+    (pytorch/pytorch#189522).
+    """
+    require_type(GROUP_QUANT, "group_size", group_size, int, str(spec.MX_BLOCK))
+    require_type(GROUP_QUANT, "eps", eps, (float, int), "1e-10")
+    require_type(GROUP_QUANT, "backend", backend, str, '"auto"')
+    torch.ops.lowbit.per_token_group_quant_mxfp4(x, x_q, x_s, group_size, float(eps), backend)
+
+
 def dequantize_mxfp4(q: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16,
                      backend: str = dispatch.AUTO) -> torch.Tensor:
     """Expand MXFP4 `q` (..., K/2) with `scales` (..., K/32) back to (..., K) in `dtype`."""
@@ -38,6 +64,48 @@ def dequantize_mxfp4(q: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtyp
 
 def describe_quantize(x: torch.Tensor, scale_rule: str = spec.MX_DEFAULT_SCALE_RULE) -> Call:
     return dispatch.call_for("quantize_mxfp4", x, scale_rule=scale_rule)
+
+
+def describe_group_quant(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, group_size: int = spec.MX_BLOCK,
+                         eps: float = spec.MX_DEFAULT_EPS) -> Call:
+    """Also checks the buffers, group_size and eps [MX-BUFFERS] (ValueError naming the argument)."""
+    name = f"lowbit.{GROUP_QUANT}"
+    eps = float(eps)  # as the op receives it, so explain() and the call say the same
+    if group_size != spec.MX_BLOCK:
+        raise UnsupportedError(f"{name}: group_size {group_size}: MXFP4 blocks are {spec.MX_BLOCK} elements on every "
+                               f"backend (docs/SPEC.md [MX-BUFFERS]). Alternative: pass group_size={spec.MX_BLOCK}, "
+                               "or use quantize_fp8_group_packed for other group sizes")
+    if not (math.isfinite(eps) and eps >= 0 and math.isfinite(float32_value(eps))):
+        raise ValueError(f"{name}: eps={eps} must be >= 0 and finite as a float32")
+    call = dispatch.call_for(GROUP_QUANT, x, out_given=True)
+    if x.dim() >= 1 and x.shape[-1] % spec.MX_BLOCK == 0:  # else the capability check names the block size
+        *lead, k = x.shape
+        _check_buffer(name, "x_q", x_q, x, (*lead, k // 2), spec.MX_BUFFER_Q_DTYPES)
+        _check_buffer(name, "x_s", x_s, x, (*lead, k // spec.MX_BLOCK), spec.MX_BUFFER_SCALE_DTYPES)
+    return call
+
+
+def float32_value(value: float) -> float:
+    """fl32(value) (round to nearest, ties to even) as a Python float; inf where it overflows."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+def _check_buffer(name: str, arg: str, buf, x: torch.Tensor, shape: tuple, dtypes: tuple) -> None:
+    if not isinstance(buf, torch.Tensor):
+        raise ValueError(f"{name}: {arg} must be a tensor, not {type(buf).__name__}")
+    wanted = ", ".join(dtype_name(d) for d in dtypes)
+    if buf.dtype not in dtypes:
+        raise ValueError(f"{name}: {arg} dtype {dtype_name(buf.dtype)} is not one of {wanted}")
+    if tuple(buf.shape) != tuple(shape):
+        raise ValueError(f"{name}: {arg} has shape {tuple(buf.shape)}; x {tuple(x.shape)} needs {tuple(shape)}")
+    if not buf.is_contiguous():
+        raise ValueError(f"{name}: {arg} must be contiguous (strides {tuple(buf.stride())}); allocate it with "
+                         "torch.empty")
+    if buf.device != x.device:
+        raise ValueError(f"{name}: {arg} is on {buf.device} and x on {x.device}; put them on one device")
 
 
 def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> Call:
@@ -84,6 +152,18 @@ def _quantize_op(x: torch.Tensor, scale_rule: str, backend: str) -> tuple[torch.
 def _quantize_fake(x, scale_rule, backend):
     dispatch.resolve(describe_quantize(x, scale_rule), backend)
     return quantize_outputs(x)
+
+
+@torch.library.custom_op("lowbit::per_token_group_quant_mxfp4", mutates_args=("x_q", "x_s"))
+def _group_quant_op(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, group_size: int, eps: float,
+                    backend: str) -> None:
+    kernel = dispatch.resolve(describe_group_quant(x, x_q, x_s, group_size, eps), backend)
+    kernel.run(x, x_q, x_s, eps=float32_value(eps))  # [MX-EPS] uses fl32(eps): every kernel gets it exactly
+
+
+@_group_quant_op.register_fake
+def _group_quant_fake(x, x_q, x_s, group_size, eps, backend):
+    dispatch.resolve(describe_group_quant(x, x_q, x_s, group_size, eps), backend)
 
 
 @torch.library.custom_op("lowbit::dequantize_mxfp4", mutates_args=())

@@ -26,6 +26,9 @@ OPS = {
     for op in (
         OpDef("quantize_mxfp4", "MXFP4", "E2M1 elements, blocks of 32, E8M0 scales",
               mxfp4.describe_quantize),
+        OpDef("per_token_group_quant_mxfp4", "MXFP4",
+              "vLLM's convention: MXFP4 into x_q and x_s (float32 or E8M0 scales), eps floor",
+              mxfp4.describe_group_quant),
         OpDef("dequantize_mxfp4", "MXFP4", "MXFP4 back to bfloat16/float16/float32",
               mxfp4.describe_dequantize),
         OpDef("quantize_fp8_group_packed", "FP8", "E4M3 per token group, UE8M0 scales packed for DeepGEMM",

@@ -50,7 +50,7 @@ def supports(op: str, *args, backend: str = dispatch.AUTO, device=None, arch=Non
         call = dataclasses.replace(call, arch=normalize_arch(arch))
     if backend == dispatch.AUTO:
         backend = dispatch.requested_backend()
-    return dispatch.select(call, backend)
+    return dispatch.select(call, backend, dispatch.opted_in())
 
 
 def explain(op: str, *args, **kwargs) -> str:

@@ -8,12 +8,12 @@ import importlib
 import importlib.metadata
 import logging
 
-from .backend import Backend
+from .backend import Backend, Kernel
 
 log = logging.getLogger("lowbit")
 
-# Modules that define `BACKEND`. The XPU issue adds xpu here.
-BUILTIN = ("lowbit.backends.cpu", "lowbit.backends.cuda")
+# Modules that define `BACKEND`.
+BUILTIN = ("lowbit.backends.cpu", "lowbit.backends.cuda", "lowbit.backends.xpu")
 ENTRY_POINT_GROUP = "lowbit.backends"
 
 _registered: dict[str, Backend] = {}  # added at run time with register()
@@ -63,19 +63,38 @@ def unavailable(name: str) -> str | None:
     return get(name).unavailable()
 
 
+@functools.cache
+def kernel_unavailable(kernel: Kernel) -> str | None:
+    """Why `kernel` cannot run in this process: its backend's reason, or its own. Asked once per process."""
+    return unavailable(kernel.capability.backend) or (kernel.unavailable() if kernel.unavailable else None)
+
+
+@functools.cache
+def settings() -> dict[str, tuple[str, ...]]:
+    """Every backend's variant settings: environment variable -> allowed values."""
+    found: dict[str, tuple[str, ...]] = {}
+    for b in backends():
+        for name, values in b.settings.items():
+            found[name] = tuple(dict.fromkeys((*found.get(name, ()), *values)))
+    return found
+
+
 def register(backend: Backend) -> None:
     """Add (or replace) a backend at run time, e.g. from an application or a test."""
     _registered[backend.name] = backend
-    _changed()
+    forget()
 
 
 def unregister(name: str) -> None:
     _registered.pop(name, None)
-    _changed()
+    forget()
 
 
-def _changed() -> None:
+def forget() -> None:
+    """Drop what was cached about backends (availability, settings) and every dispatch decision."""
     from . import dispatch
 
     unavailable.cache_clear()
+    kernel_unavailable.cache_clear()
+    settings.cache_clear()
     dispatch.clear_cache()

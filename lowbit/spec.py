@@ -15,6 +15,10 @@ SCALE_EXP_MIN, SCALE_EXP_MAX = -127, 127  # clamp of e, both rules
 RCEIL_AMAX_FLOOR = 6.0 * 2.0**-126  # max(amax, 6·2^-126) keeps d normal
 MX_Q_DTYPE = torch.float4_e2m1fn_x2
 MX_SCALE_DTYPE = torch.float8_e8m0fnu
+# per_token_group_quant_mxfp4 [MX-BUFFERS, MX-EPS, MX-SCALE-F32]: vLLM's convention
+MX_DEFAULT_EPS = 1e-10
+MX_BUFFER_Q_DTYPES = (torch.uint8, MX_Q_DTYPE)
+MX_BUFFER_SCALE_DTYPES = (torch.float32, MX_SCALE_DTYPE, torch.uint8)
 
 # FP8 per-token-group, packed for DeepGEMM [FP8-*]
 FP8_MAX = 448.0

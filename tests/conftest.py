@@ -6,14 +6,17 @@ from lowbit import dispatch, registry
 
 @pytest.fixture(autouse=True)
 def _fresh_dispatch(monkeypatch):
-    """Each test starts with no run-time backends, no env overrides and no cached decisions."""
+    """Each test starts with no run-time backends, no env overrides (LOWBIT_BACKEND, LOWBIT_STRICT,
+    the variant settings such as LOWBIT_XPU_PROVIDER) and no cached decisions or availability."""
     monkeypatch.delenv(dispatch.ENV_BACKEND, raising=False)
     monkeypatch.delenv(dispatch.ENV_STRICT, raising=False)
-    dispatch.clear_cache()
+    for name in registry.settings():
+        monkeypatch.delenv(name, raising=False)
+    registry.forget()
     yield
     for name in list(registry._registered):
         registry.unregister(name)
-    dispatch.clear_cache()
+    registry.forget()
 
 
 def spicy_tensor(shape, dtype, seed, exponent_run):

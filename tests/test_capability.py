@@ -1,8 +1,11 @@
 """The capability model: arch spelling, and each constraint a record can state."""
 
+import dataclasses
+
 import pytest
 import torch
 
+from lowbit import dispatch
 from lowbit.capability import (
     ANY_GROUP_SIZE,
     ArchRange,
@@ -41,8 +44,6 @@ GOOD = Call(op="quantize_fp8_group_packed", device_type="cuda", arch=90, dtype=t
 
 
 def constraints(**changes):
-    import dataclasses
-
     return [u.constraint for u in RECORD.unmet(dataclasses.replace(GOOD, **changes))]
 
 
@@ -105,4 +106,43 @@ def test_as_row_states_the_record_in_words():
 def test_a_record_prints_as_one_line():
     assert str(RECORD) == ("quantize_fp8_group_packed on fast: devices cuda; arch cuda sm_89+; dtypes bfloat16/float16; "
                            "ndim 2..3; sizes group 128; rules -; strides last dim contiguous; bit-exact to SPEC; "
-                           "graph-safe yes; compile-safe yes")
+                           "graph-safe yes; compile-safe yes; auto-dispatch yes")
+
+
+def test_an_opt_in_record_says_when_auto_dispatch_uses_it():
+    record = dataclasses.replace(RECORD, opt_in="LOWBIT_TEST_PROVIDER=fast", contiguous=True,
+                                 fidelity="ties toward zero, not bit-exact to SPEC")
+    row = record.as_row()
+    assert row["auto"] == "only with LOWBIT_TEST_PROVIDER=fast" and RECORD.as_row()["auto"] == "yes"
+    assert row["strides"] == "contiguous"  # the stricter of the two stride needs is the one stated
+    assert str(record).endswith("; strides contiguous; ties toward zero, not bit-exact to SPEC; graph-safe yes; "
+                                "compile-safe yes; auto-dispatch only with LOWBIT_TEST_PROVIDER=fast")
+
+
+def test_a_contiguous_record_refuses_any_non_contiguous_input():
+    record = dataclasses.replace(RECORD, contiguous=True, last_dim_contiguous=False)
+    assert record.unmet(GOOD) == []
+    for changes in (dict(contiguous=False), dict(last_dim_contiguous=False, contiguous=False)):
+        [unmet] = record.unmet(dataclasses.replace(GOOD, **changes))
+        assert (unmet.constraint, unmet.fix) == ("needs a contiguous input", "pass x.contiguous()")
+    # a record without the need takes rows with gaps (RECORD needs only the last dim contiguous)
+    assert RECORD.unmet(dataclasses.replace(GOOD, contiguous=False)) == []
+
+
+def test_a_call_describes_an_input_that_is_not_contiguous():
+    assert dataclasses.replace(GOOD, contiguous=False).describe() == (
+        "bfloat16 input, ndim 2, last dim 256, group_size 128, input not contiguous, on cuda sm_90")
+    # a strided last dim says that instead (it implies the rest)
+    assert dataclasses.replace(GOOD, last_dim_contiguous=False, contiguous=False).describe() == (
+        "bfloat16 input, ndim 2, last dim 256, group_size 128, last dim strided, on cuda sm_90")
+    assert "contiguous" not in GOOD.describe() and "strided" not in GOOD.describe()
+
+
+def test_call_for_reads_contiguity_from_the_tensor():
+    rows_with_gaps = torch.empty(4, 128)[:, :64]  # stride 1 along the last dim, but rows 128 apart
+    call = dispatch.call_for("quantize_mxfp4", rows_with_gaps)
+    assert (call.last_dim_contiguous, call.contiguous) == (True, False)
+    assert "input not contiguous" in call.describe()
+    call = dispatch.call_for("quantize_mxfp4", torch.empty(64, 4).t())
+    assert (call.last_dim_contiguous, call.contiguous) == (False, False)
+    assert dispatch.call_for("quantize_mxfp4", torch.empty(4, 64)).contiguous

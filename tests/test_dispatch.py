@@ -3,6 +3,7 @@ caching, lazy loading and entry points."""
 
 import dataclasses
 import logging
+import re
 import subprocess
 import sys
 
@@ -101,7 +102,7 @@ def test_forced_backend_that_cannot_run_names_the_constraint_and_an_alternative(
 
 
 def test_unknown_backend_name_lists_the_known_ones():
-    with pytest.raises(lowbit.UnsupportedError, match=r"no backend is named 'nope' \(known: cuda, cpu\)"):
+    with pytest.raises(lowbit.UnsupportedError, match=r"no backend is named 'nope' \(known: cuda, xpu, cpu\)"):
         lowbit.quantize_mxfp4(torch.randn(4, 64), backend="nope")
 
 
@@ -174,7 +175,7 @@ def test_entry_point_backends_are_discovered(monkeypatch, caplog):
     try:
         with caplog.at_level(logging.WARNING, logger="lowbit"):
             names = [b.name for b in registry.backends()]
-        assert names == ["plugin", "cuda", "cpu"]
+        assert names == ["plugin", "cuda", "xpu", "cpu"]
         assert registry.load_problems() == ("entry point 'broken' (broken:BACKEND) did not load: "
                                             "no module named broken",)
         dispatch.clear_cache()
@@ -189,3 +190,207 @@ def test_a_kernel_registered_under_another_backends_name_is_refused():
     kernel = lowbit.backends.cpu.BACKEND.kernel("quantize_mxfp4")
     with pytest.raises(ValueError, match="declares backend 'cpu'"):
         Backend(name="other", priority=1, summary="", kernels=(kernel,))
+
+
+# --- variants behind an opt-in (generic: a test backend, not xpu's vendor op) ---------------------
+
+SETTING = "LOWBIT_TEST_PROVIDER"
+OPT_IN_FIDELITY = "ties toward zero, not bit-exact to SPEC"
+SKIPPED = f"auto-dispatch uses it only with {SETTING}=fast (fidelity: {OPT_IN_FIDELITY})"
+
+
+@dataclasses.dataclass
+class OptInBackend:
+    """What the test backend "opt" saw: the variant of each run, and how often "fast"'s
+    `unavailable` hook was asked; `missing` is what that hook answers."""
+
+    runs: list = dataclasses.field(default_factory=list)
+    probes: int = 0
+    missing: str | None = None
+
+
+@pytest.fixture
+def opt(monkeypatch):
+    """Registers backend "opt" (priority 20, cpu and cuda, quantize_mxfp4 on bfloat16) with two
+    variants: "fast" (opt-in LOWBIT_TEST_PROVIDER=fast, needs a contiguous input; its library loads)
+    and "exact". `opt.missing = "why"` makes "fast"'s library fail to load."""
+    monkeypatch.delenv(SETTING, raising=False)
+    seen = OptInBackend()
+    reference = lowbit.backends.cpu.BACKEND.kernel("quantize_mxfp4").capability
+    common = dict(backend="opt", devices=("cpu", "cuda"), any_device=False, dtypes=(torch.bfloat16,))
+
+    def runner(variant):
+        def run(x, q, scales, *, scale_rule):
+            seen.runs.append(variant)
+            cpu_mxfp4.quantize(x, q, scales, scale_rule=scale_rule)
+        return run
+
+    def fast_unavailable():
+        seen.probes += 1
+        return seen.missing
+
+    fast = dataclasses.replace(reference, variant="fast", opt_in=f"{SETTING}=fast", contiguous=True,
+                               fidelity=OPT_IN_FIDELITY, **common)
+    exact = dataclasses.replace(reference, variant="exact", fidelity="bit-exact to SPEC", **common)
+    registry.register(Backend(name="opt", priority=20, summary="test backend with an opt-in variant",
+                              kernels=(Kernel(fast, runner("fast"), unavailable=fast_unavailable),
+                                       Kernel(exact, runner("exact"))),
+                              settings={SETTING: ("exact", "fast")}))
+    return seen
+
+
+def bf16(*shape):
+    return torch.randn(*shape).bfloat16()
+
+
+def test_auto_dispatch_skips_an_opt_in_variant_without_the_setting(opt):
+    verdict = lowbit.supports("quantize_mxfp4", bf16(4, 64))
+    assert (verdict.backend, verdict.variant, verdict.fallback, verdict.opt_in_passed_over) == (
+        "opt", "exact", False, False)
+    assert verdict.reasons == {"opt/fast": [SKIPPED]}
+    lowbit.quantize_mxfp4(bf16(4, 64))
+    assert opt.runs == ["exact"]
+
+
+def test_forcing_the_backend_by_name_also_skips_the_opt_in_variant(opt, monkeypatch):
+    lowbit.quantize_mxfp4(bf16(4, 64), backend="opt")
+    monkeypatch.setenv("LOWBIT_BACKEND", "opt")
+    lowbit.quantize_mxfp4(bf16(4, 64))
+    assert opt.runs == ["exact", "exact"]
+    assert lowbit.supports("quantize_mxfp4", bf16(4, 64), backend="opt").reasons == {"opt/fast": [SKIPPED]}
+
+
+def test_the_setting_opts_in_for_auto_and_the_forced_backend_and_is_read_per_call(opt, monkeypatch):
+    monkeypatch.setenv(SETTING, "fast")
+    lowbit.quantize_mxfp4(bf16(4, 64))
+    lowbit.quantize_mxfp4(bf16(4, 64), backend="opt")
+    monkeypatch.setenv(SETTING, "exact")  # a declared value that opts into nothing
+    lowbit.quantize_mxfp4(bf16(4, 64))
+    monkeypatch.setenv(SETTING, "")  # empty: unset
+    lowbit.quantize_mxfp4(bf16(4, 64))
+    monkeypatch.setenv(SETTING, "fast")
+    lowbit.quantize_mxfp4(bf16(4, 64))
+    assert opt.runs == ["fast", "fast", "exact", "exact", "fast"]
+    verdict = lowbit.supports("quantize_mxfp4", bf16(4, 64))
+    assert (verdict.variant, verdict.rejected, verdict.opt_in_passed_over) == ("fast", (), False)
+
+
+def test_naming_the_variant_runs_it_without_the_setting(opt):
+    lowbit.quantize_mxfp4(bf16(4, 64), backend="opt/fast")
+    assert opt.runs == ["fast"]
+    verdict = lowbit.supports("quantize_mxfp4", bf16(4, 64), backend="opt/fast")
+    assert (verdict.backend, verdict.variant, verdict.rejected) == ("opt", "fast", ())
+    assert f"fidelity: {OPT_IN_FIDELITY}" in verdict.explain()
+
+
+@pytest.mark.parametrize("value", ["slow", "FAST", "fast "])
+def test_a_setting_value_no_backend_declares_is_a_value_error(opt, monkeypatch, value):
+    monkeypatch.setenv(SETTING, value)
+    message = (f"lowbit: {SETTING}={value!r} is not one of 'exact', 'fast'; set one of those, or unset {SETTING} "
+               "for the default")
+    with pytest.raises(ValueError) as raised:
+        lowbit.quantize_mxfp4(bf16(4, 64))
+    assert str(raised.value) == message and not isinstance(raised.value, lowbit.UnsupportedError)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        lowbit.supports("quantize_mxfp4", bf16(4, 64))
+    assert opt.runs == []
+
+
+def test_the_opt_in_variants_hook_is_not_asked_until_opted_in_then_once(opt, monkeypatch):
+    for shape in ((4, 64), (9, 64), (4, 128)):  # (4, 128): another Call, another decision
+        lowbit.quantize_mxfp4(bf16(*shape))
+        lowbit.quantize_mxfp4(bf16(*shape), backend="opt")
+        lowbit.supports("quantize_mxfp4", bf16(*shape))
+    lowbit.quantize_mxfp4(bf16(64, 4).t())  # refused by "fast" anyway: still not probed
+    assert (opt.probes, opt.runs) == (0, ["exact"] * 7)
+    monkeypatch.setenv(SETTING, "fast")
+    for shape in ((4, 64), (9, 64), (4, 128), (2, 3, 32)):
+        lowbit.quantize_mxfp4(bf16(*shape))
+        lowbit.quantize_mxfp4(bf16(*shape), backend="opt")
+        lowbit.quantize_mxfp4(bf16(*shape), backend="opt/fast")
+        lowbit.explain("quantize_mxfp4", bf16(*shape))
+    assert opt.probes == 1 and opt.runs[7:] == ["fast"] * 12
+
+
+def test_an_opt_in_variant_that_cannot_load_says_why_and_the_next_variant_runs(opt, monkeypatch):
+    opt.missing = "libfast is not installed"
+    monkeypatch.setenv(SETTING, "fast")
+    verdict = lowbit.supports("quantize_mxfp4", bf16(4, 64))
+    assert (verdict.backend, verdict.variant, verdict.fallback, verdict.opt_in_passed_over) == (
+        "opt", "exact", False, True)
+    assert verdict.reasons == {"opt/fast": ["cannot load here: libfast is not installed"]}
+    forced = lowbit.supports("quantize_mxfp4", bf16(4, 64), backend="opt/fast")
+    assert not forced.ok and forced.reasons == {"opt/fast": ["cannot load here: libfast is not installed"]}
+    assert "Alternative: backend='opt' can run this call" in forced.explain()
+    with pytest.raises(lowbit.UnsupportedError, match="cannot load here: libfast is not installed"):
+        lowbit.quantize_mxfp4(bf16(4, 64), backend="opt/fast")
+    assert opt.probes == 1
+
+
+def test_passing_over_an_opted_in_variant_warns_once_and_strict_mode_allows_it(opt, monkeypatch, caplog):
+    """Not a fallback (the same backend runs the call, with the SPEC's bits), but not what the
+    setting asked for: one warning per decision, and LOWBIT_STRICT=1 does not refuse it."""
+    opt.missing = "libfast is not installed"
+    monkeypatch.setenv(SETTING, "fast")
+    monkeypatch.setenv("LOWBIT_STRICT", "1")
+    with caplog.at_level(logging.WARNING, logger="lowbit"):
+        for rows in (4, 9, 1):
+            lowbit.quantize_mxfp4(bf16(rows, 64))
+        lowbit.quantize_mxfp4(bf16(4, 64), backend="opt")  # forced by name: its own decision, its own warning
+    assert opt.runs == ["exact"] * 4
+    warnings = [r.getMessage() for r in caplog.records if r.name == "lowbit"]
+    assert [w.splitlines()[0] for w in warnings] == [
+        "lowbit.quantize_mxfp4 for bfloat16 input, ndim 2, last dim 64, scale_rule 'rceil', on cpu: "
+        "runs on backend 'opt' (exact)",
+        "lowbit.quantize_mxfp4 for bfloat16 input, ndim 2, last dim 64, scale_rule 'rceil', on cpu: "
+        "runs on backend 'opt' (exact) (forced)"]
+    assert all("  - opt/fast: cannot load here: libfast is not installed" in w for w in warnings)
+    assert all("LOWBIT_STRICT" not in w and "falls back" not in w for w in warnings)
+
+
+def test_without_the_setting_skipping_the_opt_in_variant_is_silent(opt, caplog):
+    with caplog.at_level(logging.DEBUG, logger="lowbit"):
+        lowbit.quantize_mxfp4(bf16(4, 64))
+        lowbit.quantize_mxfp4(bf16(4, 64), backend="opt")
+    assert [r for r in caplog.records if r.name == "lowbit"] == []
+
+
+def test_a_contiguous_record_refuses_a_transposed_input_and_takes_a_contiguous_one(opt, monkeypatch, caplog):
+    monkeypatch.setenv(SETTING, "fast")
+    transposed, rows_with_gaps = bf16(64, 4).t(), bf16(4, 128)[:, :64]
+    for x, said in ((transposed, "last dim strided"), (rows_with_gaps, "input not contiguous")):
+        verdict = lowbit.supports("quantize_mxfp4", x)
+        assert (verdict.variant, verdict.opt_in_passed_over) == ("exact", True)
+        assert verdict.reasons == {"opt/fast": ["needs a contiguous input"]}
+        assert f"{said}, on cpu" in verdict.explain()
+        with pytest.raises(lowbit.UnsupportedError) as raised:
+            lowbit.quantize_mxfp4(x, backend="opt/fast")
+        assert "  - opt/fast: needs a contiguous input" in str(raised.value)
+        assert "backend 'opt/fast' (forced) cannot run it" in str(raised.value)
+    with caplog.at_level(logging.WARNING, logger="lowbit"):
+        lowbit.quantize_mxfp4(transposed)  # auto: the next variant takes it, with the one warning
+    assert opt.runs == ["exact"] and len([r for r in caplog.records if r.name == "lowbit"]) == 1
+    for x in (transposed.contiguous(), rows_with_gaps.contiguous()):
+        assert lowbit.supports("quantize_mxfp4", x).variant == "fast"
+        lowbit.quantize_mxfp4(x, backend="opt/fast")
+    assert opt.runs == ["exact", "fast", "fast"]
+
+
+def _opt_in_kernel(opt_in):
+    reference = lowbit.backends.cpu.BACKEND.kernel("quantize_mxfp4")
+    cap = dataclasses.replace(reference.capability, backend="opt", variant="fast", opt_in=opt_in)
+    return Kernel(cap, reference.run)
+
+
+@pytest.mark.parametrize(("opt_in", "settings"), [
+    ("LOWBIT_TEST_PROVIDER=fast", {}),  # no such setting
+    ("LOWBIT_TEST_PROVIDER=fast", {"LOWBIT_TEST_PROVIDER": ("exact",)}),  # a value it does not declare
+    ("LOWBIT_OTHER=fast", {"LOWBIT_TEST_PROVIDER": ("exact", "fast")}),  # another setting's name
+    ("LOWBIT_TEST_PROVIDER", {"LOWBIT_TEST_PROVIDER": ("exact", "fast")}),  # no value
+], ids=["undeclared-setting", "undeclared-value", "other-setting", "no-value"])
+def test_a_backend_refuses_a_record_whose_opt_in_it_does_not_declare(opt_in, settings):
+    with pytest.raises(ValueError, match=re.escape(
+            f"lowbit: opt/fast opts in with {opt_in!r}, which backend 'opt' does not declare in its settings")):
+        Backend(name="opt", priority=1, summary="", kernels=(_opt_in_kernel(opt_in),), settings=settings)
+    Backend(name="opt", priority=1, summary="", kernels=(_opt_in_kernel("LOWBIT_TEST_PROVIDER=fast"),),
+            settings={"LOWBIT_TEST_PROVIDER": ("exact", "fast")})  # declared: accepted

@@ -137,10 +137,10 @@ MX_CASES = [
           "Alternative: cast the input to float32; or pad the last dim"),
          _mx(lambda: torch.zeros(4, 40, dtype=torch.int32))),
     Case("mx-backend-nope", Unsupported,
-         ("backend 'nope' (forced) cannot run it", "  - nope: no backend is named 'nope' (known: cuda, cpu)",
+         ("backend 'nope' (forced) cannot run it", "  - nope: no backend is named 'nope' (known: cuda, xpu, cpu)",
           "Alternative: backend='cpu' can run this call"),
          _mx(lambda: randn(4, 64), backend="nope")),
-    Case("mx-backend-CPU", Unsupported, ("no backend is named 'CPU' (known: cuda, cpu)",),
+    Case("mx-backend-CPU", Unsupported, ("no backend is named 'CPU' (known: cuda, xpu, cpu)",),
          _mx(lambda: randn(4, 64), backend="CPU")),
     Case("mx-env-backend-nope", Unsupported, ("backend 'nope' (forced) cannot run it",),
          _mx(lambda: randn(4, 64)), env={"LOWBIT_BACKEND": "nope"}),
@@ -191,7 +191,7 @@ MXDQ_CASES = [
       for dt in (torch.int32, torch.float64, E4M3)],
     Case("mxdq-scales-on-meta", ValueError, ("lowbit.dequantize_mxfp4: q is on cpu and scales on meta",),
          _mxdq(lambda: _mx_pair()[0], lambda: meta(_mx_pair()[1]))),
-    Case("mxdq-backend-nope", Unsupported, ("no backend is named 'nope' (known: cuda, cpu)",),
+    Case("mxdq-backend-nope", Unsupported, ("no backend is named 'nope' (known: cuda, xpu, cpu)",),
          _mxdq(lambda: _mx_pair()[0], lambda: _mx_pair()[1], backend="nope")),
 ]
 
@@ -230,7 +230,7 @@ FP8_CASES = [
            _fp8(lambda: randn(4, 128), eps=eps))
       for eps in (float("nan"), float("inf"), float("-inf"), -1e-3, -1e-30)],
     Case("fp8-backend-nope", Unsupported, ("backend 'nope' (forced) cannot run it",
-                                           "no backend is named 'nope' (known: cuda, cpu)",
+                                           "no backend is named 'nope' (known: cuda, xpu, cpu)",
                                            "Alternative: backend='cpu' can run this call"),
          _fp8(lambda: randn(4, 128), backend="nope")),
     Case("fp8-forced-cpu-float64", Unsupported, ("backend 'cpu' (forced) cannot run it",
@@ -334,7 +334,7 @@ OUT_CASES = [
          _out(lambda: randn(256), lambda: q_buf(256), lambda: torch.zeros(2, dtype=torch.int32))),
     Case("out-eps-nan", ValueError, ("eps=nan must be finite and >= 0",),
          _out(_x2, _good_q2, _good_s2, eps=float("nan"))),
-    Case("out-backend-nope", Unsupported, ("no backend is named 'nope' (known: cuda, cpu)",),
+    Case("out-backend-nope", Unsupported, ("no backend is named 'nope' (known: cuda, xpu, cpu)",),
          _out(_x2, _good_q2, _good_s2, backend="nope")),
 ]
 
@@ -386,7 +386,7 @@ FP8DQ_CASES = [
       for dt in (torch.int32, torch.float64, E4M3)],
     Case("fp8dq-scales-on-meta", ValueError, ("q is on cpu and scales on meta",),
          _fp8dq(lambda: _fp8_pair()[0], lambda: meta(_fp8_pair()[1]))),
-    Case("fp8dq-backend-nope", Unsupported, ("no backend is named 'nope' (known: cuda, cpu)",),
+    Case("fp8dq-backend-nope", Unsupported, ("no backend is named 'nope' (known: cuda, xpu, cpu)",),
          _fp8dq(lambda: _fp8_pair()[0], lambda: _fp8_pair()[1], backend="nope")),
 ]
 
@@ -493,7 +493,9 @@ def test_supports_meta_xpu_fp8_group_size():
     v = lowbit.supports("quantize_fp8_group_packed", torch.empty(4, 96, device="meta", dtype=torch.bfloat16),
                         group_size=64, device="xpu")
     assert (v.ok, v.backend) == (False, None)
-    assert v.reasons == {"cpu": ["group_size 64 does not divide the last dim 96"]}
+    # the xpu record (group 128 only) and the reference both name the group that does not divide K
+    assert v.reasons == {"xpu/triton": ["group_size 64 does not divide the last dim 96"],
+                         "cpu": ["group_size 64 does not divide the last dim 96"]}
 
 
 def test_supports_meta_dequantize_dtypes():
@@ -508,7 +510,7 @@ def test_supports_meta_dequantize_dtypes():
 def test_supports_meta_forced_unknown_backend():
     v = lowbit.supports("quantize_mxfp4", torch.empty(8, 64, device="meta"), device="cuda", backend="nope")
     assert (v.ok, v.backend) == (False, None)
-    assert v.reasons == {"nope": ["no backend is named 'nope' (known: cuda, cpu)"]}
+    assert v.reasons == {"nope": ["no backend is named 'nope' (known: cuda, xpu, cpu)"]}
 
 
 def test_supports_meta_without_device_is_a_value_error():

@@ -4,14 +4,20 @@
   strides, storage offsets and storage sizes of the real outputs computed on CPU.
 * A call the real path refuses is refused by the fake path with the same exception type and text;
   on fake cuda/xpu tensors the text is what `lowbit.explain` says for that device.
-* On cuda/xpu only the CPU reference exists, so dispatch falls back to it (one warning), and
-  LOWBIT_STRICT=1 turns the fallback into lowbit.UnsupportedError.
+* Where only the CPU reference takes a call (every op on fake cuda tensors, whose arch this machine
+  cannot tell; the dequantize ops and FP8 groups other than 128 on xpu), dispatch falls back to it
+  (one warning), and LOWBIT_STRICT=1 turns the fallback into lowbit.UnsupportedError.
+* On fake xpu tensors quantize_mxfp4, per_token_group_quant_mxfp4, quantize_fp8_group_packed and
+  unified_attention resolve to backend "xpu" (triton) without a warning; LOWBIT_XPU_PROVIDER=vendor
+  without vllm-xpu-kernels still runs triton, with one warning that says why.
 * torch.library.opcheck passes on every op; torch.compile(fullgraph=True) gives the eager bits.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,17 +42,24 @@ def _fake_tensors_unavailable(device: str) -> str:
     return ""
 
 
-ACCELERATORS = tuple(
-    pytest.param(d, marks=pytest.mark.skipif(bool(_fake_tensors_unavailable(d)), reason=_fake_tensors_unavailable(d)))
-    for d in ("cuda", "xpu")
-)
+FAKE_DEVICE = {d: pytest.mark.skipif(bool(_fake_tensors_unavailable(d)), reason=_fake_tensors_unavailable(d) or "-")
+               for d in ("cuda", "xpu")}
+ACCELERATORS = tuple(pytest.param(d, marks=mark) for d, mark in FAKE_DEVICE.items())
 DEVICES = ("cpu", *ACCELERATORS)
+VENDOR_NOT_INSTALLED = pytest.mark.skipif(
+    importlib.util.find_spec("vllm_xpu_kernels") is not None,
+    reason="vllm_xpu_kernels is installed here: these tests are about a machine without it")
 
 
 # tests/conftest.py clears LOWBIT_BACKEND / LOWBIT_STRICT and the dispatch cache around each test.
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+E = torch.empty
+F32, BF16 = torch.float32, torch.bfloat16
+E4M3, E2M1, E8M0 = torch.float8_e4m3fn, torch.float4_e2m1fn_x2, torch.float8_e8m0fnu
+
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
@@ -267,6 +280,54 @@ def test_fp8_fake_scales_own_the_padded_storage():
     assert got == ((2, 5, 3), (24, 1, 8), 0, 48)
 
 
+def _group_quant_buffers(x, q_dtype=torch.uint8, s_dtype=F32, offset=0):
+    """(x_q, x_s) for x: contiguous, at storage offset `offset` of their allocations, holding a
+    sentinel (0xA5 bytes, or -7.0 in a float32 x_s) so that a write shows."""
+    *lead, k = x.shape
+
+    def buffer(shape, dtype):
+        n = math.prod(shape)
+        if dtype == F32:
+            return torch.full((offset + n,), -7.0)[offset:].view(shape)
+        return torch.full((offset + n,), 0xA5, dtype=torch.uint8)[offset:].view(shape).view(dtype)
+
+    return buffer((*lead, k // 2), q_dtype), buffer((*lead, k // 32), s_dtype)
+
+
+GROUP_QUANT_INPUTS = {  # name: (x, x_q dtype, x_s dtype, storage offset of the buffers)
+    "2d_f32_scales": (lambda: randn(4, 64), torch.uint8, F32, 0),
+    "3d_bf16_e8m0_scales": (lambda: randn(2, 3, 256, dtype=BF16, seed=1), E2M1, E8M0, 0),
+    "4d_f16_uint8_scales": (lambda: randn(2, 1, 3, 32, dtype=torch.float16, seed=2), torch.uint8, torch.uint8, 0),
+    "1d": (lambda: randn(64, seed=3), torch.uint8, F32, 0),
+    "0rows": (lambda: randn(0, 64), torch.uint8, F32, 0),
+    "0rows_3d": (lambda: randn(2, 0, 64), E2M1, E8M0, 0),
+    "k0": (lambda: randn(3, 0), torch.uint8, F32, 0),
+    "last_dim_strided_input": (lambda: randn(64, 6, seed=4).t(), torch.uint8, F32, 0),
+    "rows_strided_input": (lambda: randn(4, 128, seed=5)[:, :64], E2M1, E8M0, 0),
+    "buffers_at_an_offset": (lambda: randn(5, 96, dtype=BF16, seed=6), torch.uint8, F32, 3),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", GROUP_QUANT_INPUTS)
+def test_fake_group_quant_runs_and_keeps_the_buffers(name, device):
+    """per_token_group_quant_mxfp4 under FakeTensorMode returns None, like the real call, and leaves
+    x_q and x_s as they were: same shape, dtype, strides, offset and storage (it writes in place)."""
+    make, q_dtype, s_dtype, offset = GROUP_QUANT_INPUTS[name]
+    x = make()
+    x_q, x_s = _group_quant_buffers(x, q_dtype, s_dtype, offset)
+    before = [layout(t) for t in (x_q, x_s)]
+    assert lowbit.per_token_group_quant_mxfp4(x, x_q, x_s) is None
+    assert [layout(t) for t in (x_q, x_s)] == before
+    with FakeTensorMode():
+        fx, fq, fs = (fake_like(t, device) for t in (x, x_q, x_s))
+        result = lowbit.per_token_group_quant_mxfp4(fx, fq, fs)
+        fake_layouts = [layout(t) for t in (fq, fs)]
+        fake_devices = {t.device.type for t in (fq, fs)}
+    assert result is None and fake_devices == {device}
+    assert fake_layouts == before
+
+
 # --- fallback warning and LOWBIT_STRICT ----------------------------------------------------------
 
 def _meta_args(device):
@@ -274,12 +335,15 @@ def _meta_args(device):
     x = torch.empty(5, 256, device=device)
     q4 = torch.empty(5, 128, dtype=torch.float4_e2m1fn_x2, device=device)
     s4 = torch.empty(5, 8, dtype=torch.float8_e8m0fnu, device=device)
+    x_q = torch.empty(5, 128, dtype=torch.uint8, device=device)
+    x_s = torch.empty(5, 8, dtype=torch.float32, device=device)
     q8 = torch.empty(5, 256, dtype=torch.float8_e4m3fn, device=device)
     s8 = torch.empty_strided((5, 2), (1, 8), dtype=torch.int32, device=device)
     qb = torch.empty(8, 256, dtype=torch.float8_e4m3fn, device=device)
     sb = torch.empty_strided((5, 2), (1, 8), dtype=torch.int32, device=device)
     return {
         "quantize_mxfp4": ((x,), {"scale_rule": "floor"}),
+        "per_token_group_quant_mxfp4": ((x, x_q, x_s), {}),
         "dequantize_mxfp4": ((q4, s4), {"dtype": torch.float16}),
         "quantize_fp8_group_packed": ((x,), {"group_size": 32}),
         "quantize_fp8_group_packed_out": ((x,), {"group_size": 32, "out": (qb, sb)}),
@@ -287,16 +351,27 @@ def _meta_args(device):
     }
 
 
-OP_VARIANTS = ("quantize_mxfp4", "dequantize_mxfp4", "quantize_fp8_group_packed",
+OP_VARIANTS = ("quantize_mxfp4", "per_token_group_quant_mxfp4", "dequantize_mxfp4", "quantize_fp8_group_packed",
                "quantize_fp8_group_packed_out", "dequantize_fp8_group_packed")
+# The _meta_args calls only the reference takes on fake xpu tensors: xpu has no dequantize kernels, and
+# its FP8 record takes group 128 only (the calls use 32). On fake cuda tensors every call falls back:
+# every cuda record needs an arch and this machine cannot tell a fake cuda device's.
+XPU_FALLBACKS = ("dequantize_mxfp4", "quantize_fp8_group_packed", "quantize_fp8_group_packed_out",
+                 "dequantize_fp8_group_packed")
+FALLBACKS = [pytest.param(device, variant, id=f"{device}-{variant}", marks=FAKE_DEVICE[device])
+             for device, variants in (("cuda", OP_VARIANTS), ("xpu", XPU_FALLBACKS)) for variant in variants]
 
 
 def _public(variant: str) -> str:
     return variant.removesuffix("_out")
 
 
-@pytest.mark.parametrize("variant", OP_VARIANTS)
-@pytest.mark.parametrize("device", ACCELERATORS)
+def written(variant: str, args, result) -> tuple:
+    """The tensors a call produced: its outputs, or the buffers an in-place op wrote."""
+    return args[1:] if variant == "per_token_group_quant_mxfp4" else outputs(result)
+
+
+@pytest.mark.parametrize(("device", "variant"), FALLBACKS)
 def test_fake_fallback_logs_one_warning(variant, device, caplog):
     dispatch.clear_cache()  # forget warnings earlier tests triggered
     expected = lowbit.explain(_public(variant), *_meta_args("meta")[variant][0], device=device,
@@ -319,8 +394,7 @@ def test_fake_cpu_logs_no_warning(variant, caplog):
     assert [r for r in caplog.records if r.name == "lowbit"] == []
 
 
-@pytest.mark.parametrize("variant", OP_VARIANTS)
-@pytest.mark.parametrize("device", ACCELERATORS)
+@pytest.mark.parametrize(("device", "variant"), FALLBACKS)
 def test_strict_refuses_fake_fallback(variant, device, monkeypatch):
     monkeypatch.setenv("LOWBIT_STRICT", "1")
     decision = lowbit.explain(_public(variant), *_meta_args("meta")[variant][0], device=device,
@@ -344,15 +418,124 @@ def test_strict_accepts_fake_cpu(variant, monkeypatch):
     monkeypatch.setenv("LOWBIT_STRICT", "1")
     with FakeTensorMode():
         args, kwargs = _meta_args("cpu")[variant]
-        result = outputs(run_op(_public(variant), args, kwargs))
-        assert all(t.device.type == "cpu" for t in result)
+        result = written(variant, args, run_op(_public(variant), args, kwargs))
+        assert result and all(t.device.type == "cpu" for t in result)
+
+
+# --- fake xpu tensors: the xpu backend's portable Triton kernels ---------------------------------
+
+def _attention_call(d):
+    """A unified_attention call (tensors hold no data): 7 tokens, 8 query / 2 KV heads of 128, pages of 16."""
+    args = (E(7, 8, 128, dtype=BF16, device=d), E(12, 16, 2, 128, dtype=BF16, device=d),
+            E(12, 16, 2, 128, dtype=BF16, device=d))
+    return args, dict(cu_seqlens_q=E(4, dtype=torch.int32, device=d), seqused_k=E(3, dtype=torch.int32, device=d),
+                      block_table=E(3, 7, dtype=torch.int32, device=d), max_seqlen_q=4, max_seqlen_k=100)
+
+
+def _xpu_native_calls(d):
+    """name: (op, args, kwargs, the layouts of what the call writes), for calls the xpu records take."""
+    x = E(5, 256, device=d)
+    return {
+        "quantize_mxfp4": ("quantize_mxfp4", (x,), {"scale_rule": "rceil"},
+                           [((5, 128), E2M1, (128, 1)), ((5, 8), E8M0, (8, 1))]),
+        "per_token_group_quant_mxfp4": ("per_token_group_quant_mxfp4",
+                                        (x, E(5, 128, dtype=torch.uint8, device=d), E(5, 8, device=d)), {},
+                                        [((5, 128), torch.uint8, (128, 1)), ((5, 8), F32, (8, 1))]),
+        "quantize_fp8_group_packed": ("quantize_fp8_group_packed", (x,), {},  # group 128
+                                      [((5, 256), E4M3, (256, 1)), ((5, 1), torch.int32, (1, 8))]),
+        "quantize_fp8_group_packed_out": ("quantize_fp8_group_packed", (x,), {"out": (
+            E(8, 256, dtype=E4M3, device=d), _s_buf((), 5, 1, d))},
+            [((8, 256), E4M3, (256, 1)), ((5, 1), torch.int32, (1, 8))]),
+        "unified_attention": ("unified_attention", *_attention_call(d), [((7, 8, 128), BF16, (1024, 128, 1))]),
+    }
+
+
+XPU_NATIVE = ("quantize_mxfp4", "per_token_group_quant_mxfp4", "quantize_fp8_group_packed",
+              "quantize_fp8_group_packed_out", "unified_attention")
+XPU_VENDOR_SKIPPED = ("auto-dispatch uses it only with LOWBIT_XPU_PROVIDER=vendor (fidelity: ties toward zero, "
+                      "not bit-exact to SPEC)")
+
+
+def spy_on_resolve(monkeypatch) -> list[str]:
+    """The labels of the kernels dispatch.resolve picks from now on (real calls and fakes alike)."""
+    chosen = []
+    real_resolve = dispatch.resolve
+
+    def spy(call, backend=dispatch.AUTO):
+        kernel = real_resolve(call, backend)
+        chosen.append(kernel.capability.label)
+        return kernel
+
+    monkeypatch.setattr(dispatch, "resolve", spy)
+    return chosen
+
+
+@FAKE_DEVICE["xpu"]
+@pytest.mark.parametrize("name", XPU_NATIVE)
+def test_fake_xpu_resolves_to_xpu_triton_without_a_warning(name, monkeypatch, caplog):
+    """The fake on fake xpu tensors resolves to the xpu backend's portable kernel: no fallback, so
+    no warning and nothing for LOWBIT_STRICT=1 to refuse. Fails if the xpu records stop taking these calls."""
+    op, margs, mkwargs, _ = _xpu_native_calls("meta")[name]
+    verdict = lowbit.supports(op, *margs, device="xpu", **mkwargs)
+    assert (verdict.backend, verdict.variant, verdict.fallback) == ("xpu", "triton", False)
+    vendor = op in ("quantize_mxfp4", "per_token_group_quant_mxfp4")  # its vendor record waits for the opt-in
+    assert verdict.reasons == ({"xpu/vendor": [XPU_VENDOR_SKIPPED]} if vendor else {})
+    assert "runs on backend 'xpu' (triton)" in verdict.explain()
+    monkeypatch.setenv("LOWBIT_STRICT", "1")
+    chosen = spy_on_resolve(monkeypatch)
+    with caplog.at_level(logging.DEBUG, logger="lowbit"), FakeTensorMode():
+        for _ in range(2):
+            op, args, kwargs, want = _xpu_native_calls("xpu")[name]
+            result = run_op(op, args, kwargs)
+            got = written(name, args, result)
+            assert [(tuple(t.shape), t.dtype, t.stride()) for t in got] == want
+            assert all(t.device.type == "xpu" for t in got)
+    assert chosen == ["xpu/triton", "xpu/triton"]
+    assert [r for r in caplog.records if r.name == "lowbit"] == []
+
+
+@FAKE_DEVICE["xpu"]
+@VENDOR_NOT_INSTALLED
+@pytest.mark.parametrize("op", ["quantize_mxfp4", "per_token_group_quant_mxfp4"])
+def test_fake_xpu_vendor_opt_in_without_its_library_runs_triton_with_one_warning(op, monkeypatch, caplog):
+    """LOWBIT_XPU_PROVIDER=vendor where vllm-xpu-kernels is missing: the vendor record cannot load,
+    triton (the SPEC's bits, same backend) runs, one warning says why; not a fallback, so strict allows it."""
+    monkeypatch.setenv("LOWBIT_XPU_PROVIDER", "vendor")
+    monkeypatch.setenv("LOWBIT_STRICT", "1")
+    chosen = spy_on_resolve(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="lowbit"), FakeTensorMode():
+        for rows in (5, 9, 1):  # one decision for every row count
+            x = E(rows, 256, dtype=BF16, device="xpu")
+            buffers = (E(rows, 128, dtype=torch.uint8, device="xpu"), E(rows, 8, dtype=E8M0, device="xpu"))
+            run_op(op, (x, *buffers) if op == "per_token_group_quant_mxfp4" else (x,), {})
+    assert chosen == ["xpu/triton"] * 3
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "lowbit"]
+    assert warning.splitlines()[0].endswith("on xpu: runs on backend 'xpu' (triton)")
+    assert warning.splitlines()[1:] == [
+        "  - xpu/vendor: cannot load here: vllm-xpu-kernels is not installed (pip install vllm-xpu-kernels)",
+        "  fidelity: bit-exact to SPEC"]
+
+
+@FAKE_DEVICE["xpu"]
+@VENDOR_NOT_INSTALLED
+@pytest.mark.parametrize("layout", ["transposed", "rows_with_gaps"])
+def test_fake_xpu_vendor_opt_in_with_a_non_contiguous_input_runs_triton_and_says_why(layout, monkeypatch, caplog):
+    monkeypatch.setenv("LOWBIT_XPU_PROVIDER", "vendor")
+    chosen = spy_on_resolve(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="lowbit"), FakeTensorMode():
+        strides = (1, 5) if layout == "transposed" else (512, 1)  # slicing a fake xpu tensor is not supported
+        x = E(5 * 512, device="xpu").as_strided((5, 256), strides)
+        q, s = lowbit.quantize_mxfp4(x)
+        assert (q.shape, s.shape, q.device.type) == ((5, 128), (5, 8), "xpu")
+    assert chosen == ["xpu/triton"]
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "lowbit"]
+    said = "last dim strided" if layout == "transposed" else "input not contiguous"
+    assert f"{said}, on xpu: runs on backend 'xpu' (triton)" in warning.splitlines()[0]
+    assert "  - xpu/vendor: needs a contiguous input" in warning.splitlines()
 
 
 # --- errors: the fake path raises what the real path raises --------------------------------------
 
-E = torch.empty
-F32, BF16 = torch.float32, torch.bfloat16
-E4M3, E2M1, E8M0 = torch.float8_e4m3fn, torch.float4_e2m1fn_x2, torch.float8_e8m0fnu
 
 
 def _s_buf(lead, mn, words, d, dtype=torch.int32):
@@ -365,6 +548,21 @@ class ErrorCase:
     op: str
     build: Callable[[str], tuple[tuple, dict]]  # device -> (args, kwargs); tensors hold no data
     one_device: bool = True  # False: the case mixes devices, so a meta-tensor query cannot state it
+    before_dispatch: bool = False  # an UnsupportedError of the argument checks: explain raises it too
+
+
+def _gq(d, x=(4, 64), x_dtype=F32, q=None, s=None, **kwargs):
+    """per_token_group_quant_mxfp4 on device `d`: x of shape `x`; x_q and x_s fit it unless `q` / `s`
+    (functions of the device) say otherwise."""
+    lead, k = x[:-1], x[-1] if x else 0
+    x_q = E(*lead, k // 2, dtype=torch.uint8, device=d) if q is None else q(d)
+    x_s = E(*lead, k // 32, dtype=F32, device=d) if s is None else s(d)
+    return (E(x, dtype=x_dtype, device=d), x_q, x_s), kwargs
+
+
+def _gq_case(id, **changes):
+    return ErrorCase(f"gq-{id}", "per_token_group_quant_mxfp4", lambda d: _gq(d, **changes),
+                     one_device=not id.endswith("on-meta"), before_dispatch=id.startswith("group"))
 
 
 ERROR_CASES = [
@@ -381,6 +579,35 @@ ERROR_CASES = [
     ErrorCase("mx-backend-nope", "quantize_mxfp4", lambda d: ((E(4, 64, device=d),), {"backend": "nope"})),
     ErrorCase("mx-forced-cpu-float64", "quantize_mxfp4",
               lambda d: ((E(4, 64, dtype=torch.float64, device=d),), {"backend": "cpu"})),
+    # per_token_group_quant_mxfp4: [MX-BUFFERS] (ValueError naming the argument), then dispatch
+    _gq_case("q-float32", q=lambda d: E(4, 32, dtype=F32, device=d)),
+    _gq_case("q-int8", q=lambda d: E(4, 32, dtype=torch.int8, device=d)),
+    _gq_case("q-shape-k", q=lambda d: E(4, 64, dtype=torch.uint8, device=d)),
+    _gq_case("q-shape-rows", q=lambda d: E(5, 32, dtype=torch.uint8, device=d)),
+    _gq_case("q-shape-2d-for-3d", x=(2, 3, 64), q=lambda d: E(6, 32, dtype=torch.uint8, device=d)),
+    _gq_case("q-not-contiguous", q=lambda d: E(32, 4, dtype=torch.uint8, device=d).t()),
+    _gq_case("q-on-meta", q=lambda d: E(4, 32, dtype=torch.uint8, device="meta")),
+    _gq_case("s-bfloat16", s=lambda d: E(4, 2, dtype=BF16, device=d)),
+    _gq_case("s-e4m3", s=lambda d: E(4, 2, dtype=E4M3, device=d)),
+    _gq_case("s-int32", s=lambda d: E(4, 2, dtype=torch.int32, device=d)),
+    _gq_case("s-shape-groups", s=lambda d: E(4, 4, device=d)),
+    _gq_case("s-shape-rows", s=lambda d: E(3, 2, dtype=E8M0, device=d)),
+    _gq_case("s-not-contiguous", s=lambda d: E(2, 4, device=d).t()),
+    _gq_case("s-not-contiguous-e8m0", s=lambda d: E(2, 4, dtype=E8M0, device=d).t()),
+    _gq_case("s-on-meta", s=lambda d: E(4, 2, device="meta")),
+    _gq_case("group-64", group_size=64),
+    _gq_case("group-16", group_size=16),
+    _gq_case("eps-negative", eps=-1.0),
+    _gq_case("eps-inf", eps=float("inf")),
+    _gq_case("eps-nan", eps=float("nan")),
+    _gq_case("eps-above-float32", eps=1e39),
+    _gq_case("k48", x=(4, 48), q=lambda d: E(4, 24, dtype=torch.uint8, device=d), s=lambda d: E(4, 1, device=d)),
+    _gq_case("int32", x_dtype=torch.int32),
+    _gq_case("float64-k40", x=(4, 40), x_dtype=torch.float64, q=lambda d: E(4, 20, dtype=torch.uint8, device=d),
+             s=lambda d: E(4, 1, device=d)),
+    _gq_case("0d", x=(), q=lambda d: E((), dtype=torch.uint8, device=d), s=lambda d: E((), device=d)),
+    _gq_case("backend-nope", backend="nope"),
+    _gq_case("forced-cpu-int32", x_dtype=torch.int32, backend="cpu"),
     # dequantize_mxfp4
     ErrorCase("mxdq-q-float32", "dequantize_mxfp4",
               lambda d: ((E(4, 32, device=d), E(4, 2, dtype=E8M0, device=d)), {})),
@@ -494,19 +721,46 @@ def test_fake_accelerator_raises_what_explain_says(case: ErrorCase, device: str)
 
     margs, mkwargs = case.build("meta")
     query = caught(lambda: lowbit.explain(case.op, *margs, device=device, **mkwargs))
-    if isinstance(real, lowbit.UnsupportedError):
+    if isinstance(real, lowbit.UnsupportedError) and not case.before_dispatch:
         # explain() answers with text for an unsupported call; the fake raises exactly that text
         assert query is None, f"explain raised {query!r}"
         expected = lowbit.explain(case.op, *margs, device=device, **mkwargs)
         assert f"on {device}" in expected
         assert str(fake) == expected
         # the reference's unmet constraints do not depend on the device: the same lines as on CPU
-        reference_lines = [line for line in _unmet_lines(str(fake)) if not line.startswith("  - cuda/")]
+        reference_lines = [line for line in _unmet_lines(str(fake)) if not line.startswith(f"  - {device}/")]
         assert reference_lines == _unmet_lines(str(real)) != []
     else:
-        # a malformed call: explain raises the same ValueError as the real and the fake call
-        assert query is not None and type(query) is ValueError
+        # a malformed call: explain raises the same ValueError (or UnsupportedError of an argument
+        # check) as the real and the fake call
+        assert query is not None and type(query) is type(real)
         assert str(fake) == str(query) == str(real)
+
+
+@pytest.mark.parametrize("device", ACCELERATORS)
+@pytest.mark.parametrize("case", [c for c in ERROR_CASES if not c.one_device], ids=lambda c: c.id)
+def test_fake_accelerator_refuses_mixed_devices_as_the_real_call_does(case: ErrorCase, device: str):
+    """A tensor on meta next to the fake accelerator's: the real CPU call's ValueError, with the
+    accelerator's device where the real call names cpu."""
+    real = _real_error(case)
+    with FakeTensorMode():
+        args, kwargs = case.build(device)
+        where = str(args[0].device)  # "xpu:0"
+        fake = caught(lambda: run_op(case.op, args, kwargs))
+    assert type(fake) is type(real) is ValueError
+    assert " on cpu" in str(real) and where.startswith(device)
+    assert str(fake) == str(real).replace(" on cpu", f" on {where}")
+
+
+@FAKE_DEVICE["xpu"]
+def test_explain_refuses_an_int_eps_with_the_calls_text():
+    with FakeTensorMode():
+        args, kwargs = _gq("xpu", eps=-1)
+        fake = caught(lambda: lowbit.per_token_group_quant_mxfp4(*args, **kwargs))
+    margs, mkwargs = _gq("meta", eps=-1)
+    query = caught(lambda: lowbit.explain("per_token_group_quant_mxfp4", *margs, device="xpu", **mkwargs))
+    assert type(fake) is type(query) is ValueError
+    assert str(query) == str(fake)
 
 
 # --- torch.library.opcheck -------------------------------------------------------------------------
@@ -526,7 +780,18 @@ def _opcheck_cases():
     q96, s96 = lowbit.quantize_fp8_group_packed(x96, group_size=48)
     x8 = randn(2, 8, 320, seed=22)
     ops = torch.ops.lowbit
+    group_quant = ops.per_token_group_quant_mxfp4.default
     return {
+        "per_token_group_quant_mxfp4-f32-scales": (
+            group_quant, (x3, *_group_quant_buffers(x3, torch.uint8, F32), 32, 1e-10, "auto"), None),
+        "per_token_group_quant_mxfp4-uint8-scales-eps0-last_dim_strided": (
+            group_quant, (randn(64, 6, seed=27).t(), *_group_quant_buffers(randn(6, 64), torch.uint8, torch.uint8),
+                          32, 0.0, "auto"), None),
+        # float8_e8m0fnu / float4_e2m1fn_x2 buffers: no test_schema (see NO_SCHEMA_CHECK)
+        "per_token_group_quant_mxfp4-e8m0-scales": (
+            group_quant, (x3, *_group_quant_buffers(x3, torch.uint8, E8M0), 32, 1e-10, "auto"), NO_SCHEMA_CHECK),
+        "per_token_group_quant_mxfp4-e2m1-e8m0": (
+            group_quant, (x3, *_group_quant_buffers(x3, E2M1, E8M0), 32, 1e-3, "auto"), NO_SCHEMA_CHECK),
         "quantize_mxfp4-rceil": (ops.quantize_mxfp4.default, (x3, "rceil", "auto"), None),
         "quantize_mxfp4-floor-f32": (ops.quantize_mxfp4.default, (randn(7, 96, seed=23), "floor", "auto"), None),
         "quantize_mxfp4-batch_transposed": (
@@ -660,3 +925,67 @@ def test_compile_fullgraph_dynamic_last_dim_strided_input():
         got, want = compiled(x), f(x)
         for g, w in zip(got, want, strict=True):
             assert torch.equal(_bits(g), _bits(w))
+
+
+def group_quant_all(x, q1, s1, q2, s2, q3, s3):
+    """per_token_group_quant_mxfp4 three ways: float32 scales with the default eps, E8M0 bytes
+    with eps 0, float32 scales with an eps large enough to floor most blocks."""
+    lowbit.per_token_group_quant_mxfp4(x, q1, s1)
+    lowbit.per_token_group_quant_mxfp4(x, q2, s2, eps=0.0)
+    lowbit.per_token_group_quant_mxfp4(x, q3, s3, 32, 0.25)
+
+
+def _group_quant_targets(x):
+    """Fresh (x_q, x_s) pairs for group_quant_all, holding sentinels."""
+    return (*_group_quant_buffers(x, torch.uint8, F32), *_group_quant_buffers(x, E2M1, torch.uint8),
+            *_group_quant_buffers(x, torch.uint8, F32, offset=5))
+
+
+def _check_group_quant_compiled(compiled, x):
+    got, want = _group_quant_targets(x), _group_quant_targets(x)
+    assert compiled(x, *got) is None
+    group_quant_all(x, *want)
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert layout(g) == layout(w), i
+        assert torch.equal(g.view(torch.uint8), w.view(torch.uint8)), f"buffer {i} differs from eager"
+    assert not torch.equal(want[1], _group_quant_targets(x)[1])  # eager wrote the buffers: the check can fail
+
+
+def test_compile_fullgraph_group_quant_static_matches_eager():
+    torch._dynamo.reset()
+    compiled = torch.compile(group_quant_all, fullgraph=True, dynamic=False)
+    _check_group_quant_compiled(compiled, _special_input(2, 5, 256, seed=40))
+
+
+def test_compile_fullgraph_group_quant_dynamic_rows_match_eager():
+    torch._dynamo.reset()
+    compiled = torch.compile(group_quant_all, fullgraph=True, dynamic=True)
+    for mn, seed in ((8, 41), (5, 42), (1, 43)):
+        _check_group_quant_compiled(compiled, _special_input(mn, 256, seed=seed))
+    x = randn(64, 7, seed=44).t().to(torch.bfloat16)  # an input whose last dim is strided
+    _check_group_quant_compiled(compiled, x)
+
+
+E8M0_MUTATION_LIMITATION = (
+    "pytorch limitation (cf. pytorch/pytorch#189522): inductor's decompose_auto_functionalized pass skips a node with "
+    "a float8_e8m0fnu argument, then asserts 'auto_functionalized_v2 was not removed'; any custom op that mutates a "
+    "float8_e8m0fnu tensor hits it (lowbit could pass x_s.view(torch.uint8) to the torch.library op)")
+
+
+def test_compile_fullgraph_group_quant_into_e8m0_scales_matches_eager():
+    """Bits as eager where this torch's inductor compiles it; an expected failure (said as such) on
+    the known inductor limitation, and a plain failure on anything else."""
+    def into_e8m0(x, x_q, x_s):
+        lowbit.per_token_group_quant_mxfp4(x, x_q, x_s)
+
+    torch._dynamo.reset()
+    x = _special_input(4, 256, seed=45)
+    got, want = _group_quant_buffers(x, torch.uint8, E8M0), _group_quant_buffers(x, torch.uint8, E8M0)
+    try:
+        torch.compile(into_e8m0, fullgraph=True)(x, *got)
+    except Exception as error:
+        if type(error).__name__ == "InductorError" and "auto_functionalized_v2 was not removed" in str(error):
+            pytest.xfail(E8M0_MUTATION_LIMITATION)
+        raise
+    into_e8m0(x, *want)
+    assert all(torch.equal(g.view(torch.uint8), w.view(torch.uint8)) for g, w in zip(got, want, strict=True))

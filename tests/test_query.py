@@ -16,18 +16,28 @@ def meta(*shape, dtype=torch.bfloat16):
 def test_capabilities_lists_every_op_of_every_backend():
     records = lowbit.capabilities()
     assert {(c.backend, c.op) for c in records} == {
-        ("cpu", "quantize_mxfp4"), ("cpu", "dequantize_mxfp4"),
+        ("cpu", "quantize_mxfp4"), ("cpu", "per_token_group_quant_mxfp4"), ("cpu", "dequantize_mxfp4"),
         ("cpu", "quantize_fp8_group_packed"), ("cpu", "dequantize_fp8_group_packed"),
-        ("cuda", "quantize_mxfp4"), ("cuda", "quantize_fp8_group_packed"),
-        ("cpu", "unified_attention"),
+        ("cuda", "quantize_mxfp4"), ("cuda", "per_token_group_quant_mxfp4"), ("cuda", "quantize_fp8_group_packed"),
+        ("xpu", "quantize_mxfp4"), ("xpu", "per_token_group_quant_mxfp4"), ("xpu", "quantize_fp8_group_packed"),
+        ("cpu", "unified_attention"), ("xpu", "unified_attention"),
     } | ({("cuda", "unified_attention")} if _cuda_attention_written() else set())
-    assert [c.label for c in records if c.op == "quantize_mxfp4"] == ["cuda/ptx", "cuda/triton", "cpu"]
+    # highest priority first (cuda and xpu share 10: by name), each backend's variants in its order
+    assert [c.label for c in records if c.op == "quantize_mxfp4"] == [
+        "cuda/ptx", "cuda/triton", "xpu/vendor", "xpu/triton", "cpu"]
+    assert [c.label for c in records if c.op == "per_token_group_quant_mxfp4"] == [
+        "cuda/ptx", "cuda/triton", "xpu/vendor", "xpu/triton", "cpu"]
     assert all(c.fidelity and c.dtypes for c in records)
 
 
 def test_capabilities_for_a_device_include_the_any_device_reference():
     assert {c.backend for c in lowbit.capabilities("cuda")} == {"cuda", "cpu"}
-    assert all(c.any_device for c in lowbit.capabilities("xpu"))
+    assert {c.backend for c in lowbit.capabilities("xpu")} == {"xpu", "cpu"}
+    for device in ("cuda", "xpu"):
+        assert all(c.any_device or c.devices == (device,) for c in lowbit.capabilities(device))
+    # the dequantize ops have no xpu kernel: only the any-device reference takes xpu tensors
+    dequantize = [c for c in lowbit.capabilities("xpu") if c.op.startswith("dequantize_")]
+    assert len(dequantize) == 2 and all(c.any_device and c.backend == "cpu" for c in dequantize)
 
 
 def test_supports_answers_for_hardware_this_machine_lacks():

@@ -20,6 +20,26 @@ from .float_bits import (
 
 def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str) -> None:
     """Write MXFP4 of `x` into `q` (..., K/2) and `scales` (..., K/32)."""
+    packed, scale_byte = _quantize(x, scale_rule, eps=0.0)
+    q.view(torch.uint8).copy_(packed)
+    scales.view(torch.uint8).copy_(scale_byte.reshape(scales.shape))
+
+
+def quantize_into(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, *, eps: float) -> None:
+    """per_token_group_quant_mxfp4: rule rceil with the eps floor [MX-EPS]; a float32 `x_s` gets
+    the scales as float32 powers of two [MX-SCALE-F32]."""
+    packed, scale_byte = _quantize(x, "rceil", eps=eps)
+    x_q.view(torch.uint8).copy_(packed)
+    scale_byte = scale_byte.reshape(x_s.shape)
+    if x_s.dtype == torch.float32:
+        x_s.copy_(torch.where(scale_byte == spec.E8M0_NAN, torch.nan, pow2(scale_byte.to(torch.int32) - EXPONENT_BIAS)))
+        write_canonical_nans(x_s)
+    else:
+        x_s.view(torch.uint8).copy_(scale_byte)
+
+
+def _quantize(x: torch.Tensor, scale_rule: str, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed bytes (..., K/2), scale bytes (rows, K/32)) as uint8."""
     rows, k = math.prod(x.shape[:-1]), x.shape[-1]
     blocks = x.to(torch.float32).reshape(rows, k // spec.MX_BLOCK, spec.MX_BLOCK)
     nan = blocks.isnan()
@@ -27,6 +47,7 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_ru
     amax = blocks.abs().masked_fill(nan, 0).amax(-1)  # [MX-AMAX]
     if scale_rule == "rceil":  # [MX-RCEIL]
         d = torch.clamp_min(amax, spec.RCEIL_AMAX_FLOOR) * f32(1 / 6, x.device)
+        d = torch.maximum(d, f32(eps, x.device))  # [MX-EPS]; eps = 0 leaves d as it is
         e = ceil_exponent_field(d) - EXPONENT_BIAS
     else:  # "floor" [MX-FLOOR]: exponent field - 127 - 2; zero and subnormals land below -127
         e = exponent_field(amax) - EXPONENT_BIAS - 2
@@ -40,8 +61,7 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_ru
     code = code.masked_fill(block_nan.unsqueeze(-1), spec.E2M1_NAN_BLOCK_NIBBLE)
     nibbles = code.reshape(*x.shape)
     packed = nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)  # [MX-PACK]
-    q.view(torch.uint8).copy_(packed)
-    scales.view(torch.uint8).copy_(scale_byte.to(torch.uint8).reshape(scales.shape))
+    return packed, scale_byte.to(torch.uint8)
 
 
 # Upper bounds of each E2M1 code's interval on |y| [MX-ROUND]: (threshold, inclusive). Ties go to
@@ -84,6 +104,7 @@ _COMMON = dict(
 KERNELS = (
     Kernel(Capability(op="quantize_mxfp4", dtypes=spec.INPUT_DTYPES, scale_rules=spec.MX_SCALE_RULES,
                       **_COMMON), quantize),
+    Kernel(Capability(op="per_token_group_quant_mxfp4", dtypes=spec.INPUT_DTYPES, **_COMMON), quantize_into),
     Kernel(Capability(op="dequantize_mxfp4", dtypes=(spec.MX_Q_DTYPE, torch.uint8),
                       out_dtypes=spec.DEQUANT_DTYPES, **_COMMON), dequantize),
 )

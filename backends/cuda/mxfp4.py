@@ -1,6 +1,6 @@
-"""quantize_mxfp4 on CUDA: the portable Triton kernel (sm_80+), and the same kernel with PTX for
-the E2M1 pair encoding and the rceil scale on the sm_100 families. Both give the bits of
-docs/SPEC.md; capability records below."""
+"""quantize_mxfp4 and per_token_group_quant_mxfp4 on CUDA: the portable Triton kernel (sm_80+),
+and the same kernel with PTX for the E2M1 pair encoding and the rceil scale on the sm_100
+families. Both give the bits of docs/SPEC.md; capability records below."""
 
 from lowbit import spec
 from lowbit.backend import Kernel
@@ -9,23 +9,30 @@ from lowbit.capability import ArchRange, Capability
 PTX_ARCHS = frozenset({100, 103, 110, 120, 121})  # the sm_XXXa targets whose ptxas takes ptx.py
 
 
-def quantize_portable(x, q, scales, *, scale_rule):
+def quantize_portable(x, q, scales, *, scale_rule, eps=0.0):
     from lowbit.backends.triton import mxfp4
 
-    mxfp4.quantize(x, q, scales, scale_rule=scale_rule)
+    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, eps=eps)
 
 
-def quantize_ptx(x, q, scales, *, scale_rule):
+def quantize_ptx(x, q, scales, *, scale_rule, eps=0.0):
     from lowbit.backends.triton import mxfp4
 
     from .ptx import encode_ptx, rceil_exponent_ptx
 
-    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, encode=encode_ptx,
+    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, eps=eps, encode=encode_ptx,
                    rceil_exponent=rceil_exponent_ptx)
 
 
+def quantize_into_portable(x, x_q, x_s, *, eps):
+    quantize_portable(x, x_q, x_s, scale_rule="rceil", eps=eps)
+
+
+def quantize_into_ptx(x, x_q, x_s, *, eps):
+    quantize_ptx(x, x_q, x_s, scale_rule="rceil", eps=eps)
+
+
 _COMMON = dict(
-    op="quantize_mxfp4",
     backend="cuda",
     devices=("cuda",),
     dtypes=spec.INPUT_DTYPES,
@@ -34,14 +41,17 @@ _COMMON = dict(
     compile_safe=True,
     min_ndim=1,
     block_size=spec.MX_BLOCK,
-    scale_rules=spec.MX_SCALE_RULES,
 )
+_PTX = dict(variant="ptx", archs={"cuda": PTX_ARCHS},
+            notes="cvt.rn.satfinite.e2m1x2.f32 and cvt.rp.satfinite.ue8m0x2.f32; ptxas rejects them below "
+                  "sm_100 (sm_90a included)")
+_PORTABLE = dict(variant="triton", archs={"cuda": ArchRange(80)},
+                 notes="portable Triton: E2M1 and the scale by integer arithmetic on float32 bits")
 
 KERNELS = (
-    Kernel(Capability(variant="ptx", archs={"cuda": PTX_ARCHS},
-                      notes="cvt.rn.satfinite.e2m1x2.f32 and cvt.rp.satfinite.ue8m0x2.f32; ptxas rejects "
-                            "them below sm_100 (sm_90a included)", **_COMMON), quantize_ptx),
-    Kernel(Capability(variant="triton", archs={"cuda": ArchRange(80)},
-                      notes="portable Triton: E2M1 and the scale by integer arithmetic on float32 bits", **_COMMON),
+    Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_PTX, **_COMMON), quantize_ptx),
+    Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_PORTABLE, **_COMMON),
            quantize_portable),
+    Kernel(Capability(op="per_token_group_quant_mxfp4", **_PTX, **_COMMON), quantize_into_ptx),
+    Kernel(Capability(op="per_token_group_quant_mxfp4", **_PORTABLE, **_COMMON), quantize_into_portable),
 )

@@ -11,9 +11,15 @@ each. Two steps are constexpr hooks, so a device backend can swap in instruction
   `half` flags (the true value is y/2: only e = 127 blocks, see below) and NaN flags, to E2M1
   bytes (BLOCK_M, BLOCK_K/2), the even element in the low nibble. Portable: encode_portable.
 - RCEIL_EXPONENT(d) -> int32: ceil(log2 d) for positive normal float32 d. Portable: exponent bits.
+
+The same kernel serves per_token_group_quant_mxfp4 (vLLM's convention): `eps_bits` raises d to at
+least fl32(eps) [MX-EPS] (HAS_EPS; off for quantize_mxfp4 and eps = 0), and SCALE_F32 stores
+the scales as float32 powers of two [MX-SCALE-F32] instead of E8M0 bytes.
 """
 
 from __future__ import annotations
+
+import struct
 
 import torch
 import triton
@@ -28,6 +34,8 @@ BLOCK = tl.constexpr(spec.MX_BLOCK)  # elements per scale
 ONE_SIXTH_BITS = tl.constexpr(0x3E2AAAAB)  # fl32(1/6), as [MX-RCEIL] multiplies by it
 RCEIL_AMAX_FLOOR_BITS = tl.constexpr(0x01C00000)  # 6 * 2^-126
 F32_INF_BITS = tl.constexpr(0x7F800000)
+F32_NAN_BITS = tl.constexpr(0x7FC00000)  # [MX-SCALE-F32]: a NaN block's float32 scale
+F32_TWO_TO_MINUS_127_BITS = tl.constexpr(0x00400000)  # 2^-127, a float32 subnormal
 
 
 @triton.jit
@@ -64,9 +72,10 @@ def rceil_exponent_portable(d):
 
 
 @triton.jit
-def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, stride_xm, stride_xk,
+def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, stride_xm, stride_xk, eps_bits,
                           FLOOR: tl.constexpr, ENCODE: tl.constexpr, RCEIL_EXPONENT: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                          HAS_EPS: tl.constexpr, SCALE_F32: tl.constexpr, BLOCK_M: tl.constexpr,
+                          BLOCK_K: tl.constexpr):
     BLOCKS: tl.constexpr = BLOCK_K // BLOCK
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = (row < rows)[:, None]
@@ -86,12 +95,18 @@ def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, stride_xm, stride_xk,
     else:  # [MX-RCEIL]: a float32 product with fl32(1/6), never a division
         floor = tl.full((), RCEIL_AMAX_FLOOR_BITS, tl.int32).to(tl.float32, bitcast=True)
         one_sixth = tl.full((), ONE_SIXTH_BITS, tl.int32).to(tl.float32, bitcast=True)
-        e = RCEIL_EXPONENT(tl.maximum(amax, floor) * one_sixth)
+        d = tl.maximum(amax, floor) * one_sixth
+        if HAS_EPS:  # [MX-EPS]: fl32(eps), by its bits; a constexpr, so quantize_mxfp4 pays nothing for it
+            d = tl.maximum(d, tl.full((), eps_bits, tl.int32).to(tl.float32, bitcast=True))
+        e = RCEIL_EXPONENT(d)
     e = tl.minimum(tl.maximum(e, -127), 127)  # [MX-SCALE]
     e = tl.where(amax_bits == F32_INF_BITS, 127, e)  # [MX-INF]
     block = tl.program_id(1) * BLOCKS + tl.arange(0, BLOCKS)
-    tl.store(s_ptr + row64 * (k // BLOCK) + block[None, :], tl.where(nan, 255, e + 127).to(tl.uint8),
-             mask=row_ok & (block < k // BLOCK)[None, :])
+    if SCALE_F32:  # 2^e as float32 bits: the exponent field e + 127 (2^-127, a subnormal, only under rule floor)
+        scale = tl.where(nan, F32_NAN_BITS, tl.where(e == -127, F32_TWO_TO_MINUS_127_BITS, (e + 127) << 23))
+    else:
+        scale = tl.where(nan, 255, e + 127).to(tl.uint8)
+    tl.store(s_ptr + row64 * (k // BLOCK) + block[None, :], scale, mask=row_ok & (block < k // BLOCK)[None, :])
 
     # [MX-SCALING] y = x * 2^-e with a normal factor: 2^-127 is a float32 subnormal, which some
     # targets flush, so e = 127 blocks (Inf only) scale by 2^-126 and the encoder halves them.
@@ -109,12 +124,15 @@ LAUNCH_TABLE = (
 )
 
 
-def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str,
+def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str, eps: float = 0.0,
              encode=encode_portable, rceil_exponent=rceil_exponent_portable,
              config: LaunchConfig | None = None) -> None:
-    """Write MXFP4 of `x` (..., K) into contiguous `q` (..., K/2) and `scales` (..., K/32)."""
+    """Write MXFP4 of `x` (..., K) into contiguous `q` (..., K/2) and `scales` (..., K/32): E8M0
+    bytes, or float32 powers of two when `scales` is float32. `eps` is [MX-EPS]'s (rule rceil)."""
     if x.numel() == 0:
         return
+    eps_bits = struct.unpack("<i", struct.pack("<f", eps))[0]  # fl32(eps), rounded to nearest even
+    scale_f32 = scales.dtype == torch.float32
     x2 = x.reshape(-1, x.shape[-1])  # a view when the leading dims' strides allow it, else one copy
     rows, k = x2.shape
     config = config or pick(LAUNCH_TABLE, rows, k)
@@ -122,7 +140,9 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_ru
     grid = (triton.cdiv(rows, config.block_m), triton.cdiv(k, block_k))
     with on_device(x):
         quantize_mxfp4_kernel[grid](
-            x2, q.view(torch.uint8), scales.view(torch.uint8), rows, k, x2.stride(0), x2.stride(1),
-            FLOOR=scale_rule == "floor", ENCODE=encode, RCEIL_EXPONENT=rceil_exponent,
+            x2, q.view(torch.uint8), scales.view(torch.int32 if scale_f32 else torch.uint8), rows, k,
+            x2.stride(0), x2.stride(1), eps_bits,
+            FLOOR=scale_rule == "floor", ENCODE=encode, RCEIL_EXPONENT=rceil_exponent, HAS_EPS=eps_bits != 0,
+            SCALE_F32=scale_f32,
             BLOCK_M=config.block_m, BLOCK_K=block_k, num_warps=config.num_warps,
             enable_fp_fusion=True)  # exact here: the one product-then-sum, a*h + 2^22, has an exact product

@@ -370,6 +370,8 @@ def _floor_power_of_2(n: int) -> int:
 def sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
+    if device.type == "xpu":  # Xe cores play the part of SMs
+        return getattr(torch.xpu.get_device_properties(device), "gpu_subslice_count", 0) or 8
     return 8  # the interpreter: any count gives the same values
 
 

@@ -17,8 +17,26 @@ def test_every_row_has_its_fields():
     rows = run.load_matrix()
     assert {"cpu", "triton-interpret", "compile", "cuda", "xpu"} <= set(rows)
     for name, row in rows.items():
-        assert set(row) == {"markers", "env", "accelerator", "runs_on", "needs", "summary"}, name
+        assert set(row) == {"markers", "env", "accelerator", "runs_on", "needs", "install", "summary"}, name
         assert row["accelerator"] in ("none", "nvidia", "intel"), name
+
+
+def test_a_hardware_row_fails_instead_of_skipping_everything_without_its_device(capsys):
+    rows = run.load_matrix()
+    assert run.accelerator_absent("none") == ""
+    for name in ("cuda", "xpu"):
+        if run.accelerator_absent(rows[name]["accelerator"]):
+            assert run.run_row(name, rows[name], []) == {"passed": 0, "failed": 1, "skipped": 0}
+            assert f"ci: row {name} runs on" in capsys.readouterr().out
+
+
+def test_the_xpu_row_installs_without_the_nvidia_triton_wheel():
+    install = run.load_matrix()["xpu"]["install"]
+    assert "whl/xpu" in install and ".[xpu-test]" in install and ".[test]\"" not in install
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    extras = pyproject.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    xpu_lines = [line for line in extras.splitlines() if line.startswith("xpu")]
+    assert xpu_lines and not any("triton" in line for line in xpu_lines)
 
 
 def test_local_is_every_row_without_an_accelerator():

@@ -1,7 +1,8 @@
 """quantize_mxfp4 on NVIDIA GPUs (lowbit.backends.cuda) against the CPU reference, byte for byte:
 every bfloat16/float16 bit pattern in every position of a block, random tensors of every input
 dtype over a grid of row counts and last dims, N-D and non-contiguous inputs, NaN/Inf/zero/max
-blocks, and CUDA-graph capture.
+blocks, and CUDA-graph capture. per_token_group_quant_mxfp4 (the caller's buffers, float32/E8M0/uint8
+scales, the eps floor) the same way, and under CUDA-graph capture and torch.compile(fullgraph=True).
 
 The GPU side always goes through the public API with auto-dispatch, which must pick the cuda
 backend (asserted per input; LOWBIT_STRICT=1 makes a silent fallback to the reference an error).
@@ -11,6 +12,7 @@ The expectation is `backend="cpu"` on the CPU copy of the same input. Never a to
 import numpy as np
 import pytest
 import torch
+from lowbit.backends.cuda import mxfp4 as cuda_mxfp4
 
 import lowbit
 from lowbit import dispatch
@@ -351,3 +353,169 @@ def test_cuda_graph_capture_and_replay_on_new_data(spicy):
             assert_same_mx(outs[0], lowbit.quantize_mxfp4(new, scale_rule=rule, backend="cpu"), new)
             expanded = new_b.expand(3, 5, 512)
             assert_same_mx(outs[1], lowbit.quantize_mxfp4(expanded, scale_rule=rule, backend="cpu"), expanded)
+
+
+# --- per_token_group_quant_mxfp4 ---------------------------------------------------------------------
+# The same kernel with the caller's buffers, the eps floor [MX-EPS] and float32 scales [MX-SCALE-F32].
+# Expectation: the reference (backend="cpu") into its own buffers on the CPU copy of the input.
+
+GROUP_OP = "per_token_group_quant_mxfp4"
+SCALE_DTYPES = [torch.float32, torch.float8_e8m0fnu, torch.uint8]
+EPSES = [0.0, 1e-10, 0.75]
+POISON = 0xAB
+
+
+def group_buffers(x: torch.Tensor, scale_dtype: torch.dtype, q_dtype: torch.dtype = torch.uint8):
+    """(x_q, x_s) for x (..., K) on x's device, contiguous, every byte POISON (so an unwritten one shows)."""
+    *lead, k = x.shape
+    x_q = torch.empty((*lead, k // 2), dtype=q_dtype, device=x.device)
+    x_s = torch.empty((*lead, k // BLOCK), dtype=scale_dtype, device=x.device)
+    x_q.view(torch.uint8).fill_(POISON)
+    x_s.view(torch.uint8).fill_(POISON)
+    return x_q, x_s
+
+
+def reference_group_quant(x: torch.Tensor, scale_dtype: torch.dtype, eps: float, q_dtype=torch.uint8):
+    want_q, want_s = group_buffers(x, scale_dtype, q_dtype)
+    lowbit.per_token_group_quant_mxfp4(x, want_q, want_s, BLOCK, eps, backend="cpu")
+    return want_q, want_s
+
+
+def assert_same_group_quant(got, want, x: torch.Tensor, what: str) -> None:
+    (x_q, x_s), (want_q, want_s) = got, want
+    assert x_q.device.type == "cuda" and x_s.device.type == "cuda"
+    assert (x_q.dtype, x_s.dtype) == (want_q.dtype, want_s.dtype)
+    assert_same_bytes(x_s, want_s, f"x_s ({what})", x, elements_per_byte=BLOCK // x_s.element_size())
+    assert_same_bytes(x_q, want_q, f"x_q ({what})", x, elements_per_byte=2)
+
+
+def check_group_quant(x: torch.Tensor, xd: torch.Tensor | None = None, scale_dtypes=SCALE_DTYPES, epses=EPSES,
+                      q_dtype=torch.uint8) -> None:
+    """As check() above: x the CPU input, xd the same values on the GPU. Auto-dispatch must pick the
+    cuda backend; the portable variant also runs forced where auto picked the PTX one."""
+    xd = x.cuda() if xd is None else xd
+    assert xd.shape == x.shape and xd.dtype == x.dtype
+    for scale_dtype in scale_dtypes:
+        for eps in epses:
+            want = reference_group_quant(x, scale_dtype, eps, q_dtype)
+            verdict = lowbit.supports(GROUP_OP, xd, *group_buffers(xd, scale_dtype, q_dtype), eps=eps)
+            assert (verdict.backend, verdict.fallback) == ("cuda", False), verdict.explain()
+            for backend in gpu_backends(verdict):
+                got = group_buffers(xd, scale_dtype, q_dtype)
+                lowbit.per_token_group_quant_mxfp4(xd, *got, BLOCK, eps, backend=backend)
+                assert_same_group_quant(got, want, x, f"{dtype_id(scale_dtype)} x_s, eps {eps}, {backend}")
+
+
+def test_per_token_group_quant_auto_dispatch_picks_cuda_triton_on_sm90_and_the_arch_variant_here():
+    """sm_90 (asked with arch=, so any GPU answers it) has no PTX variant: the portable kernel.
+    On this GPU the choice is the PTX variant on the sm_100 families, else the portable one."""
+    x = torch.zeros(4, 256, dtype=torch.bfloat16, device="cuda")
+    for scale_dtype in SCALE_DTYPES:
+        buffers = group_buffers(x, scale_dtype)
+        sm90 = lowbit.supports(GROUP_OP, x, *buffers, arch="sm_90")
+        assert (sm90.backend, sm90.variant, sm90.fallback) == ("cuda", "triton", False), sm90.explain()
+        here = lowbit.supports(GROUP_OP, x, *buffers)
+        want = "ptx" if ARCH in cuda_mxfp4.PTX_ARCHS else "triton"
+        assert (here.backend, here.variant, here.fallback) == ("cuda", want, False), here.explain()
+
+
+@pytest.mark.parametrize("shape", [(7168,), (96,), (3, 5, 2048), (2, 3, 7, 96), (127, 7168), (2, 0, 64)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_per_token_group_quant_matches_the_reference_on_spicy_n_d_and_1_d_inputs(dtype, shape, spicy):
+    x = spicy(shape, dtype, seed=len(shape) * 1000 + shape[-1] + 7, exponent_run=BLOCK if shape[0] != 3 else 1)
+    check_group_quant(x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_per_token_group_quant_nan_inf_zero_and_max_blocks(dtype):
+    check_group_quant(special_blocks(dtype, BLOCK, seed=5))
+
+
+def test_per_token_group_quant_every_bfloat16_pattern_in_order():
+    """All 65,536 patterns, 32 neighbours to a block: NaN-only, Inf, subnormal-only and zero blocks
+    among every binade."""
+    values = torch.from_numpy(np.arange(1 << 16, dtype=np.uint16).view(np.int16).copy()).view(torch.bfloat16)
+    check_group_quant(values.reshape(128, 512))
+
+
+@pytest.mark.parametrize("eps", EPSES)
+def test_per_token_group_quant_every_finite_bfloat16_pattern_in_every_block_position(eps):
+    finite, _ = all_patterns(torch.bfloat16)
+    # blocks spanning a quarter binade (the eps floor decides near 0.75 * 6 and 1e-10 * 6) and 6 binades
+    blocks = torch.cat([every_position(finite, BLOCK, s) for s in strides_for(torch.bfloat16, BLOCK, (0.25, 6))])
+    check_group_quant(to_rows(blocks, 16), epses=[eps])
+
+
+@pytest.mark.parametrize("layout", ["transposed", "every_other_row", "expanded_batch"])
+def test_per_token_group_quant_non_contiguous_inputs(layout, spicy):
+    shape, view = LAYOUTS[layout]
+    base = spicy(shape, torch.bfloat16, seed=len(layout) + 50, exponent_run=1 if layout == "transposed" else BLOCK)
+    x, xd = view(base), view(base.cuda())
+    assert not xd.is_contiguous() and xd.stride() == x.stride()
+    check_group_quant(x, xd, epses=[1e-10])
+    assert torch.equal(bits(xd.cpu()), bits(x))  # the input is not written
+
+
+def test_per_token_group_quant_takes_float4_e2m1fn_x2_q_buffers(spicy):
+    check_group_quant(spicy((37, 2048), torch.bfloat16, seed=60, exponent_run=BLOCK), epses=[1e-10],
+                      q_dtype=torch.float4_e2m1fn_x2)
+
+
+def test_per_token_group_quant_cuda_graph_capture_and_replay_on_new_data(spicy):
+    """Captured once (the buffers are the caller's, nothing is allocated), each replay quantizes
+    whatever the static input holds into the same buffers, bit-exact to the reference: a 2-D
+    bfloat16 input with float32 scales and a 3-D float32 input with E8M0 and uint8 scales."""
+    shape, shape_b = (127, 2048), (2, 5, 512)
+    static = spicy(shape, torch.bfloat16, seed=80, exponent_run=BLOCK).cuda()
+    static_b = spicy(shape_b, torch.float32, seed=81, exponent_run=BLOCK).cuda()
+    calls = [(static, torch.float32, 1e-10), (static_b, torch.float8_e8m0fnu, 0.75), (static_b, torch.uint8, 0.0)]
+    buffers = [group_buffers(x, scale_dtype) for x, scale_dtype, _ in calls]
+
+    def run():
+        for (x, _, eps), (x_q, x_s) in zip(calls, buffers):
+            lowbit.per_token_group_quant_mxfp4(x, x_q, x_s, BLOCK, eps)
+
+    side = torch.cuda.Stream()  # warm-up (compiles, fills the dispatch caches) off the capture stream
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for seed in (82, 83, 84):
+        new = spicy(shape, torch.bfloat16, seed=seed, exponent_run=1 if seed == 83 else BLOCK)
+        new_b = spicy(shape_b, torch.float32, seed=seed + 10, exponent_run=BLOCK)
+        static.copy_(new)  # in place: the graph reads these addresses
+        static_b.copy_(new_b)
+        for x_q, x_s in buffers:
+            x_q.view(torch.uint8).fill_(POISON)
+            x_s.view(torch.uint8).fill_(POISON)
+        graph.replay()
+        torch.cuda.synchronize()
+        for (x, scale_dtype, eps), got in zip(calls, buffers):
+            host = new if x is static else new_b
+            want = reference_group_quant(host, scale_dtype, eps)
+            assert_same_group_quant(got, want, host, f"replay with seed {seed}, {dtype_id(scale_dtype)} x_s, eps {eps}")
+
+
+def _group_quant_twice(x, x_q, x_s, x_q2, x_s2):
+    lowbit.per_token_group_quant_mxfp4(x, x_q, x_s)  # the defaults: group_size 32, eps 1e-10
+    lowbit.per_token_group_quant_mxfp4(x, x_q2, x_s2, 32, 0.75)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("scale_dtype", SCALE_DTYPES, ids=dtype_id)
+def test_per_token_group_quant_under_compile_fullgraph_writes_the_eager_bytes(scale_dtype, dynamic, spicy):
+    torch._dynamo.reset()
+    compiled = torch.compile(_group_quant_twice, fullgraph=True, dynamic=dynamic)
+    for rows, seed in [(13, 91), (5, 92)] if dynamic else [(5, 90)]:
+        x = spicy((2, rows, 2048), torch.bfloat16, seed=seed, exponent_run=BLOCK)
+        xd = x.cuda()
+        got = [*group_buffers(xd, scale_dtype), *group_buffers(xd, scale_dtype)]
+        # Inductor does not lower a mutated float8_e8m0fnu input (torch <= 2.13): E8M0 buffers go in
+        # as their uint8 view, as the docstring of per_token_group_quant_mxfp4 says
+        compiled(xd, *(t.view(torch.uint8) if t.dtype == torch.float8_e8m0fnu else t for t in got))
+        for (x_q, x_s), eps in ((got[:2], 1e-10), (got[2:], 0.75)):
+            assert_same_group_quant((x_q, x_s), reference_group_quant(x, scale_dtype, eps), x,
+                                    f"compiled, {rows} rows, eps {eps}")

@@ -6,6 +6,7 @@ marker `cuda`) checks the same decisions end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -153,9 +154,9 @@ def test_without_triton_the_backend_says_so():
         assert cuda._unavailable() == "triton is not installed (pip install triton)"
 
 
-def test_an_unavailable_cuda_backend_falls_back_with_the_reason(monkeypatch):
-    monkeypatch.setattr(registry, "unavailable", lambda name: "triton is not installed" if name == "cuda" else None)
-    dispatch.clear_cache()
+def test_an_unavailable_cuda_backend_falls_back_with_the_reason():
+    # the cuda backend as a process without Triton sees it: registered in its place
+    registry.register(dataclasses.replace(cuda.BACKEND, unavailable=lambda: "triton is not installed"))
     verdict = ask(MX)
     assert (verdict.backend, verdict.fallback) == ("cpu", True)
     assert verdict.reasons["cuda/ptx"][0] == "cannot load here: triton is not installed"
@@ -487,7 +488,7 @@ def test_info_lists_an_attention_row_for_each_cuda_variant():
     assert "float8_e4m3fn" not in rows["cuda/triton-16bit"]
     labels = [line.split()[0] for line in section.splitlines()
               if line.startswith("  ") and not line.startswith(("  on ", "  backend "))]
-    assert labels == [*ATTN_LABELS, "cpu"], section  # the order auto dispatch tries them
+    assert labels == [*ATTN_LABELS, "xpu/triton", "cpu"], section  # the order auto dispatch tries them
 
 
 def spy_on_resolve(monkeypatch) -> list[str]:

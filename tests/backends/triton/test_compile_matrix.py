@@ -51,14 +51,15 @@ def compile_kernel(fn, signature, constexprs, arch, divisible, **options):
     return triton.compile(src, target=target(arch), options={"num_warps": NUM_WARPS, **options})
 
 
-def compile_mxfp4(arch, *, dtype="*bf16", floor=False, hooks="portable", index="i32"):
+def compile_mxfp4(arch, *, dtype="*bf16", floor=False, hooks="portable", index="i32", scale_f32=False, has_eps=False):
     encode, rceil = {"portable": (mxfp4.encode_portable, mxfp4.rceil_exponent_portable),
                      "ptx": (ptx.encode_ptx, ptx.rceil_exponent_ptx)}[hooks]
-    signature = {"x_ptr": dtype, "q_ptr": "*u8", "s_ptr": "*u8", "rows": "i32", "k": "i32", "stride_xm": index,
-                 "stride_xk": "constexpr", "FLOOR": "constexpr", "ENCODE": "constexpr",
-                 "RCEIL_EXPONENT": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
-    constexprs = {"stride_xk": 1, "FLOOR": floor, "ENCODE": encode, "RCEIL_EXPONENT": rceil,
-                  "BLOCK_M": BLOCK_M, "BLOCK_K": BLOCK_K}
+    signature = {"x_ptr": dtype, "q_ptr": "*u8", "s_ptr": "*i32" if scale_f32 else "*u8", "rows": "i32", "k": "i32",
+                 "stride_xm": index, "stride_xk": "constexpr", "eps_bits": "i32", "FLOOR": "constexpr",
+                 "ENCODE": "constexpr", "RCEIL_EXPONENT": "constexpr", "HAS_EPS": "constexpr",
+                 "SCALE_F32": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
+    constexprs = {"stride_xk": 1, "FLOOR": floor, "ENCODE": encode, "RCEIL_EXPONENT": rceil, "HAS_EPS": has_eps,
+                  "SCALE_F32": scale_f32, "BLOCK_M": BLOCK_M, "BLOCK_K": BLOCK_K}
     return compile_kernel(mxfp4.quantize_mxfp4_kernel, signature, constexprs, arch,
                           divisible=("x_ptr", "q_ptr", "s_ptr", "k", "stride_xm"))
 
@@ -174,6 +175,80 @@ def test_ptx_capability_record_excludes_the_archs_whose_ptxas_rejects_it():
 def test_mxfp4_kernel_takes_64_bit_row_strides():
     for arch in (100, "gfx942"):
         assert_compiled_without_flushing_subnormals(compile_mxfp4(arch, index="i64"), arch)
+
+
+# per_token_group_quant_mxfp4 launches the same kernel with float32 scales (SCALE_F32) and a runtime
+# eps floor (eps_bits under HAS_EPS, [MX-EPS]); compile_mxfp4 passes both as its launcher does
+def eps_param() -> int:
+    """eps_bits's index among the compiled kernel's parameters (constexprs are not parameters;
+    stride_xk is specialised to the constexpr 1). A function: under TRITON_INTERPRET=1 the kernel
+    has no params, and this module is still imported."""
+    runtime = [p.name for p in mxfp4.quantize_mxfp4_kernel.params if not p.is_constexpr and p.name != "stride_xk"]
+    return runtime.index("eps_bits")
+
+
+def scale_stores(compiled, arch) -> set[str]:
+    """The global store instructions of a compiled kernel (PTX opcodes; AMD mnemonics)."""
+    if isinstance(arch, int):
+        return {op for op in ptx_ops(compiled) if op.startswith("st.global")}
+    return set(re.findall(r"\b(?:global|buffer)_store_\w+", compiled.asm["amdgcn"]))
+
+
+def copies_of(ptx_text: str, register: str) -> set[str]:
+    """`register` and every register a chain of mov instructions copies it into (sm_100 packs a
+    float32 into both halves of a 64-bit register for paired float ops, and unpacks it again)."""
+    movs = [(set(re.findall(r"%\w+", dst)), set(re.findall(r"%\w+", src)))
+            for dst, src in re.findall(r"^\s*mov\.\w+\s+(\{[^}]*\}|%\w+),\s*([^;]+);", ptx_text, re.M)]
+    found, grown = {register}, True
+    while grown:
+        grown = False
+        for dst, src in movs:
+            if found & src and not dst <= found:
+                found |= dst
+                grown = True
+    return found
+
+
+def eps_max_survives(compiled, arch) -> bool:
+    """A float max takes the eps_bits argument: in the PTX, max.f32 reads the register loaded from
+    its kernel parameter (or a copy of it); on AMD, a v_max_f32 reads a scalar register (eps is the
+    one float kernel argument, uniform across the wave; the amax and the 6 * 2^-126 floor live in
+    vector registers and a literal)."""
+    if isinstance(arch, int):
+        ptx_text = compiled.asm["ptx"]
+        loaded = re.search(rf"ld\.param\.b32\s+(%r\d+), \[\w+_param_{eps_param()}\];", ptx_text)
+        if not loaded:
+            return False
+        eps = copies_of(ptx_text, loaded.group(1))
+        return any(eps & set(re.findall(r"%\w+", operands))
+                   for operands in re.findall(r"^\s*max\.f32\s+%\w+,([^;]+);", ptx_text, re.M))
+    return bool(re.search(r"v_max_f32\w*\s+v\d+, (?:[^,\n]+, )?s\d+\b", compiled.asm["amdgcn"]))
+
+
+@pytest.mark.parametrize(("arch", "hooks"), [(90, "portable"), (100, "portable"), (100, "ptx"), ("gfx942", "portable")],
+                         ids=lambda v: ARCH_IDS(v) if not isinstance(v, str) or v.startswith("gfx") else v)
+def test_mxfp4_kernel_with_float32_scales_stores_32_bit_words_and_keeps_the_eps_max(arch, hooks):
+    compiled = compile_mxfp4(arch, hooks=hooks, scale_f32=True, has_eps=True)
+    assert_compiled_without_flushing_subnormals(compiled, arch)
+    assert_vector_loads(compiled, arch)
+    stores = scale_stores(compiled, arch)
+    if isinstance(arch, int):
+        assert "st.global.b32" in stores and "st.global.b8" not in stores, sorted(stores)
+        assert (E2M1_CVT in compiled.asm["ptx"]) == (hooks == "ptx")
+    else:
+        assert "global_store_dword" in stores and "global_store_byte" not in stores, sorted(stores)
+    assert eps_max_survives(compiled, arch), "no float max reads eps_bits: the eps floor [MX-EPS] was dropped"
+
+
+@pytest.mark.parametrize("arch", [90, "gfx942"], ids=ARCH_IDS)
+def test_mxfp4_kernel_with_e8m0_scales_stores_bytes_and_reads_no_eps_unless_asked(arch):
+    """The other side of the test above: E8M0 scales are byte stores, and without HAS_EPS
+    (quantize_mxfp4) or under FLOOR (which never reads eps) no float max takes eps, so those checks
+    can tell, and quantize_mxfp4 pays nothing for the eps floor."""
+    compiled = compile_mxfp4(arch)
+    assert ("st.global.b8" if isinstance(arch, int) else "global_store_byte") in scale_stores(compiled, arch)
+    assert not eps_max_survives(compiled, arch)
+    assert not eps_max_survives(compile_mxfp4(arch, floor=True, scale_f32=True, has_eps=True), arch)
 
 
 # --- FP8 group-packed -------------------------------------------------------------------------------
