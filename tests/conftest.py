@@ -36,3 +36,19 @@ def spicy_tensor(shape, dtype, seed, exponent_run):
 @pytest.fixture(name="spicy")
 def _spicy():
     return spicy_tensor
+
+
+@pytest.fixture(name="resolved")
+def _resolved(monkeypatch) -> list[str]:
+    """The labels ("xpu/triton") of the kernels dispatch.resolve picks during the test, in order
+    (real calls and fakes alike)."""
+    chosen = []
+    real_resolve = dispatch.resolve
+
+    def spy(call, backend=dispatch.AUTO):
+        kernel = real_resolve(call, backend)
+        chosen.append(kernel.capability.label)
+        return kernel
+
+    monkeypatch.setattr(dispatch, "resolve", spy)
+    return chosen

@@ -456,23 +456,9 @@ XPU_VENDOR_SKIPPED = ("auto-dispatch uses it only with LOWBIT_XPU_PROVIDER=vendo
                       "not bit-exact to SPEC)")
 
 
-def spy_on_resolve(monkeypatch) -> list[str]:
-    """The labels of the kernels dispatch.resolve picks from now on (real calls and fakes alike)."""
-    chosen = []
-    real_resolve = dispatch.resolve
-
-    def spy(call, backend=dispatch.AUTO):
-        kernel = real_resolve(call, backend)
-        chosen.append(kernel.capability.label)
-        return kernel
-
-    monkeypatch.setattr(dispatch, "resolve", spy)
-    return chosen
-
-
 @FAKE_DEVICE["xpu"]
 @pytest.mark.parametrize("name", XPU_NATIVE)
-def test_fake_xpu_resolves_to_xpu_triton_without_a_warning(name, monkeypatch, caplog):
+def test_fake_xpu_resolves_to_xpu_triton_without_a_warning(name, monkeypatch, caplog, resolved):
     """The fake on fake xpu tensors resolves to the xpu backend's portable kernel: no fallback, so
     no warning and nothing for LOWBIT_STRICT=1 to refuse. Fails if the xpu records stop taking these calls."""
     op, margs, mkwargs, _ = _xpu_native_calls("meta")[name]
@@ -482,7 +468,7 @@ def test_fake_xpu_resolves_to_xpu_triton_without_a_warning(name, monkeypatch, ca
     assert verdict.reasons == ({"xpu/vendor": [XPU_VENDOR_SKIPPED]} if vendor else {})
     assert "runs on backend 'xpu' (triton)" in verdict.explain()
     monkeypatch.setenv("LOWBIT_STRICT", "1")
-    chosen = spy_on_resolve(monkeypatch)
+    chosen = resolved
     with caplog.at_level(logging.DEBUG, logger="lowbit"), FakeTensorMode():
         for _ in range(2):
             op, args, kwargs, want = _xpu_native_calls("xpu")[name]
@@ -497,12 +483,12 @@ def test_fake_xpu_resolves_to_xpu_triton_without_a_warning(name, monkeypatch, ca
 @FAKE_DEVICE["xpu"]
 @VENDOR_NOT_INSTALLED
 @pytest.mark.parametrize("op", ["quantize_mxfp4", "per_token_group_quant_mxfp4"])
-def test_fake_xpu_vendor_opt_in_without_its_library_runs_triton_with_one_warning(op, monkeypatch, caplog):
+def test_fake_xpu_vendor_opt_in_without_its_library_runs_triton_with_one_warning(op, monkeypatch, caplog, resolved):
     """LOWBIT_XPU_PROVIDER=vendor where vllm-xpu-kernels is missing: the vendor record cannot load,
     triton (the SPEC's bits, same backend) runs, one warning says why; not a fallback, so strict allows it."""
     monkeypatch.setenv("LOWBIT_XPU_PROVIDER", "vendor")
     monkeypatch.setenv("LOWBIT_STRICT", "1")
-    chosen = spy_on_resolve(monkeypatch)
+    chosen = resolved
     with caplog.at_level(logging.WARNING, logger="lowbit"), FakeTensorMode():
         for rows in (5, 9, 1):  # one decision for every row count
             x = E(rows, 256, dtype=BF16, device="xpu")
@@ -519,9 +505,9 @@ def test_fake_xpu_vendor_opt_in_without_its_library_runs_triton_with_one_warning
 @FAKE_DEVICE["xpu"]
 @VENDOR_NOT_INSTALLED
 @pytest.mark.parametrize("layout", ["transposed", "rows_with_gaps"])
-def test_fake_xpu_vendor_opt_in_with_a_non_contiguous_input_runs_triton_and_says_why(layout, monkeypatch, caplog):
+def test_fake_xpu_vendor_opt_in_with_a_non_contiguous_input_runs_triton_and_says_why(layout, monkeypatch, caplog, resolved):
     monkeypatch.setenv("LOWBIT_XPU_PROVIDER", "vendor")
-    chosen = spy_on_resolve(monkeypatch)
+    chosen = resolved
     with caplog.at_level(logging.WARNING, logger="lowbit"), FakeTensorMode():
         strides = (1, 5) if layout == "transposed" else (512, 1)  # slicing a fake xpu tensor is not supported
         x = E(5 * 512, device="xpu").as_strided((5, 256), strides)
@@ -535,7 +521,6 @@ def test_fake_xpu_vendor_opt_in_with_a_non_contiguous_input_runs_triton_and_says
 
 
 # --- errors: the fake path raises what the real path raises --------------------------------------
-
 
 
 def _s_buf(lead, mn, words, d, dtype=torch.int32):

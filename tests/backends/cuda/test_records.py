@@ -491,20 +491,6 @@ def test_info_lists_an_attention_row_for_each_cuda_variant():
     assert labels == [*ATTN_LABELS, "xpu/triton", "cpu"], section  # the order auto dispatch tries them
 
 
-def spy_on_resolve(monkeypatch) -> list[str]:
-    """The labels of the kernels dispatch.resolve picks from now on, as they are picked."""
-    chosen = []
-    real_resolve = dispatch.resolve
-
-    def spy(call, backend=dispatch.AUTO):
-        kernel = real_resolve(call, backend)
-        chosen.append(kernel.capability.label)
-        return kernel
-
-    monkeypatch.setattr(dispatch, "resolve", spy)
-    return chosen
-
-
 def fake_cuda_attention(q_dtype, kv_dtype, **options):
     """lowbit.unified_attention on fake cuda tensors (call inside FakeTensorMode)."""
     cuda_empty = lambda *shape, dtype: torch.empty(shape, dtype=dtype, device="cuda")
@@ -515,9 +501,9 @@ def fake_cuda_attention(q_dtype, kv_dtype, **options):
 @needs_fake_cuda
 @pytest.mark.parametrize("pair", list(ATTN_PAIRS))
 @pytest.mark.parametrize("give_out", [False, True], ids=["allocated", "out"])
-def test_fake_cuda_attention_resolves_to_cuda_triton(pair, give_out, sm90, caplog, monkeypatch):
+def test_fake_cuda_attention_resolves_to_cuda_triton(pair, give_out, sm90, caplog, monkeypatch, resolved):
     q_dtype, kv_dtype = ATTN_PAIRS[pair]
-    chosen = spy_on_resolve(monkeypatch)
+    chosen = resolved
     want_dtype = torch.float16 if (give_out and q_dtype == E4M3) else (torch.bfloat16 if q_dtype == E4M3 else q_dtype)
     with caplog.at_level(logging.WARNING, logger="lowbit"), FakeTensorMode():
         cuda_empty = lambda *shape, dtype: torch.empty(shape, dtype=dtype, device="cuda")
@@ -552,8 +538,8 @@ def test_fake_cuda_attention_strict_refuses_a_page_size_of_8(sm90, monkeypatch):
 
 @needs_fake_cuda
 @pytest.mark.parametrize("pair", ["bf16", "fp16"])
-def test_fake_cuda_attention_on_sm80_resolves_to_cuda_triton_16bit(pair, sm80, caplog, monkeypatch):
-    chosen = spy_on_resolve(monkeypatch)
+def test_fake_cuda_attention_on_sm80_resolves_to_cuda_triton_16bit(pair, sm80, caplog, monkeypatch, resolved):
+    chosen = resolved
     with caplog.at_level(logging.WARNING, logger="lowbit"), FakeTensorMode():
         result = fake_cuda_attention(*ATTN_PAIRS[pair])
         assert (result.shape, result.dtype, result.device.type) == ((7, 8, 128), ATTN_PAIRS[pair][0], "cuda")
@@ -563,8 +549,8 @@ def test_fake_cuda_attention_on_sm80_resolves_to_cuda_triton_16bit(pair, sm80, c
 
 @needs_fake_cuda
 @pytest.mark.parametrize("pair", list(ATTN_FP8_BELOW_SM89))
-def test_fake_cuda_attention_fp8_on_sm80_falls_back_or_refuses_under_strict(pair, sm80, caplog, monkeypatch):
-    chosen = spy_on_resolve(monkeypatch)
+def test_fake_cuda_attention_fp8_on_sm80_falls_back_or_refuses_under_strict(pair, sm80, caplog, monkeypatch, resolved):
+    chosen = resolved
     with caplog.at_level(logging.WARNING, logger="lowbit"), FakeTensorMode():
         result = fake_cuda_attention(*ATTN_PAIRS[pair])
         assert (result.shape, result.device.type) == ((7, 8, 128), "cuda")

@@ -541,17 +541,10 @@ def _fake_xpu_unavailable() -> str:
 
 
 @pytest.mark.skipif(bool(_fake_xpu_unavailable()), reason=_fake_xpu_unavailable() or "-")
-def test_the_public_op_on_fake_xpu_tensors_warns_once_and_resolves_to_xpu_triton(stand_in, monkeypatch, caplog):
+def test_the_public_op_on_fake_xpu_tensors_warns_once_and_resolves_to_xpu_triton(stand_in, monkeypatch, caplog,
+                                                                                  resolved):
     monkeypatch.setenv(SETTING, "vendor")
-    chosen = []
-    real_resolve = dispatch.resolve
-
-    def spy(call, backend=dispatch.AUTO):
-        kernel = real_resolve(call, backend)
-        chosen.append(kernel.capability.label)
-        return kernel
-
-    monkeypatch.setattr(dispatch, "resolve", spy)
+    chosen = resolved
     with caplog.at_level(logging.WARNING, logger="lowbit"), FakeTensorMode():
         for rows in (4, 7):
             q, s = lowbit.quantize_mxfp4(torch.empty(rows, 3, 64, device="xpu"), scale_rule="floor")
