@@ -155,6 +155,10 @@ class Capability:
         """The backend's name, with the variant when it has one: "cuda/ptx"."""
         return f"{self.backend}/{self.variant}" if self.variant else self.backend
 
+    def off_without_opt_in(self, opt_ins: frozenset[str]) -> bool:
+        """Whether auto-dispatch must skip this variant under the opt-ins set now (dispatch.opted_in())."""
+        return bool(self.opt_in) and self.opt_in not in opt_ins
+
     def unmet(self, call: Call) -> list[Unmet]:
         """Every constraint of this record that `call` breaks (empty: this backend can run it)."""
         found = []

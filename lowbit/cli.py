@@ -45,7 +45,7 @@ def info(out=sys.stdout) -> None:
 
 def _row(kernel, archs, opt_ins) -> dict[str, str]:
     cap = kernel.capability
-    probe = not cap.opt_in or cap.opt_in in opt_ins  # an opt-in variant's library is imported only when chosen
+    probe = not cap.off_without_opt_in(opt_ins)  # an opt-in variant's library is imported only when chosen
     why = registry.kernel_unavailable(kernel) if probe else registry.unavailable(cap.backend)
     usable = [d for d in cap.devices if d in archs]
     if why:
@@ -73,7 +73,7 @@ def _choice(op: str, device_type: str, arch) -> str:
     opt_ins = dispatch.opted_in()
     for kernel, native in dispatch.candidates(op, device_type):
         cap = kernel.capability
-        if cap.opt_in and cap.opt_in not in opt_ins:
+        if cap.off_without_opt_in(opt_ins):
             continue
         if not registry.kernel_unavailable(kernel) and (not native or _arch_ok(cap, device_type, arch)):
             return cap.label + ("" if native else " (pure-PyTorch fallback)")

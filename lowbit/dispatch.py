@@ -128,7 +128,7 @@ def _check(kernel: Kernel, call: Call, opt_ins: frozenset[str] | None) -> tuple[
     caller named this very variant (that is an opt-in)."""
     cap = kernel.capability
     unmet = cap.unmet(call)
-    if opt_ins is not None and cap.opt_in and cap.opt_in not in opt_ins:
+    if opt_ins is not None and cap.off_without_opt_in(opt_ins):
         # Not probed for its library either: an opt-in import may be slow or have side effects
         unmet.insert(0, Unmet(f"auto-dispatch uses it only with {cap.opt_in} (fidelity: {cap.fidelity})",
                               f"set {cap.opt_in}, or pass backend={cap.label!r}"))
