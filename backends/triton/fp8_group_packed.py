@@ -15,6 +15,7 @@ run exactly (the interpreter's own fp8 cast is wrong near binade edges and for N
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -24,7 +25,7 @@ import triton.language as tl
 from lowbit import spec
 
 from .float_bits import exponent_field, is_inf, pow2_or_subnormal, times_pow2, to_f32
-from .launch import LaunchConfig, on_device, pick
+from .launch import Launch, LaunchConfig, fitting, size_class
 
 GROUPS_PER_WORD = tl.constexpr(spec.FP8_GROUPS_PER_WORD)
 MIN_SCALE_BYTE = tl.constexpr(94)  # the power-of-two ceiling of fl32(1e-10) is 2^-33
@@ -117,18 +118,29 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, group_si
              hardware_e4m3: bool, config: LaunchConfig | None = None) -> None:
     """Write E4M3 of `x` (..., mn, K) into contiguous `q` (..., R, K) and the packed words into
     `scales` (..., S, ceil(G/4)) with strides (..., 1, A); rows >= mn of both are written as 0."""
-    *lead, mn, k = x.shape
     if q.numel() == 0 and scales.numel() == 0:
         return
-    x3 = x.reshape(math.prod(lead), mn, k)  # a view when the batch dims' strides allow it, else one copy
+    if x.dim() == 2:  # one batch: its stride is never used
+        batches, (mn, k), (stride_b, stride_m, stride_k) = 1, x.shape, (0, *x.stride())
+    else:
+        x = x if x.dim() == 3 else x.reshape(math.prod(x.shape[:-2]), *x.shape[-2:])  # a view, or a copy
+        (batches, mn, k), (stride_b, stride_m, stride_k) = x.shape, x.stride()
     q_rows, s_rows, words = q.shape[-2], scales.shape[-2], scales.shape[-1]
     stride_word = spec.tma_rows(mn)  # A: word (r, c) of a batch sits at c*A + r [FP8-PACK]
-    config = config or pick(LAUNCH_TABLE, x3.shape[0] * mn, k)
-    tiles = triton.cdiv(max(q_rows, s_rows), config.block_m)
-    grid = (x3.shape[0] * tiles, words)
-    with on_device(x):
-        quantize_fp8_group_packed_kernel[grid](
-            x3, q.view(torch.uint8), scales, mn, k, k // group_size, q_rows, s_rows, tiles,
-            x3.stride(0), x3.stride(1), x3.stride(2), q_rows * k, words * stride_word, stride_word, float(eps),
-            HARDWARE_E4M3=hardware_e4m3, GROUP=group_size, BLOCK_M=config.block_m, num_warps=config.num_warps,
-            enable_fp_fusion=True)  # exact here: the one product-then-sum, |v|*512 + 2^23, has an exact product
+    _, block_m, launch = size_class(launches(k, group_size, hardware_e4m3, config), batches * mn)
+    tiles = triton.cdiv(max(q_rows, s_rows), block_m)
+    launch((batches * tiles, words, 1), x, q.view(torch.uint8), scales, mn, k, k // group_size, q_rows, s_rows, tiles,
+           stride_b, stride_m, stride_k, q_rows * k, words * stride_word, stride_word, float(eps))
+
+
+@functools.lru_cache(maxsize=1024)
+def launches(k: int, group_size: int, hardware_e4m3: bool,
+             config: LaunchConfig | None) -> tuple[tuple[int | None, int, Launch], ...]:
+    """(max rows, BLOCK_M, launch) for each entry of LAUNCH_TABLE (or just `config`) that takes rows of
+    `k` elements: resolved once per kind of call."""
+    return tuple(
+        # fp fusion is exact here: the one product-then-sum, |v|*512 + 2^23, has an exact product
+        (max_rows, c.block_m, Launch(quantize_fp8_group_packed_kernel,
+                                     dict(HARDWARE_E4M3=hardware_e4m3, GROUP=group_size, BLOCK_M=c.block_m),
+                                     num_warps=c.num_warps, enable_fp_fusion=True))
+        for max_rows, c in (fitting(LAUNCH_TABLE, k) if config is None else ((None, config),)))

@@ -1,11 +1,22 @@
-"""What every launcher here needs: launch configurations kept as data, and the device guard."""
+"""What every launcher here needs: launch configurations kept as data, and `Launch`, which starts a
+Triton kernel with the host cost of a native torch op.
+
+Triton's JIT entry point, `kernel[grid](*args)`, binds the arguments, specialises each one, hashes
+a cache key and finds the current stream on every call: about 20 µs of host time on the device
+machine's CPU, three times a native torch op. `Launch` pays that once per specialisation: the first
+call of each goes through the entry point and keeps the compiled kernel; later calls hand the
+arguments straight to the launcher Triton compiled for it (`CompiledKernel.run`, the call that
+`JITFunction.run` itself ends with in Triton 3.6–3.9, and that torch inductor makes too).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
+import triton
 
 
 @dataclass(frozen=True)
@@ -17,12 +28,22 @@ class LaunchConfig:
     num_warps: int
 
 
-def pick(table, rows: int, k: int) -> LaunchConfig:
-    """The config of the first (max_rows, max_k, config) entry of `table` that fits the call.
-    Tables end with a catch-all entry (None, None, config)."""
-    for max_rows, max_k, config in table:
-        if (max_rows is None or rows <= max_rows) and (max_k is None or k <= max_k):
-            return config
+def fitting(table, k: int) -> tuple[tuple[int | None, LaunchConfig], ...]:
+    """The (max_rows, config) entries of a launch table of (max_rows, max_k, config) that take rows of
+    `k` elements, in order: a launcher resolves this once per kind of call and then chooses by the
+    row count alone. Tables end with a catch-all entry (None, None, config)."""
+    found = tuple((max_rows, config) for max_rows, max_k, config in table if max_k is None or k <= max_k)
+    if not found or found[-1][0] is not None:
+        raise LookupError("launch table has no catch-all entry")
+    return found
+
+
+def size_class(tiers, rows: int) -> tuple:
+    """The first of `tiers` (from `fitting`: (max_rows, ...), ending with max_rows None) that takes
+    `rows` rows."""
+    for tier in tiers:
+        if tier[0] is None or rows <= tier[0]:
+            return tier
     raise LookupError("launch table has no catch-all entry")
 
 
@@ -36,3 +57,81 @@ def on_device(t: torch.Tensor):
         return contextlib.nullcontext()
     return module.device(t.device)
 
+
+_I32, _I64 = range(-(2**31), 2**31), range(-(2**63), 2**63)
+
+
+def specialisation(args) -> tuple:
+    """What Triton specialises a kernel on, for these runtime arguments, or finer: per tensor its dtype
+    and whether its address is 16-byte aligned; per int whether it is 1, whether it is a multiple of
+    16, and its type (i32, i64, u64); per other value its type. Two argument lists with the same
+    specialisation run the same compiled kernel. (Written for speed: it runs on every launch.)"""
+    key = []
+    for a in args:
+        if a.__class__ is int:  # -1, 0 and 1 as themselves, others as a code from 3 up
+            key.append(a if -1 <= a <= 1 else 3 + (a & 15 == 0) + 2 * (a in _I32) + 4 * (a in _I64))
+        elif isinstance(a, torch.Tensor):
+            key.append(a.dtype)
+            key.append(a.data_ptr() & 15 == 0)
+        else:
+            key.append(a.__class__)
+    return tuple(key)
+
+
+class Launch:
+    """One Triton kernel with its constexprs and compile options fixed, called as
+    `launch(grid, *runtime_args)`. The kernel's constexpr parameters must follow all the others.
+
+    Compiled kernels are kept per device and `specialisation(args)`. Calls on CPU tensors (the
+    interpreter), and calls while a Triton launch hook is set (a profiler), take the JIT entry point.
+    """
+
+    def __init__(self, kernel, constexprs: dict, **options):
+        self.kernel = kernel
+        self.constexprs = constexprs
+        self.options = options
+        self.compiled: dict[tuple, tuple] = {}  # (device index, *specialisation) -> launcher, function, metadata
+        self.trailing: tuple = ()  # the constexpr values in parameter order: the launcher takes every argument
+
+    def __call__(self, grid: tuple[int, int, int], *args) -> None:
+        index = args[0].get_device()
+        if index < 0:  # CPU tensors: the interpreter
+            self.kernel[grid](*args, **self.constexprs, **self.options)
+            return
+        key = (index, *specialisation(args))
+        found = self.compiled.get(key)
+        if found is None or _hooks_set():
+            self._first_launch(key, grid, args)
+            return
+        run, function, metadata = found
+        current_device, current_stream = _driver()
+        if index == current_device():
+            run(*grid, current_stream(index), function, metadata, None, None, None, *args, *self.trailing)
+            return
+        with torch.get_device_module(args[0].device.type).device(index):
+            run(*grid, current_stream(index), function, metadata, None, None, None, *args, *self.trailing)
+
+    def _first_launch(self, key: tuple, grid: tuple[int, int, int], args: tuple) -> None:
+        with on_device(args[0]):
+            compiled = self.kernel[grid](*args, **self.constexprs, **self.options)
+        if not self.trailing:
+            params = self.kernel.params
+            if any(p.is_constexpr for p in params[:len(args)]) or len(params) != len(args) + len(self.constexprs):
+                raise TypeError(f"{self.kernel.fn.__name__}: Launch needs the runtime arguments first, then the "
+                                f"constexprs {sorted(self.constexprs)}")
+            self.trailing = tuple(self.constexprs[p.name] for p in params[len(args):])
+        self.compiled[key] = (compiled.run, compiled.function, compiled.packed_metadata)
+
+
+@functools.cache
+def _driver():
+    """The active Triton driver's current-device and current-stream functions (torch's own)."""
+    active = triton.runtime.driver.active
+    return active.get_current_device, active.get_current_stream
+
+
+def _hooks_set() -> bool:
+    """Whether a Triton launch hook is set (Triton 3.6 keeps a callable or None, 3.9 a chain of calls)."""
+    runtime = triton.knobs.runtime
+    enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook
+    return bool(getattr(enter, "calls", enter) or getattr(leave, "calls", leave))

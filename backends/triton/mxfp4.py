@@ -19,6 +19,7 @@ the scales as float32 powers of two [MX-SCALE-F32] instead of E8M0 bytes.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import torch
@@ -28,7 +29,7 @@ import triton.language as tl
 from lowbit import spec
 
 from .float_bits import ceil_exponent_field, exponent_field, pow2, to_f32
-from .launch import LaunchConfig, on_device, pick
+from .launch import Launch, LaunchConfig, fitting, size_class
 
 BLOCK = tl.constexpr(spec.MX_BLOCK)  # elements per scale
 ONE_SIXTH_BITS = tl.constexpr(0x3E2AAAAB)  # fl32(1/6), as [MX-RCEIL] multiplies by it
@@ -129,20 +130,36 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_ru
              config: LaunchConfig | None = None) -> None:
     """Write MXFP4 of `x` (..., K) into contiguous `q` (..., K/2) and `scales` (..., K/32): E8M0
     bytes, or float32 powers of two when `scales` is float32. `eps` is [MX-EPS]'s (rule rceil)."""
-    if x.numel() == 0:
+    k = x.shape[-1]
+    rows = x.numel() // k if k else 0
+    if rows == 0:
         return
-    eps_bits = struct.unpack("<i", struct.pack("<f", eps))[0]  # fl32(eps), rounded to nearest even
+    eps_bits = float32_bits(eps)
     scale_f32 = scales.dtype == torch.float32
-    x2 = x.reshape(-1, x.shape[-1])  # a view when the leading dims' strides allow it, else one copy
-    rows, k = x2.shape
-    config = config or pick(LAUNCH_TABLE, rows, k)
-    block_k = min(config.block_k, triton.next_power_of_2(k))
-    grid = (triton.cdiv(rows, config.block_m), triton.cdiv(k, block_k))
-    with on_device(x):
-        quantize_mxfp4_kernel[grid](
-            x2, q.view(torch.uint8), scales.view(torch.int32 if scale_f32 else torch.uint8), rows, k,
-            x2.stride(0), x2.stride(1), eps_bits,
-            FLOOR=scale_rule == "floor", ENCODE=encode, RCEIL_EXPONENT=rceil_exponent, HAS_EPS=eps_bits != 0,
-            SCALE_F32=scale_f32,
-            BLOCK_M=config.block_m, BLOCK_K=block_k, num_warps=config.num_warps,
-            enable_fp_fusion=True)  # exact here: the one product-then-sum, a*h + 2^22, has an exact product
+    x2 = x if x.dim() == 2 else x.reshape(rows, k)  # a view when the leading dims' strides allow it, else one copy
+    _, block_m, column_blocks, launch = size_class(
+        launches(k, scale_rule == "floor", eps_bits != 0, scale_f32, encode, rceil_exponent, config), rows)
+    launch((triton.cdiv(rows, block_m), column_blocks, 1), x2, q.view(torch.uint8),
+           scales.view(torch.int32 if scale_f32 else torch.uint8), rows, k, x2.stride(0), x2.stride(1), eps_bits)
+
+
+@functools.lru_cache(maxsize=1024)
+def launches(k: int, floor: bool, has_eps: bool, scale_f32: bool, encode, rceil_exponent,
+             config: LaunchConfig | None) -> tuple[tuple[int | None, int, int, Launch], ...]:
+    """(max rows, BLOCK_M, column blocks, launch) for each entry of LAUNCH_TABLE (or just `config`)
+    that takes rows of `k` elements: resolved once per kind of call."""
+    found = []
+    for max_rows, c in fitting(LAUNCH_TABLE, k) if config is None else ((None, config),):
+        block_k = min(c.block_k, triton.next_power_of_2(k))
+        constexprs = dict(FLOOR=floor, ENCODE=encode, RCEIL_EXPONENT=rceil_exponent, HAS_EPS=has_eps,
+                          SCALE_F32=scale_f32, BLOCK_M=c.block_m, BLOCK_K=block_k)
+        # fp fusion is exact here: the one product-then-sum, a*h + 2^22, has an exact product
+        launch = Launch(quantize_mxfp4_kernel, constexprs, num_warps=c.num_warps, enable_fp_fusion=True)
+        found.append((max_rows, c.block_m, triton.cdiv(k, block_k), launch))
+    return tuple(found)
+
+
+@functools.lru_cache(maxsize=64)
+def float32_bits(value: float) -> int:
+    """The bits of fl32(value) (rounded to nearest even) as a signed int."""
+    return struct.unpack("<i", struct.pack("<f", value))[0]

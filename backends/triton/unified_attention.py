@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from .float_bits import exponent_field, pow2, to_f32
-from .launch import on_device
+from .launch import Launch
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -153,7 +153,7 @@ def masked_softmax_step(s, m_i, j, in_seq, pos, score_factor, cap_factor, cap_lo
 @triton.jit
 def unified_attention_kernel(
         q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q, seqused_k, block_table,
-        alibi_ptr, sinks_ptr, q_descale, k_descale, v_descale, part_acc, part_max, part_sum,
+        alibi_ptr, sinks_ptr, q_descale, k_descale, v_descale, partials, parts,
         num_seqs, max_seqlen_k, softmax_scale, softcap, left, right, tiles_per_split,
         stride_q_token, stride_q_head, stride_k_block, stride_k_slot, stride_k_head,
         stride_v_block, stride_v_slot, stride_v_head, stride_o_token, stride_o_head, stride_table,
@@ -263,13 +263,14 @@ def unified_attention_kernel(
                  mask=row_ok[:, None] & d_ok[None, :])
     else:  # partials, indexed ((token * NUM_HEADS + head) * SPLITS + split)
         part = ((q_start + token).to(tl.int64) * NUM_HEADS + head) * SPLITS + tl.program_id(2)
+        part_max = partials + parts.to(tl.int64) * HEAD_PAD  # the workspace: rows of acc, then max, then sum
         tl.store(part_max + part, m_i, mask=row_ok)
-        tl.store(part_sum + part, l_i, mask=row_ok)
-        tl.store(part_acc + part[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=row_ok[:, None])
+        tl.store(part_max + parts + part, l_i, mask=row_ok)
+        tl.store(partials + part[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=row_ok[:, None])
 
 
 @triton.jit
-def reduce_splits_kernel(out_ptr, part_acc, part_max, part_sum, cu_seqlens_q, sinks_ptr, v_descale,
+def reduce_splits_kernel(out_ptr, partials, parts, cu_seqlens_q, sinks_ptr, v_descale,
                          stride_o_token, stride_o_head, stride_vd_seq, stride_vd_head,
                          NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD: tl.constexpr,
                          HEAD_PAD: tl.constexpr, SPLITS: tl.constexpr, SINKS: tl.constexpr,
@@ -287,6 +288,8 @@ def reduce_splits_kernel(out_ptr, part_acc, part_max, part_sum, cu_seqlens_q, si
     scale = 1.0
     if V_DESCALE:
         scale = tl.load(v_descale + seq * stride_vd_seq + (head // GROUP) * stride_vd_head)
+    part_max = partials + parts.to(tl.int64) * HEAD_PAD
+    part_sum = part_max + parts
     for i in range(0, q_end - q_start):
         token = q_start.to(tl.int64) + i
         part = (token * NUM_HEADS + head) * SPLITS + splits
@@ -295,7 +298,7 @@ def reduce_splits_kernel(out_ptr, part_acc, part_max, part_sum, cu_seqlens_q, si
         m_safe = tl.where(m_all == float("-inf"), 0.0, m_all)
         w = tl.exp2(m - m_safe)
         total = tl.sum(tl.load(part_sum + part) * w, 0) + tl.exp2(sink - m_safe)
-        acc = tl.sum(tl.load(part_acc + part[:, None] * HEAD_PAD + offs_d[None, :]) * w[:, None], 0)
+        acc = tl.sum(tl.load(partials + part[:, None] * HEAD_PAD + offs_d[None, :]) * w[:, None], 0)
         o = acc * tl.where(total > 0, scale / tl.where(total > 0, total, 1.0), 0.0)
         tl.store(out_ptr + token * stride_o_token + head * stride_o_head + offs_d,
                  o.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD)
@@ -381,7 +384,7 @@ def attend(q, k_cache, v_cache, out, *, cu_seqlens_q, seqused_k, block_table, ma
     """Write attention into `out` (docs/SPEC.md "Attention"). Arguments are checked by
     lowbit/unified_attention.py; `splits` and `config` override the plan (tests, tuning)."""
     num_tokens, num_heads, head_size = q.shape
-    kv_heads, page = k_cache.shape[2], k_cache.shape[1]
+    _, page, kv_heads, _ = k_cache.shape
     num_seqs = cu_seqlens_q.shape[0] - 1
     if num_tokens == 0 or num_seqs == 0:
         return
@@ -389,44 +392,54 @@ def attend(q, k_cache, v_cache, out, *, cu_seqlens_q, seqused_k, block_table, ma
     p = plan(num_tokens=num_tokens, num_seqs=num_seqs, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
              group=group, kv_heads=kv_heads, head_size=head_size, sm_count=sm_count(q.device), splits=splits,
              config=config)
-    cfg = p.config
-    head_pad = padded_head(head_size)
     left, right = window
     right = 0 if causal else right  # causal keeps j <= p: a right bound of 0
-    chunks = triton.cdiv(group, p.heads)
-
-    def given(t):  # an absent optional tensor is passed as cu_seqlens_q (never read: its flag is off)
-        return cu_seqlens_q if t is None else t
-    if p.splits > 1:
-        part_acc = torch.empty((num_tokens * num_heads * p.splits, head_pad), dtype=torch.float32, device=q.device)
-        part_max = torch.empty(num_tokens * num_heads * p.splits, dtype=torch.float32, device=q.device)
-        part_sum = torch.empty_like(part_max)
+    attention, reduction = launches(num_heads, group, head_size, page, p.config, p.heads, p.block_q, p.splits,
+                                    softcap > 0, alibi_slopes is not None, sinks is not None, left >= 0, right >= 0,
+                                    q_descale is not None, k_descale is not None, v_descale is not None,
+                                    k_cache.dtype == torch.float8_e4m3fn, q.device.type == "cpu")
+    # An absent optional tensor is passed as cu_seqlens_q (never read: its flag is off)
+    absent = cu_seqlens_q
+    if p.splits > 1:  # one workspace: the partial rows, then their maxima, then their sums
+        parts = num_tokens * num_heads * p.splits
+        partials = torch.empty(parts * (padded_head(head_size) + 2), dtype=torch.float32, device=q.device)
     else:
-        part_acc = part_max = part_sum = given(None)
-    qd, kd, vd = (_descale_strides(d) for d in (q_descale, k_descale, v_descale))
+        parts, partials = 0, absent
+    qd, kd, vd = _descale_strides(q_descale), _descale_strides(k_descale), _descale_strides(v_descale)
+    attention(
+        (p.query_blocks, kv_heads * triton.cdiv(group, p.heads), p.splits),
+        q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table,
+        absent if alibi_slopes is None else alibi_slopes, absent if sinks is None else sinks,
+        absent if q_descale is None else q_descale, absent if k_descale is None else k_descale,
+        absent if v_descale is None else v_descale, partials, parts,
+        num_seqs, max_seqlen_k, softmax_scale, softcap if softcap > 0 else 1.0, left, right, p.tiles_per_split,
+        *q.stride()[:2], *k_cache.stride()[:3], *v_cache.stride()[:3], *out.stride()[:2], block_table.stride(0),
+        *qd, *kd, *vd)
+    if reduction is not None:
+        reduction((num_seqs, num_heads, 1), out, partials, parts, cu_seqlens_q, absent if sinks is None else sinks,
+                  absent if v_descale is None else v_descale, *out.stride()[:2], *vd)
+
+
+@functools.lru_cache(maxsize=1024)
+def launches(num_heads: int, group: int, head_size: int, page: int, config: AttentionConfig, heads: int,
+             block_q: int, splits: int, softcap: bool, alibi: bool, sinks: bool, has_left: bool, has_right: bool,
+             q_descale: bool, k_descale: bool, v_descale: bool, fp8_kv: bool,
+             dot_f32: bool) -> tuple[Launch, Launch | None]:
+    """The attention kernel's launch and, for split-KV, the reduction's, for one kind of call."""
     # Fused multiply-adds are welcome here: attention is compared within a tolerance, not bit for bit
-    with on_device(q):
-        unified_attention_kernel[(p.query_blocks, kv_heads * chunks, p.splits)](
-            q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table,
-            given(alibi_slopes), given(sinks), given(q_descale), given(k_descale), given(v_descale),
-            part_acc, part_max, part_sum,
-            num_seqs, max_seqlen_k, softmax_scale, softcap if softcap > 0 else 1.0, left, right, p.tiles_per_split,
-            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
-            block_table.stride(0), *qd, *kd, *vd,
-            NUM_HEADS=num_heads, GROUP=group, HEADS=p.heads, CHUNKS=chunks, HEAD=head_size, HEAD_PAD=head_pad,
-            PAGE=page, BLOCK_Q=p.block_q, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLITS=p.splits,
-            SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None, SINKS=sinks is not None, HAS_LEFT=left >= 0,
-            HAS_RIGHT=right >= 0, Q_DESCALE=q_descale is not None, K_DESCALE=k_descale is not None,
-            V_DESCALE=v_descale is not None, FP8_KV=k_cache.dtype == torch.float8_e4m3fn,
-            DOT_F32=q.device.type == "cpu", num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            enable_fp_fusion=True)
-        if p.splits > 1:
-            reduce_splits_kernel[(num_seqs, num_heads)](
-                out, part_acc, part_max, part_sum, cu_seqlens_q, given(sinks), given(v_descale),
-                out.stride(0), out.stride(1), *vd,
-                NUM_HEADS=num_heads, GROUP=group, HEAD=head_size, HEAD_PAD=head_pad, SPLITS=p.splits,
-                SINKS=sinks is not None, V_DESCALE=v_descale is not None, num_warps=4, enable_fp_fusion=True)
+    head_pad = padded_head(head_size)
+    attention = Launch(unified_attention_kernel, dict(
+        NUM_HEADS=num_heads, GROUP=group, HEADS=heads, CHUNKS=triton.cdiv(group, heads), HEAD=head_size,
+        HEAD_PAD=head_pad, PAGE=page, BLOCK_Q=block_q, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        SPLITS=splits, SOFTCAP=softcap, ALIBI=alibi, SINKS=sinks, HAS_LEFT=has_left, HAS_RIGHT=has_right,
+        Q_DESCALE=q_descale, K_DESCALE=k_descale, V_DESCALE=v_descale, FP8_KV=fp8_kv, DOT_F32=dot_f32),
+        num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=True)
+    if splits == 1:
+        return attention, None
+    reduction = Launch(reduce_splits_kernel, dict(
+        NUM_HEADS=num_heads, GROUP=group, HEAD=head_size, HEAD_PAD=head_pad, SPLITS=splits, SINKS=sinks,
+        V_DESCALE=v_descale), num_warps=4, enable_fp_fusion=True)
+    return attention, reduction
 
 
 def _descale_strides(descale) -> tuple[int, int]:

@@ -330,7 +330,7 @@ def attention_plan(launch, head_size):
 
 def compile_attention(arch, dtypes="bf16", head_size=128, launch="prefill", options_on=False):
     """unified_attention_kernel as attend() launches it: absent optional tensors are cu_seqlens_q
-    (*i32) and so are the partials of a 2-D launch; descales one float32 per tensor."""
+    (*i32) and so is the workspace of a 2-D launch; descales one float32 per tensor."""
     q_type, kv_type, out_type = ATTN_DTYPES[dtypes]
     p = attention_plan(launch, head_size)
     assert p.splits == (1 if launch == "prefill" else 4), p
@@ -341,8 +341,7 @@ def compile_attention(arch, dtypes="bf16", head_size=128, launch="prefill", opti
                 "q_descale": "*fp32" if q_type == "*fp8e4nv" else "*i32",
                 "k_descale": "*fp32" if kv_type == "*fp8e4nv" else "*i32",
                 "v_descale": "*fp32" if kv_type == "*fp8e4nv" else "*i32"}
-    for name in ("part_acc", "part_max", "part_sum"):
-        pointers[name] = "*fp32" if p.splits > 1 else "*i32"
+    pointers["partials"] = "*fp32" if p.splits > 1 else "*i32"  # the split-KV workspace, or cu_seqlens_q
     scalars = {"softmax_scale": "fp32", "softcap": "fp32"}
     constexprs = dict(NUM_HEADS=ATTN_HEADS, GROUP=ATTN_HEADS // ATTN_KV_HEADS, HEADS=p.heads,
                       CHUNKS=-(-(ATTN_HEADS // ATTN_KV_HEADS) // p.heads), HEAD=head_size,
@@ -363,8 +362,7 @@ def compile_attention(arch, dtypes="bf16", head_size=128, launch="prefill", opti
 
 def compile_reduce_splits(arch, head_size=128, sinks=False, v_descale=False, out_type="*bf16"):
     fn = unified_attention.reduce_splits_kernel
-    signature = {"out_ptr": out_type, "part_acc": "*fp32", "part_max": "*fp32", "part_sum": "*fp32",
-                 "cu_seqlens_q": "*i32", "sinks_ptr": "*fp32" if sinks else "*i32",
+    signature = {"out_ptr": out_type, "partials": "*fp32", "parts": "i32", "cu_seqlens_q": "*i32", "sinks_ptr": "*fp32" if sinks else "*i32",
                  "v_descale": "*fp32" if v_descale else "*i32", "stride_o_token": "i32", "stride_o_head": "i32",
                  "stride_vd_seq": "i32", "stride_vd_head": "i32", "NUM_HEADS": "constexpr", "GROUP": "constexpr",
                  "HEAD": "constexpr", "HEAD_PAD": "constexpr", "SPLITS": "constexpr", "SINKS": "constexpr",
@@ -372,8 +370,8 @@ def compile_reduce_splits(arch, head_size=128, sinks=False, v_descale=False, out
     constexprs = dict(NUM_HEADS=ATTN_HEADS, GROUP=ATTN_HEADS // ATTN_KV_HEADS, HEAD=head_size,
                       HEAD_PAD=triton.next_power_of_2(head_size), SPLITS=4, SINKS=sinks, V_DESCALE=v_descale)
     return compile_kernel(fn, signature, constexprs, arch,
-                          divisible=("out_ptr", "part_acc", "part_max", "part_sum", "cu_seqlens_q", "stride_o_token",
-                                     "stride_o_head"), enable_fp_fusion=True)
+                          divisible=("out_ptr", "partials", "parts", "cu_seqlens_q", "stride_o_token", "stride_o_head"),
+                          enable_fp_fusion=True)
 
 
 def dot_instructions(compiled, arch) -> list[str]:

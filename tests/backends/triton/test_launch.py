@@ -1,0 +1,149 @@
+"""backends/triton/launch.py: `Launch` goes through Triton's JIT entry point once per specialisation
+and straight to the compiled launcher after that; `specialisation` is at least as fine as Triton's.
+
+The compiled path is tested here with a stand-in kernel (our code, no GPU): the GPU suite
+(tests/backends/cuda/test_fast_path.py) runs the real launcher.
+"""
+
+import types
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from lowbit.backends.triton import launch as launch_module  # noqa: E402
+from lowbit.backends.triton.launch import Launch, LaunchConfig, fitting, specialisation  # noqa: E402
+
+
+class OnDevice0(torch.Tensor):
+    """A CPU tensor that says it lives on device 0, so that Launch takes its compiled path."""
+
+    def get_device(self):
+        return 0
+
+
+def on_device0(t):
+    return t.as_subclass(OnDevice0)
+
+
+class StandInKernel:
+    """Triton's JIT function as Launch sees it: params, and kernel[grid](*args, **kw) returning a
+    compiled kernel whose `run` is the launcher."""
+
+    def __init__(self, names=("x", "n", "BLOCK"), constexprs=("BLOCK",)):
+        self.fn = types.SimpleNamespace(__name__="stand_in")
+        self.params = [types.SimpleNamespace(name=n, is_constexpr=n in constexprs) for n in names]
+        self.jit_calls, self.launches = [], []
+
+    def __getitem__(self, grid):
+        def jit(*args, **kwargs):
+            self.jit_calls.append((grid, args, kwargs))
+            return types.SimpleNamespace(run=lambda *a: self.launches.append(a), function="fn",
+                                         packed_metadata="meta")
+        return jit
+
+
+@pytest.fixture(name="driver")
+def _driver(monkeypatch):
+    """Device 0 is current; its stream is 77."""
+    monkeypatch.setattr(launch_module, "_driver", lambda: (lambda: 0, lambda index: 77))
+
+
+def test_launch_goes_through_the_jit_entry_point_once_per_specialisation(driver):
+    kernel = StandInKernel()
+    launch = Launch(kernel, {"BLOCK": 64}, num_warps=4)
+    x = on_device0(torch.zeros(64))
+    launch((2, 1, 1), x, 32)
+    assert len(kernel.jit_calls) == 1 and kernel.jit_calls[0][2] == {"BLOCK": 64, "num_warps": 4}
+    assert kernel.launches == []
+    launch((3, 1, 1), x, 48)  # also a multiple of 16: the same specialisation
+    assert len(kernel.jit_calls) == 1
+    assert kernel.launches == [(3, 1, 1, 77, "fn", "meta", None, None, None, x, 48, 64)]
+    launch((3, 1, 1), x, 17)  # not a multiple of 16: Triton specialises differently
+    launch((3, 1, 1), x[1:], 32)  # not 16-byte aligned
+    launch((3, 1, 1), x.to(torch.float16), 32)  # another pointer type
+    launch((3, 1, 1), x, 1)  # 1 is a constant to Triton
+    launch((3, 1, 1), x, 2**40)  # i64
+    assert len(kernel.jit_calls) == 6 and len(kernel.launches) == 1
+    launch((5, 1, 1), x, 2**40 + 16)
+    assert len(kernel.jit_calls) == 6 and len(kernel.launches) == 2
+
+
+def test_launch_takes_the_jit_entry_point_while_a_launch_hook_is_set(driver, monkeypatch):
+    kernel = StandInKernel()
+    launch = Launch(kernel, {"BLOCK": 64})
+    x = on_device0(torch.zeros(64))
+    launch((1, 1, 1), x, 32)
+    runtime = types.SimpleNamespace(launch_enter_hook=lambda *a: None, launch_exit_hook=None)
+    monkeypatch.setattr(launch_module.triton, "knobs", types.SimpleNamespace(runtime=runtime))
+    launch((1, 1, 1), x, 32)
+    assert len(kernel.jit_calls) == 2 and kernel.launches == []
+    runtime.launch_enter_hook = types.SimpleNamespace(calls=[])  # Triton 3.9: an empty chain is no hook
+    launch((1, 1, 1), x, 32)
+    assert len(kernel.jit_calls) == 2 and len(kernel.launches) == 1
+
+
+def test_launch_on_cpu_tensors_is_the_interpreters_entry_point_every_time(driver):
+    kernel = StandInKernel()
+    launch = Launch(kernel, {"BLOCK": 64})
+    for _ in range(3):
+        launch((1, 1, 1), torch.zeros(64), 32)
+    assert len(kernel.jit_calls) == 3 and kernel.launches == []
+
+
+def test_launch_refuses_a_kernel_whose_constexprs_are_not_last(driver):
+    kernel = StandInKernel(names=("x", "BLOCK", "n"))
+    with pytest.raises(TypeError, match="stand_in: Launch needs the runtime arguments first"):
+        Launch(kernel, {"BLOCK": 64})((1, 1, 1), on_device0(torch.zeros(64)), 32)
+
+
+def test_specialisation_is_at_least_as_fine_as_tritons():
+    """Arguments our key calls alike, Triton's own specialiser (3.7+) calls alike too."""
+    libtriton = pytest.importorskip("triton._C.libtriton")
+    native = getattr(libtriton, "native_specialize_impl", None)
+    if native is None:
+        pytest.skip("this Triton specialises in Python (before 3.7): nothing native to compare with")
+    from triton.backends.compiler import BaseBackend
+
+    base = torch.zeros(64, dtype=torch.uint8)
+    ints = [0, 1, 2, 15, 16, 17, 32, -1, -16, -17, 2**31 - 16, 2**31 - 1, 2**31, 2**31 + 16, -(2**31), -(2**31) - 1,
+            2**40, 2**40 + 1, 2**63 - 16, 2**63 - 1, 2**63, 2**63 + 16, 2**64 - 1, -(2**63)]
+    tensors = [base[i:].view(torch.uint8) for i in range(16)] + [base[i:i + 32].view(torch.int32) for i in (0, 4, 16)]
+    values = ints + tensors + [0.5, 3.0, True, False]
+    groups = {}
+    for v in values:
+        groups.setdefault(specialisation([v]), []).append(native(BaseBackend, v, False, True, True))
+    for key, theirs in groups.items():
+        assert len(set(theirs)) == 1, (key, theirs)
+
+
+def test_fitting_keeps_the_entries_for_k_in_order():
+    small, large = LaunchConfig(1, 256, 4), LaunchConfig(4, 1024, 8)
+    table = ((128, 1024, small), (128, None, large), (None, 2048, small), (None, None, large))
+    assert fitting(table, 1024) == ((128, small), (128, large), (None, small), (None, large))
+    assert fitting(table, 4096) == ((128, large), (None, large))
+    with pytest.raises(LookupError):
+        fitting(((128, None, small),), 64)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("op", ["mxfp4", "fp8_group_packed"])
+def test_a_later_launcher_call_of_a_kind_resolves_no_launch_table(op, monkeypatch):
+    """The launch table is resolved once per kind of call (`launches`), never per row count."""
+    import importlib
+
+    module = importlib.import_module(f"lowbit.backends.triton.{op}")
+    resolved = []
+    real = module.fitting
+    monkeypatch.setattr(module, "fitting", lambda *args: resolved.append(args) or real(*args))
+    module.launches.cache_clear()
+    for rows in (3, 200, 1500, 5):
+        x = torch.randn(rows, 512)
+        if op == "mxfp4":
+            module.quantize(x, torch.empty(rows, 256, dtype=torch.uint8), torch.empty(rows, 16, dtype=torch.uint8),
+                            scale_rule="rceil")
+        else:
+            module.quantize(x, torch.empty(rows, 512, dtype=torch.float8_e4m3fn),
+                            torch.empty(rows, 1, dtype=torch.int32), group_size=128, eps=1e-10, hardware_e4m3=False)
+    assert len(resolved) == 1
