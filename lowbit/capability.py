@@ -148,7 +148,6 @@ class Capability:
     # environment variable NAME equals value, because its bits deviate from the SPEC; naming the
     # variant (backend="xpu/vendor") always may. "": always tried.
     opt_in: str = ""
-    notes: str = ""
 
     @property
     def label(self) -> str:

@@ -33,8 +33,8 @@ def info(out=sys.stdout) -> None:
     for op in OPS.values():
         print(f"\n{op.name}: {op.summary} [docs/SPEC.md: {op.spec}]", file=out)
         kernels = [k for b in registry.backends() for k in b.kernels_for(op.name)]
-        if not kernels:
-            print("  declared; no backend implements it yet", file=out)
+        if not kernels:  # the reference was replaced by a registered backend without it
+            print("  no installed backend implements it", file=out)
             continue
         opt_ins = dispatch.opted_in()
         rows = [_row(k, archs, opt_ins) for k in kernels]
@@ -134,8 +134,8 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="the ops x backends matrix for this machine")
     sub.add_parser("demo", help="quantize a sample tensor here and check it against the reference")
-    bench = sub.add_parser("bench", help="GPU benchmarks: `bench quant`, `bench tune-quant`, `bench attention` "
-                                         "(needs CUDA and Triton)")
+    bench = sub.add_parser("bench", help="GPU benchmarks: `bench quant`, `bench tune-quant`, `bench attention`, "
+                                         "`bench overhead` (needs CUDA and Triton)")
     bench.add_argument("suite", choices=sorted(BENCHMARKS))
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
@@ -149,4 +149,4 @@ def main(argv=None) -> None:
 
 
 BENCHMARKS = {"quant": "lowbit.benchmarks.quant", "tune-quant": "lowbit.benchmarks.tune_quant",
-              "attention": "lowbit.benchmarks.attention"}
+              "attention": "lowbit.benchmarks.attention", "overhead": "lowbit.benchmarks.overhead"}

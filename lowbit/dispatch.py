@@ -8,8 +8,12 @@ kernel (cuda: PTX, then portable Triton) are tried in its order. `backend="name"
 an opt-in (`LOWBIT_XPU_PROVIDER=vendor`): auto-dispatch and a backend forced by name skip it unless
 that environment variable is set so; naming the variant runs it. A fallback (a higher-priority
 backend refused the call, or nothing native to the device exists) logs one warning per decision,
-and `LOWBIT_STRICT=1` turns it into UnsupportedError. Decisions are cached by `Call`, which holds no row count, so the
-per-call cost after the first call of a kind is a dictionary look-up.
+and `LOWBIT_STRICT=1` turns it into UnsupportedError. Decisions are cached by `Call`, which holds no row count.
+
+The eager fast path: an op remembers the kernel it resolved under `kind(...)`, a tuple of the very
+properties its Call is made of plus the requested backend and the environment, which costs a
+fraction of describing the call. A later call of the same kind that needs no torch.library
+machinery (`eager`) finds its kernel there and runs it: no description, no capability check.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import functools
 import logging
 import os
 from dataclasses import dataclass, field
+
+import torch
 
 from . import registry
 from .backend import Kernel
@@ -109,6 +115,56 @@ def call_for(op: str, x, **options) -> Call:
     return Call(**{**fields, **options})
 
 
+def kind(op: str, x, *options) -> tuple:
+    """What the Call of `op` on primary tensor `x` is made of (its device, arch, dtype, ndim, last dim,
+    layout), with the op's `options`, as a cheap tuple: the key under which the eager fast path
+    remembers a kernel. `options` must hold every option the op's Call holds, the requested backend,
+    and whatever else the op's describe reads; `environment()` is added here."""
+    ndim = x.dim()
+    k = x.shape[-1] if ndim else 0
+    last_dim_contiguous = ndim == 0 or k <= 1 or x.stride(-1) == 1
+    return (op, x.device, x.dtype, ndim, k, x.is_contiguous(), last_dim_contiguous, environment(), *options)
+
+
+_KERNELS: dict[tuple, Kernel] = {}  # kind -> the kernel resolved for it
+_KERNELS_MAX = 4096
+
+
+def remembered(key: tuple) -> Kernel | None:
+    """The kernel resolved earlier for a call of this kind (`kind`), or None. An option that cannot be
+    a key (unhashable) is left to the op's own checks."""
+    try:
+        return _KERNELS.get(key)
+    except TypeError:
+        return None
+
+
+def remember(key: tuple, kernel: Kernel) -> Kernel:
+    """Keep `kernel`, just resolved for a call of kind `key`, for the next call of that kind."""
+    if len(_KERNELS) >= _KERNELS_MAX:
+        _KERNELS.clear()
+    _KERNELS[key] = kernel
+    return kernel
+
+
+def eager(*tensors) -> bool:
+    """Whether a call on these tensors may run without torch.library: plain tensors with data that need
+    no autograd, with nothing tracing (torch.compile, export) or intercepting (dispatch or function modes:
+    FakeTensorMode, make_fx; functorch transforms). Otherwise the op goes through torch.ops, where the
+    fake, the tracer and autograd see it."""
+    if torch.compiler.is_compiling() or _dispatch_modes() or _function_modes():  # first: dynamo folds it
+        return False
+    for t in tensors:
+        if type(t) is not torch.Tensor or t.requires_grad or t.is_meta or _functorch_wrapped(t):
+            return False
+    return True
+
+
+_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._is_torch_function_mode_enabled
+
+
 def candidates(op: str, device_type: str) -> list[tuple[Kernel, bool]]:
     """(kernel, native) for every backend's kernels for `op`, in the order auto-dispatch tries them
     on `device_type`: natives by priority (each backend's variants in its order), then the
@@ -137,6 +193,24 @@ def _check(kernel: Kernel, call: Call, opt_ins: frozenset[str] | None) -> tuple[
     if missing:
         unmet.insert(0, Unmet(f"cannot load here: {missing}", "install what it needs"))
     return tuple(unmet)
+
+
+def environment() -> tuple:
+    """The environment variables a decision reads, as set now: LOWBIT_BACKEND, LOWBIT_STRICT and each
+    backend's variant setting (read per call, so that setting one takes effect at the next call)."""
+    return tuple(map(_RAW_ENVIRON.get, _watched()))
+
+
+# os.environ.get costs about 0.6 µs for an unset variable (a KeyError inside); every call reads
+# these, so they are read from the mapping os.environ keeps its encoded items in (it writes through
+# on every change), which costs a tenth of that.
+_RAW_ENVIRON = getattr(os.environ, "_data", os.environ)
+
+
+@functools.cache
+def _watched() -> tuple:
+    names = (ENV_BACKEND, ENV_STRICT, *registry.settings())
+    return tuple(map(os.environ.encodekey, names)) if _RAW_ENVIRON is not os.environ else names
 
 
 def opted_in() -> frozenset[str]:
@@ -245,3 +319,5 @@ def clear_cache() -> None:
     """Forget every decision (after backends are registered or removed)."""
     select.cache_clear()
     _warn_once.cache_clear()
+    _watched.cache_clear()
+    _KERNELS.clear()

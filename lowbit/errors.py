@@ -13,6 +13,8 @@ def require_type(op: str, name: str, value, expected: type | tuple[type, ...], e
     """ValueError naming the argument when `value` is not of the `expected` type (a bool is no
     int here), before torch.library's schema check would raise a less readable RuntimeError."""
     types = expected if isinstance(expected, tuple) else (expected,)
+    if type(value) in types:  # the common case, first: it runs on every call
+        return
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         raise ValueError(f"lowbit.{op}: {name}={value!r} is of type {type(value).__name__}, not "
                          f"{' or '.join(t.__name__ for t in types)}; pass e.g. {name}={example}")

@@ -14,10 +14,12 @@ import math
 import torch
 
 from . import dispatch, spec
+from .backend import Kernel
 from .capability import Call
 from .errors import require_type
 
 OP = "quantize_fp8_group_packed"
+DEQUANTIZE = "dequantize_fp8_group_packed"
 
 
 def quantize_fp8_group_packed(x: torch.Tensor, *, group_size: int = spec.FP8_DEFAULT_GROUP,
@@ -36,11 +38,16 @@ def quantize_fp8_group_packed(x: torch.Tensor, *, group_size: int = spec.FP8_DEF
     require_type(OP, "eps", eps, (float, int), "1e-10")
     require_type(OP, "backend", backend, str, '"auto"')
     if out is None:
+        if dispatch.eager(x):
+            return _quantize(_quantize_kernel(x, group_size, eps, backend), x, group_size, eps)
         return torch.ops.lowbit.quantize_fp8_group_packed(x, group_size, eps, backend)
     if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
         raise ValueError(f"lowbit.{OP}: out= must be a pair of tensors (q_buf, s_buf), not {type(out).__name__}")
     q_buf, s_buf = out
-    torch.ops.lowbit.quantize_fp8_group_packed_out(x, q_buf, s_buf, group_size, eps, backend)
+    if dispatch.eager(x, q_buf, s_buf):
+        _quantize_kernel(x, group_size, eps, backend, out=out).run(x, q_buf, s_buf, group_size=group_size, eps=eps)
+    else:
+        torch.ops.lowbit.quantize_fp8_group_packed_out(x, q_buf, s_buf, group_size, eps, backend)
     return q_buf, s_buf
 
 
@@ -49,9 +56,12 @@ def dequantize_fp8_group_packed(q: torch.Tensor, packed_scales: torch.Tensor, *,
                                 dtype: torch.dtype = torch.bfloat16,
                                 backend: str = dispatch.AUTO) -> torch.Tensor:
     """Expand `q` (..., mn, K) with its packed scales back to (..., mn, K) in `dtype`."""
-    require_type("dequantize_fp8_group_packed", "group_size", group_size, int, "128")
-    require_type("dequantize_fp8_group_packed", "dtype", dtype, torch.dtype, "torch.bfloat16")
-    require_type("dequantize_fp8_group_packed", "backend", backend, str, '"auto"')
+    require_type(DEQUANTIZE, "group_size", group_size, int, "128")
+    require_type(DEQUANTIZE, "dtype", dtype, torch.dtype, "torch.bfloat16")
+    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
+    if dispatch.eager(q, packed_scales):
+        return _dequantize(_dequantize_kernel(q, packed_scales, group_size, dtype, backend), q, packed_scales,
+                           group_size, dtype)
     return torch.ops.lowbit.dequantize_fp8_group_packed(q, packed_scales, group_size, dtype, backend)
 
 
@@ -76,7 +86,7 @@ def describe_public_call(x: torch.Tensor, *, group_size: int = spec.FP8_DEFAULT_
 def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP,
                         dtype: torch.dtype = torch.bfloat16) -> Call:
     """Also checks that q and its packed scales belong together (ValueError otherwise)."""
-    name = "lowbit.dequantize_fp8_group_packed"
+    name = f"lowbit.{DEQUANTIZE}"
     if scales.dtype != spec.FP8_SCALE_DTYPE:
         raise ValueError(f"{name}: packed scales dtype {scales.dtype} is not int32; pass the scales "
                          f"{OP} returned")
@@ -87,7 +97,33 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, group_size: int =
                              f"of shape {(*q.shape[:-1], words)}, got {tuple(scales.shape)}")
     if q.device != scales.device:
         raise ValueError(f"{name}: q is on {q.device} and scales on {scales.device}; move them to one device")
-    return dispatch.call_for("dequantize_fp8_group_packed", q, group_size=group_size, out_dtype=dtype)
+    return dispatch.call_for(DEQUANTIZE, q, group_size=group_size, out_dtype=dtype)
+
+
+# --- the kernel for a call: remembered per kind (lowbit/dispatch.py, `kind`) ---------------------
+# A call of a kind seen before checks per call only what the kind leaves open (the out= buffers, the
+# scales' shape and device); anything else, or a first call, runs the full describe and resolve.
+
+def _quantize_kernel(x: torch.Tensor, group_size: int, eps: float, backend: str, out=None) -> Kernel:
+    if out is not None:
+        check_out_buffers(x, *out, group_size)
+    key = dispatch.kind(OP, x, group_size, eps, out is not None, backend)
+    kernel = dispatch.remembered(key)
+    if kernel is None:
+        call = describe_public_call(x, group_size=group_size, eps=eps, out=out)
+        kernel = dispatch.remember(key, dispatch.resolve(call, backend))
+    return kernel
+
+
+def _dequantize_kernel(q: torch.Tensor, scales: torch.Tensor, group_size: int, dtype: torch.dtype,
+                       backend: str) -> Kernel:
+    key = dispatch.kind(DEQUANTIZE, q, scales.dtype, group_size, dtype, backend)
+    fits = q.dim() >= 2 and q.device == scales.device and scales.shape[:-1] == q.shape[:-1] and group_size >= 1 \
+        and scales.shape[-1] == spec.scale_words(q.shape[-1] // group_size)  # describe_dequantize's per-call checks
+    kernel = dispatch.remembered(key) if fits else None
+    if kernel is None:
+        kernel = dispatch.remember(key, dispatch.resolve(describe_dequantize(q, scales, group_size, dtype), backend))
+    return kernel
 
 
 # --- the one shape function per op, and the out= contract ---------------------------------------
@@ -100,11 +136,11 @@ def quantize_outputs(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, to
     (..., 1, A), batch stride ceil(G/4)*A.
     """
     *lead, mn, k = x.shape
-    q = torch.empty((*lead, mn, k), dtype=spec.FP8_Q_DTYPE, device=x.device)
-    storage = torch.empty((*lead, spec.scale_words(k // group_size), spec.tma_rows(mn)),
-                          dtype=spec.FP8_SCALE_DTYPE, device=x.device)
-    full = storage.transpose(-1, -2)
-    return q, full, full.narrow(-2, 0, mn)  # narrow, not [..., :mn]: fake cuda tensors on CPU-only torch
+    words, rows = spec.scale_words(k // group_size), spec.tma_rows(mn)
+    q = torch.empty(x.shape, dtype=spec.FP8_Q_DTYPE, device=x.device)
+    full = torch.empty_strided((*lead, rows, words), _packed_strides(lead, words, rows), dtype=spec.FP8_SCALE_DTYPE,
+                               device=x.device)
+    return q, full, full if rows == mn else full.narrow(-2, 0, mn)  # narrow, not [..., :mn]: fake cuda tensors
 
 
 def dequantize_output(q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -135,7 +171,7 @@ def check_out_buffers(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor,
     if tuple(s_buf.shape) != (*lead, mn, words):
         problems.append(f"s_buf shape is {tuple(s_buf.shape)}, needs {(*lead, mn, words)}")
     else:
-        want = _packed_strides(lead, mn, words, rows)
+        want = _packed_strides(lead, words, rows)
         got = s_buf.stride()
         if any(size > 1 and g != w for size, g, w in zip(s_buf.shape, got, want)):
             problems.append(f"s_buf strides are {got}, needs {want} (word (r, c) at c*A + r, A = {rows})")
@@ -154,7 +190,8 @@ def _extent(t: torch.Tensor) -> int:
     return 0 if t.numel() == 0 else 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
 
 
-def _packed_strides(lead: tuple, mn: int, words: int, rows: int) -> tuple[int, ...]:
+def _packed_strides(lead, words: int, rows: int) -> tuple[int, ...]:
+    """[FP8-PACK]: word (r, c) of a batch at c*A + r, batches of ceil(G/4)*A words, A = `rows`."""
     strides = [1, rows]
     batch = words * rows
     for size in reversed(lead):
@@ -163,14 +200,24 @@ def _packed_strides(lead: tuple, mn: int, words: int, rows: int) -> tuple[int, .
     return tuple(strides)
 
 
-# --- torch.library ops: the real path and the fake share describe, resolve and the shape ---------
+# --- running a call: eager calls and the torch.library ops share the kernel lookup and the shapes ---
 
-@torch.library.custom_op("lowbit::quantize_fp8_group_packed", mutates_args=())
-def _quantize_op(x: torch.Tensor, group_size: int, eps: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    kernel = dispatch.resolve(describe_quantize(x, group_size, eps), backend)
+def _quantize(kernel: Kernel, x: torch.Tensor, group_size: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     q, scales_all_rows, scales = quantize_outputs(x, group_size)
     kernel.run(x, q, scales_all_rows, group_size=group_size, eps=eps)
     return q, scales
+
+
+def _dequantize(kernel: Kernel, q: torch.Tensor, packed_scales: torch.Tensor, group_size: int,
+                dtype: torch.dtype) -> torch.Tensor:
+    out = dequantize_output(q, dtype)
+    kernel.run(q, packed_scales, out, group_size=group_size)
+    return out
+
+
+@torch.library.custom_op("lowbit::quantize_fp8_group_packed", mutates_args=())
+def _quantize_op(x: torch.Tensor, group_size: int, eps: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _quantize(_quantize_kernel(x, group_size, eps, backend), x, group_size, eps)
 
 
 @_quantize_op.register_fake
@@ -183,8 +230,8 @@ def _quantize_fake(x, group_size, eps, backend):
 @torch.library.custom_op("lowbit::quantize_fp8_group_packed_out", mutates_args=("q_buf", "s_buf"))
 def _quantize_out_op(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor, group_size: int, eps: float,
                      backend: str) -> None:
-    kernel = dispatch.resolve(describe_public_call(x, group_size=group_size, eps=eps, out=(q_buf, s_buf)), backend)
-    kernel.run(x, q_buf, s_buf, group_size=group_size, eps=eps)
+    _quantize_kernel(x, group_size, eps, backend, out=(q_buf, s_buf)).run(x, q_buf, s_buf, group_size=group_size,
+                                                                          eps=eps)
 
 
 @_quantize_out_op.register_fake
@@ -195,10 +242,8 @@ def _quantize_out_fake(x, q_buf, s_buf, group_size, eps, backend):
 @torch.library.custom_op("lowbit::dequantize_fp8_group_packed", mutates_args=())
 def _dequantize_op(q: torch.Tensor, packed_scales: torch.Tensor, group_size: int, dtype: torch.dtype,
                    backend: str) -> torch.Tensor:
-    kernel = dispatch.resolve(describe_dequantize(q, packed_scales, group_size, dtype), backend)
-    out = dequantize_output(q, dtype)
-    kernel.run(q, packed_scales, out, group_size=group_size)
-    return out
+    return _dequantize(_dequantize_kernel(q, packed_scales, group_size, dtype, backend), q, packed_scales,
+                       group_size, dtype)
 
 
 @_dequantize_op.register_fake

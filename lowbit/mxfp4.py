@@ -6,16 +6,20 @@ Kernels live in backends/<name>/mxfp4.py with their capability records.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 
 import torch
 
 from . import dispatch, spec
+from .backend import Kernel
 from .capability import Call, dtype_name
 from .errors import UnsupportedError, require_type
 
+QUANTIZE = "quantize_mxfp4"
 GROUP_QUANT = "per_token_group_quant_mxfp4"
+DEQUANTIZE = "dequantize_mxfp4"
 
 
 def quantize_mxfp4(x: torch.Tensor, *, scale_rule: str = spec.MX_DEFAULT_SCALE_RULE,
@@ -26,8 +30,9 @@ def quantize_mxfp4(x: torch.Tensor, *, scale_rule: str = spec.MX_DEFAULT_SCALE_R
     and `scales` (..., K/32) float8_e8m0fnu. `scale_rule` is "rceil" (DeepSeek/vLLM, the default)
     or "floor" (OCP MX v1.0). Bits follow docs/SPEC.md on every backend.
     """
-    require_type("quantize_mxfp4", "scale_rule", scale_rule, str, '"rceil"')
-    require_type("quantize_mxfp4", "backend", backend, str, '"auto"')
+    if dispatch.eager(x):
+        return _quantize(_quantize_kernel(x, scale_rule, backend), x, scale_rule)
+    _check_quantize_types(scale_rule, backend)
     return torch.ops.lowbit.quantize_mxfp4(x, scale_rule, backend)
 
 
@@ -46,24 +51,42 @@ def per_token_group_quant_mxfp4(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.T
     outside the compiled function: inductor (torch <= 2.13) does not lower a mutated E8M0 input
     (pytorch/pytorch#189522).
     """
-    require_type(GROUP_QUANT, "group_size", group_size, int, str(spec.MX_BLOCK))
-    require_type(GROUP_QUANT, "eps", eps, (float, int), "1e-10")
-    require_type(GROUP_QUANT, "backend", backend, str, '"auto"')
-    torch.ops.lowbit.per_token_group_quant_mxfp4(x, x_q, x_s, group_size, float(eps), backend)
+    _check_group_quant_types(group_size, eps, backend)
+    if dispatch.eager(x, x_q, x_s):
+        _group_quant(_group_quant_kernel(x, x_q, x_s, group_size, eps, backend), x, x_q, x_s, eps)
+    else:
+        torch.ops.lowbit.per_token_group_quant_mxfp4(x, x_q, x_s, group_size, float(eps), backend)
 
 
 def dequantize_mxfp4(q: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16,
                      backend: str = dispatch.AUTO) -> torch.Tensor:
     """Expand MXFP4 `q` (..., K/2) with `scales` (..., K/32) back to (..., K) in `dtype`."""
-    require_type("dequantize_mxfp4", "dtype", dtype, torch.dtype, "torch.bfloat16")
-    require_type("dequantize_mxfp4", "backend", backend, str, '"auto"')
+    if dispatch.eager(q, scales):
+        return _dequantize(_dequantize_kernel(q, scales, dtype, backend), q, scales, dtype)
+    _check_dequantize_types(dtype, backend)
     return torch.ops.lowbit.dequantize_mxfp4(q, scales, dtype, backend)
+
+
+def _check_quantize_types(scale_rule, backend) -> None:
+    require_type(QUANTIZE, "scale_rule", scale_rule, str, '"rceil"')
+    require_type(QUANTIZE, "backend", backend, str, '"auto"')
+
+
+def _check_group_quant_types(group_size, eps, backend) -> None:
+    require_type(GROUP_QUANT, "group_size", group_size, int, str(spec.MX_BLOCK))
+    require_type(GROUP_QUANT, "eps", eps, (float, int), "1e-10")
+    require_type(GROUP_QUANT, "backend", backend, str, '"auto"')
+
+
+def _check_dequantize_types(dtype, backend) -> None:
+    require_type(DEQUANTIZE, "dtype", dtype, torch.dtype, "torch.bfloat16")
+    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
 
 
 # --- what dispatch sees of a call ---------------------------------------------------------------
 
 def describe_quantize(x: torch.Tensor, scale_rule: str = spec.MX_DEFAULT_SCALE_RULE) -> Call:
-    return dispatch.call_for("quantize_mxfp4", x, scale_rule=scale_rule)
+    return dispatch.call_for(QUANTIZE, x, scale_rule=scale_rule)
 
 
 def describe_group_quant(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, group_size: int = spec.MX_BLOCK,
@@ -85,6 +108,7 @@ def describe_group_quant(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, 
     return call
 
 
+@functools.lru_cache(maxsize=64)
 def float32_value(value: float) -> float:
     """fl32(value) (round to nearest, ties to even) as a Python float; inf where it overflows."""
     try:
@@ -120,7 +144,49 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtyp
     if q.device != scales.device:
         raise ValueError(f"lowbit.dequantize_mxfp4: q is on {q.device} and scales on {scales.device}; "
                          "move them to one device")
-    return dispatch.call_for("dequantize_mxfp4", q, k=int(q.shape[-1]) * 2, out_dtype=dtype)
+    return dispatch.call_for(DEQUANTIZE, q, k=int(q.shape[-1]) * 2, out_dtype=dtype)
+
+
+# --- the kernel for a call: remembered per kind (lowbit/dispatch.py, `kind`) ---------------------
+# A call of a kind seen before checks per call only what the kind leaves open (buffer and scale
+# shapes, devices, layouts); anything else, or a first call, runs the full describe and resolve.
+
+def _quantize_kernel(x: torch.Tensor, scale_rule: str, backend: str) -> Kernel:
+    key = dispatch.kind(QUANTIZE, x, scale_rule, backend)
+    kernel = dispatch.remembered(key)
+    if kernel is None:
+        _check_quantize_types(scale_rule, backend)
+        kernel = dispatch.remember(key, dispatch.resolve(describe_quantize(x, scale_rule), backend))
+    return kernel
+
+
+def _group_quant_kernel(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, group_size: int, eps: float,
+                        backend: str) -> Kernel:
+    key = dispatch.kind(GROUP_QUANT, x, x_q.dtype, x_s.dtype, group_size, eps, backend)
+    kernel = dispatch.remembered(key) if _buffers_fit(x, x_q, x_s) else None
+    if kernel is None:
+        call = describe_group_quant(x, x_q, x_s, group_size, eps)
+        kernel = dispatch.remember(key, dispatch.resolve(call, backend))
+    return kernel
+
+
+def _buffers_fit(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor) -> bool:
+    """describe_group_quant's buffer checks bar the dtypes (part of the kind) [MX-BUFFERS]."""
+    lead = x.shape[:-1]
+    return (x.dim() >= 1 and x_q.shape[:-1] == lead == x_s.shape[:-1] and x_q.shape[-1] * 2 == x.shape[-1]
+            == x_s.shape[-1] * spec.MX_BLOCK and x_q.is_contiguous() and x_s.is_contiguous()
+            and x_q.device == x.device == x_s.device)
+
+
+def _dequantize_kernel(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype, backend: str) -> Kernel:
+    key = dispatch.kind(DEQUANTIZE, q, scales.dtype, dtype, backend)
+    fits = q.dim() >= 1 and q.shape[:-1] == scales.shape[:-1] and q.device == scales.device \
+        and q.shape[-1] * 2 == scales.shape[-1] * spec.MX_BLOCK  # describe_dequantize's per-call checks
+    kernel = dispatch.remembered(key) if fits else None
+    if kernel is None:
+        _check_dequantize_types(dtype, backend)
+        kernel = dispatch.remember(key, dispatch.resolve(describe_dequantize(q, scales, dtype), backend))
+    return kernel
 
 
 # --- the one shape function per op --------------------------------------------------------------
@@ -138,14 +204,27 @@ def dequantize_output(q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty((*lead, half_k * 2), dtype=dtype, device=q.device)
 
 
-# --- torch.library ops: the real path and the fake share describe, resolve and the shape ---------
+# --- running a call: eager calls and the torch.library ops share the kernel lookup and the shapes ---
 
-@torch.library.custom_op("lowbit::quantize_mxfp4", mutates_args=())
-def _quantize_op(x: torch.Tensor, scale_rule: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    kernel = dispatch.resolve(describe_quantize(x, scale_rule), backend)
+def _quantize(kernel: Kernel, x: torch.Tensor, scale_rule: str) -> tuple[torch.Tensor, torch.Tensor]:
     q, scales = quantize_outputs(x)
     kernel.run(x, q, scales, scale_rule=scale_rule)
     return q, scales
+
+
+def _group_quant(kernel: Kernel, x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, eps: float) -> None:
+    kernel.run(x, x_q, x_s, eps=float32_value(eps))  # [MX-EPS] uses fl32(eps): every kernel gets it exactly
+
+
+def _dequantize(kernel: Kernel, q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    out = dequantize_output(q, dtype)
+    kernel.run(q, scales, out)
+    return out
+
+
+@torch.library.custom_op("lowbit::quantize_mxfp4", mutates_args=())
+def _quantize_op(x: torch.Tensor, scale_rule: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _quantize(_quantize_kernel(x, scale_rule, backend), x, scale_rule)
 
 
 @_quantize_op.register_fake
@@ -157,8 +236,7 @@ def _quantize_fake(x, scale_rule, backend):
 @torch.library.custom_op("lowbit::per_token_group_quant_mxfp4", mutates_args=("x_q", "x_s"))
 def _group_quant_op(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, group_size: int, eps: float,
                     backend: str) -> None:
-    kernel = dispatch.resolve(describe_group_quant(x, x_q, x_s, group_size, eps), backend)
-    kernel.run(x, x_q, x_s, eps=float32_value(eps))  # [MX-EPS] uses fl32(eps): every kernel gets it exactly
+    _group_quant(_group_quant_kernel(x, x_q, x_s, group_size, eps, backend), x, x_q, x_s, eps)
 
 
 @_group_quant_op.register_fake
@@ -168,10 +246,7 @@ def _group_quant_fake(x, x_q, x_s, group_size, eps, backend):
 
 @torch.library.custom_op("lowbit::dequantize_mxfp4", mutates_args=())
 def _dequantize_op(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype, backend: str) -> torch.Tensor:
-    kernel = dispatch.resolve(describe_dequantize(q, scales, dtype), backend)
-    out = dequantize_output(q, dtype)
-    kernel.run(q, scales, out)
-    return out
+    return _dequantize(_dequantize_kernel(q, scales, dtype, backend), q, scales, dtype)
 
 
 @_dequantize_op.register_fake

@@ -18,7 +18,7 @@ class OpDef:
     name: str
     spec: str  # the docs/SPEC.md section
     summary: str
-    describe: Callable[..., Call] | None  # None: declared, not implemented yet
+    describe: Callable[..., Call]
 
 
 OPS = {

@@ -11,7 +11,6 @@ from . import dispatch, registry
 from .capability import Capability, normalize_arch
 from .devices import device_arch
 from .dispatch import Verdict
-from .errors import UnsupportedError
 from .ops import OPS
 
 
@@ -38,8 +37,6 @@ def supports(op: str, *args, backend: str = dispatch.AUTO, device=None, arch=Non
     opdef = OPS.get(op)
     if opdef is None:
         raise ValueError(f"lowbit: unknown op {op!r}; ops: {', '.join(OPS)}")
-    if opdef.describe is None:
-        raise UnsupportedError(f"lowbit.{op} is declared but no backend implements it yet")
     call = opdef.describe(*args, **kwargs)
     if device is not None:
         device = torch.device(device)

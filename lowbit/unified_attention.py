@@ -53,9 +53,13 @@ def unified_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     scale = resolve_softmax_scale(q, softmax_scale)
     if out is None:
         out = torch.empty(q.shape, dtype=default_out_dtype(q), device=q.device)
-    torch.ops.lowbit.unified_attention(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table,
-                                       max_seqlen_q, max_seqlen_k, scale, causal, left, right, float(softcap),
-                                       alibi_slopes, sinks, q_descale, k_descale, v_descale, backend)
+    arguments = (q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k, scale,
+                 causal, left, right, float(softcap), alibi_slopes, sinks, q_descale, k_descale, v_descale, backend)
+    if dispatch.eager(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table,
+                      *(t for t in (alibi_slopes, sinks, q_descale, k_descale, v_descale) if t is not None)):
+        _attend(*arguments)
+    else:
+        torch.ops.lowbit.unified_attention(*arguments)
     return out
 
 
@@ -98,6 +102,21 @@ def describe(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, max
     arguments that do not fit together, UnsupportedError for the two limits no backend lifts (the
     head-count ratio, and a block table too short for max_seqlen_k). Reads shapes, dtypes and host
     ints only: never a device value."""
+    check(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k, softmax_scale,
+          window_left, window_right, softcap, alibi_slopes, sinks, q_descale, k_descale, v_descale)
+    return dispatch.call_for(
+        OP, q,
+        last_dim_contiguous=all(t.stride(-1) == 1 or t.shape[-1] <= 1
+                                for t in (q, k_cache, v_cache, out) if t is not None),
+        out_dtype=default_out_dtype(q) if out is None else out.dtype, kv_dtype=k_cache.dtype,
+        heads=(int(q.shape[1]), int(k_cache.shape[2])), page_size=int(k_cache.shape[1]))
+
+
+def check(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
+          softmax_scale, window_left, window_right, softcap, alibi_slopes=None, sinks=None, q_descale=None,
+          k_descale=None, v_descale=None) -> None:
+    """describe()'s checks: ValueError for arguments that do not fit together, UnsupportedError for
+    the two limits no backend lifts. Every call runs them (they read shapes and host ints only)."""
     bad = _problems(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
                     softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks,
                     q_descale, k_descale, v_descale)
@@ -116,12 +135,6 @@ def describe(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, max
             f"tokens, fewer than max_seqlen_k={max_seqlen_k} (every backend reads keys only through the table). "
             f"Alternative: give block_table at least ceil(max_seqlen_k / {page_size}) columns, or pass the "
             "true max_seqlen_k")
-    return dispatch.call_for(
-        OP, q,
-        last_dim_contiguous=all(t.stride(-1) == 1 or t.shape[-1] <= 1
-                                for t in (q, k_cache, v_cache, out) if t is not None),
-        out_dtype=default_out_dtype(q) if out is None else out.dtype, kv_dtype=k_cache.dtype,
-        heads=(heads, kv_heads), page_size=page_size)
 
 
 def describe_public_call(q, k_cache, v_cache, *, cu_seqlens_q, seqused_k, block_table, max_seqlen_q,
@@ -245,7 +258,29 @@ def check_device_values(q, k_cache, cu_seqlens_q, seqused_k, block_table, max_se
         raise ValueError(f"lowbit.{OP} ({ENV_DEBUG}=1): " + "; ".join(found))
 
 
-# --- the torch.library op: the real path and the fake share describe and resolve ----------------
+# --- running a call: eager calls and the torch.library op share the checks and the kernel lookup ---
+
+def _attend(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
+            softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, sinks, q_descale, k_descale,
+            v_descale, backend) -> None:
+    """Check the call, find its kernel (remembered per kind: lowbit/dispatch.py, `kind`) and run it."""
+    arguments = (q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
+                 softmax_scale, window_left, window_right, softcap, alibi_slopes, sinks, q_descale, k_descale,
+                 v_descale)
+    check(*arguments)
+    last_dim_contiguous = q.stride(-1) == k_cache.stride(-1) == v_cache.stride(-1) == out.stride(-1) == 1
+    key = dispatch.kind(OP, q, last_dim_contiguous, out.dtype, k_cache.dtype, q.shape[1], k_cache.shape[1:3], backend)
+    kernel = dispatch.remembered(key)
+    if kernel is None:
+        kernel = dispatch.remember(key, dispatch.resolve(describe(*arguments), backend))
+    if debug_enabled():
+        check_device_values(q, k_cache, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
+                            (q_descale, k_descale, v_descale))
+    kernel.run(q, k_cache, v_cache, out, cu_seqlens_q=cu_seqlens_q, seqused_k=seqused_k, block_table=block_table,
+               max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, softmax_scale=softmax_scale, causal=causal,
+               window=(window_left, window_right), softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
+               q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
+
 
 @torch.library.custom_op("lowbit::unified_attention", mutates_args=("out",))
 def _attention_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
@@ -254,16 +289,9 @@ def _attention_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   window_right: int, softcap: float, alibi_slopes: torch.Tensor | None, sinks: torch.Tensor | None,
                   q_descale: torch.Tensor | None, k_descale: torch.Tensor | None, v_descale: torch.Tensor | None,
                   backend: str) -> None:
-    kernel = dispatch.resolve(describe(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, max_seqlen_q,
-                                       max_seqlen_k, softmax_scale, window_left, window_right, softcap, alibi_slopes,
-                                       sinks, q_descale, k_descale, v_descale), backend)
-    if debug_enabled():
-        check_device_values(q, k_cache, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
-                            (q_descale, k_descale, v_descale))
-    kernel.run(q, k_cache, v_cache, out, cu_seqlens_q=cu_seqlens_q, seqused_k=seqused_k, block_table=block_table,
-               max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, softmax_scale=softmax_scale, causal=causal,
-               window=(window_left, window_right), softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
-               q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
+    _attend(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
+            softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, sinks, q_descale, k_descale,
+            v_descale, backend)
 
 
 @_attention_op.register_fake

@@ -106,12 +106,12 @@ def test_unknown_backend_name_lists_the_known_ones():
         lowbit.quantize_mxfp4(torch.randn(4, 64), backend="nope")
 
 
-def test_decisions_are_cached_across_row_counts():
+def test_decisions_are_made_once_across_row_counts():
     dispatch.select.cache_clear()
     for rows in (1, 7, 300):
         lowbit.quantize_mxfp4(torch.randn(rows, 64))
     info = dispatch.select.cache_info()
-    assert info.misses == 1 and info.hits == 2
+    assert info.misses == 1 and info.hits == 0  # later calls of the kind never ask: the kernel is remembered
 
 
 def test_registering_a_backend_invalidates_cached_decisions():
@@ -394,3 +394,174 @@ def test_a_backend_refuses_a_record_whose_opt_in_it_does_not_declare(opt_in, set
         Backend(name="opt", priority=1, summary="", kernels=(_opt_in_kernel(opt_in),), settings=settings)
     Backend(name="opt", priority=1, summary="", kernels=(_opt_in_kernel("LOWBIT_TEST_PROVIDER=fast"),),
             settings={"LOWBIT_TEST_PROVIDER": ("exact", "fast")})  # declared: accepted
+
+
+# --- the eager fast path: a kind's kernel is remembered, and nothing else is ------------------------
+
+def _attention_call(rows):
+    """unified_attention on the reference: `rows` sequences of one new token over 20 cached tokens."""
+    pages = 2 * rows
+    q = torch.randn(rows, 4, 32).bfloat16()
+    cache = torch.randn(pages, 16, 2, 32).bfloat16()
+    table = torch.arange(pages, dtype=torch.int32).reshape(rows, 2)
+    return lambda: lowbit.unified_attention(
+        q, cache, cache, cu_seqlens_q=torch.arange(rows + 1, dtype=torch.int32),
+        seqused_k=torch.full((rows,), 20, dtype=torch.int32), block_table=table, max_seqlen_q=1, max_seqlen_k=20)
+
+
+def _quantize_mxfp4_call(rows):
+    x = torch.randn(rows, 64)
+    return lambda: lowbit.quantize_mxfp4(x)
+
+
+def _group_quant_call(rows):
+    x = torch.randn(rows, 64)
+    return lambda: lowbit.per_token_group_quant_mxfp4(x, torch.empty(rows, 32, dtype=torch.uint8),
+                                                      torch.empty(rows, 2))
+
+
+def _dequantize_mxfp4_call(rows):
+    q, s = lowbit.quantize_mxfp4(torch.randn(rows, 64))
+    return lambda: lowbit.dequantize_mxfp4(q, s)
+
+
+def _fp8_call(rows):
+    x = torch.randn(rows, 256)
+    return lambda: lowbit.quantize_fp8_group_packed(x)
+
+
+def _fp8_out_call(rows):
+    x = torch.randn(rows, 256)
+    q, s = lowbit.quantize_fp8_group_packed(x)
+    return lambda: lowbit.quantize_fp8_group_packed(x, out=(torch.empty_like(q), torch.empty_strided(
+        s.shape, s.stride(), dtype=s.dtype)))
+
+
+def _dequantize_fp8_call(rows):
+    q, s = lowbit.quantize_fp8_group_packed(torch.randn(rows, 256))
+    return lambda: lowbit.dequantize_fp8_group_packed(q, s)
+
+
+FAST_PATH_CALLS = {
+    "quantize_mxfp4": _quantize_mxfp4_call,
+    "per_token_group_quant_mxfp4": _group_quant_call,
+    "dequantize_mxfp4": _dequantize_mxfp4_call,
+    "quantize_fp8_group_packed": _fp8_call,
+    "quantize_fp8_group_packed out=": _fp8_out_call,
+    "dequantize_fp8_group_packed": _dequantize_fp8_call,
+    "unified_attention": _attention_call,
+}
+
+
+@pytest.fixture(name="counted")
+def _counted(monkeypatch):
+    """Counts of the calls that make a decision: describing a call, choosing, checking a record."""
+    from collections import Counter
+
+    from lowbit.capability import Capability
+
+    counts = Counter()
+
+    def count(owner, name):
+        real = getattr(owner, name)
+
+        def counting(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+        counting.cache_clear = getattr(real, "cache_clear", None)  # dispatch.select's, for registry.forget()
+        monkeypatch.setattr(owner, name, counting)
+
+    count(dispatch, "call_for")
+    count(dispatch, "resolve")
+    count(dispatch, "select")
+    count(Capability, "unmet")
+    return counts
+
+
+@pytest.mark.parametrize("op", FAST_PATH_CALLS)
+def test_a_later_call_of_a_kind_describes_nothing_and_checks_no_record(op, counted):
+    make = FAST_PATH_CALLS[op]
+    make(3)()
+    assert counted["resolve"] >= 1 and counted["unmet"] >= 1
+    counted.clear()
+    for rows in (3, 5, 40):  # the row count is not part of a kind
+        make(rows)()
+    assert counted == {}
+
+
+def test_another_kind_is_decided_afresh(counted):
+    lowbit.quantize_mxfp4(torch.randn(4, 64))
+    for x, rule in ((torch.randn(4, 128), "rceil"), (torch.randn(4, 64), "floor"), (torch.randn(4, 64).bfloat16(),
+                                                                                    "rceil"),
+                    (torch.randn(64, 4).t(), "rceil"), (torch.randn(2, 4, 64), "rceil")):
+        counted.clear()
+        lowbit.quantize_mxfp4(x, scale_rule=rule)
+        assert counted["resolve"] == 1, (tuple(x.shape), rule)
+
+
+def test_a_kind_names_everything_its_call_is_made_of():
+    """Exhaustively over small shapes, dtypes and layouts: tensors of one kind have one Call."""
+    calls_by_kind = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for shape in ((), (0,), (1,), (2,), (32,), (3, 1), (1, 3), (2, 32), (3, 64), (0, 64), (2, 3, 32), (2, 1, 2)):
+            base = torch.zeros(shape, dtype=dtype)
+            views = [base]
+            if base.dim() >= 1:
+                views += [base[..., ::2], base.flip(-1), base.unsqueeze(-1).expand(*shape, 3)[..., 0]]
+            if base.dim() >= 2:
+                views += [base.transpose(-1, -2), base.transpose(-1, -2).contiguous().transpose(-1, -2), base[::2]]
+            for x in views:
+                for rule in ("rceil", "floor"):
+                    key = dispatch.kind("quantize_mxfp4", x, rule, "auto")
+                    calls_by_kind.setdefault(key, set()).add(dispatch.call_for("quantize_mxfp4", x, scale_rule=rule))
+    assert len(calls_by_kind) > 100
+    assert all(len(calls) == 1 for calls in calls_by_kind.values()), \
+        [calls for calls in calls_by_kind.values() if len(calls) > 1]
+
+
+def test_strict_mode_set_after_a_remembered_fallback_refuses_the_next_call(monkeypatch):
+    registry.register(fast_backend([]))
+    lowbit.quantize_mxfp4(torch.randn(4, 64))  # float32: falls back to the reference, remembered
+    monkeypatch.setenv("LOWBIT_STRICT", "1")
+    with pytest.raises(lowbit.UnsupportedError, match="LOWBIT_STRICT=1 refuses fallbacks"):
+        lowbit.quantize_mxfp4(torch.randn(4, 64))
+    monkeypatch.delenv("LOWBIT_STRICT")
+    lowbit.quantize_mxfp4(torch.randn(4, 64))
+
+
+def test_the_backend_variable_takes_effect_at_the_next_call_of_a_remembered_kind(monkeypatch):
+    calls = []
+    registry.register(fast_backend(calls))
+    x = torch.randn(4, 64).bfloat16()
+    lowbit.quantize_mxfp4(x)
+    monkeypatch.setenv("LOWBIT_BACKEND", "cpu")
+    lowbit.quantize_mxfp4(x)
+    monkeypatch.delenv("LOWBIT_BACKEND")
+    lowbit.quantize_mxfp4(x)
+    assert calls == [(4, 64), (4, 64)]
+
+
+def test_bad_buffers_of_a_remembered_kind_are_refused_before_anything_is_written():
+    x = torch.randn(4, 64)
+    lowbit.per_token_group_quant_mxfp4(x, torch.empty(4, 32, dtype=torch.uint8), torch.empty(4, 2))
+    for x_q, x_s, what in ((torch.zeros(5, 32, dtype=torch.uint8), torch.zeros(4, 2), "x_q has shape"),
+                           (torch.zeros(4, 32, dtype=torch.uint8), torch.zeros(4, 4)[:, ::2], "x_s must be contiguous")):
+        with pytest.raises(ValueError, match=what):
+            lowbit.per_token_group_quant_mxfp4(x, x_q, x_s)
+        assert not x_q.any() and not x_s.any()
+    q, s = lowbit.quantize_mxfp4(x)
+    with pytest.raises(ValueError, match="do not match"):
+        lowbit.dequantize_mxfp4(q[:3], s)
+
+
+def test_calls_that_need_torch_library_still_go_through_it():
+    """Autograd, fake tensors and meta tensors see the torch.library op, also for a remembered kind."""
+    x = torch.randn(4, 64)
+    lowbit.quantize_mxfp4(x)
+    q, _ = lowbit.quantize_mxfp4(x.clone().requires_grad_())
+    assert q.grad_fn is not None and "lowbit_quantize_mxfp4" in type(q.grad_fn).__name__
+    with FakeTensorMode() as mode:
+        q, s = lowbit.quantize_mxfp4(mode.from_tensor(x))
+    assert type(q).__name__ == "FakeTensor"
+    q, s = lowbit.quantize_mxfp4(torch.empty(4, 64, device="meta"))
+    assert q.device.type == "meta" and q.shape == (4, 32)
