@@ -34,7 +34,7 @@ def test_info_shows_every_op_with_its_backends_and_the_choice_here():
     text = out.getvalue()
     for op in ("quantize_mxfp4", "dequantize_mxfp4", "quantize_fp8_group_packed", "dequantize_fp8_group_packed"):
         assert f"\n{op}: " in text
-    assert "\nunified_attention: " in text and "no backend implements it yet" not in text
+    assert "\nunified_attention: " in text and "no installed backend implements it" not in text
     attention = text[text.index("\nunified_attention: "):]
     assert "\n  cpu " in attention and "\n  on cpu: cpu" in attention
     header = next(line for line in text.splitlines() if line.strip().startswith("backend  here"))

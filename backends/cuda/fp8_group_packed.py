@@ -1,5 +1,5 @@
 """quantize_fp8_group_packed on CUDA: the portable Triton kernel with the hardware E4M3 cast
-(sm_89+), group size 128. Capability record below."""
+(cvt.rn.satfinite.e4m3x2, sm_89+, saturating at +-448), group size 128. Capability record below."""
 
 from lowbit import spec
 from lowbit.backend import Kernel
@@ -15,7 +15,6 @@ def quantize(x, q, scales, *, group_size, eps):
 KERNELS = (
     Kernel(Capability(op="quantize_fp8_group_packed", backend="cuda", variant="triton", devices=("cuda",),
                       archs={"cuda": ArchRange(89)}, dtypes=spec.INPUT_DTYPES, fidelity="bit-exact to SPEC",
-                      graph_safe=True, compile_safe=True, min_ndim=2, group_sizes=(spec.FP8_DEFAULT_GROUP,),
-                      notes="E4M3 by the hardware cast (cvt.rn.satfinite.e4m3x2, sm_89+), saturating at +-448"),
+                      graph_safe=True, compile_safe=True, min_ndim=2, group_sizes=(spec.FP8_DEFAULT_GROUP,)),
            quantize),
 )

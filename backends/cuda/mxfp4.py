@@ -6,10 +6,13 @@ from lowbit import spec
 from lowbit.backend import Kernel
 from lowbit.capability import ArchRange, Capability
 
-PTX_ARCHS = frozenset({100, 103, 110, 120, 121})  # the sm_XXXa targets whose ptxas takes ptx.py
+# The sm_XXXa targets whose ptxas takes ptx.py's cvt.rn.satfinite.e2m1x2.f32 and
+# cvt.rp.satfinite.ue8m0x2.f32 (it rejects them below sm_100, sm_90a included)
+PTX_ARCHS = frozenset({100, 103, 110, 120, 121})
 
 
-def quantize_portable(x, q, scales, *, scale_rule, eps=0.0):
+def quantize_triton(x, q, scales, *, scale_rule, eps=0.0):
+    """The portable kernel: E2M1 and the scale by integer arithmetic on float32 bits."""
     from lowbit.backends.triton import mxfp4
 
     mxfp4.quantize(x, q, scales, scale_rule=scale_rule, eps=eps)
@@ -24,8 +27,8 @@ def quantize_ptx(x, q, scales, *, scale_rule, eps=0.0):
                    rceil_exponent=rceil_exponent_ptx)
 
 
-def quantize_into_portable(x, x_q, x_s, *, eps):
-    quantize_portable(x, x_q, x_s, scale_rule="rceil", eps=eps)
+def quantize_into_triton(x, x_q, x_s, *, eps):
+    quantize_triton(x, x_q, x_s, scale_rule="rceil", eps=eps)
 
 
 def quantize_into_ptx(x, x_q, x_s, *, eps):
@@ -42,16 +45,12 @@ _COMMON = dict(
     min_ndim=1,
     block_size=spec.MX_BLOCK,
 )
-_PTX = dict(variant="ptx", archs={"cuda": PTX_ARCHS},
-            notes="cvt.rn.satfinite.e2m1x2.f32 and cvt.rp.satfinite.ue8m0x2.f32; ptxas rejects them below "
-                  "sm_100 (sm_90a included)")
-_PORTABLE = dict(variant="triton", archs={"cuda": ArchRange(80)},
-                 notes="portable Triton: E2M1 and the scale by integer arithmetic on float32 bits")
+_PTX = dict(variant="ptx", archs={"cuda": PTX_ARCHS})
+_TRITON = dict(variant="triton", archs={"cuda": ArchRange(80)})
 
 KERNELS = (
     Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_PTX, **_COMMON), quantize_ptx),
-    Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_PORTABLE, **_COMMON),
-           quantize_portable),
+    Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_TRITON, **_COMMON), quantize_triton),
     Kernel(Capability(op="per_token_group_quant_mxfp4", **_PTX, **_COMMON), quantize_into_ptx),
-    Kernel(Capability(op="per_token_group_quant_mxfp4", **_PORTABLE, **_COMMON), quantize_into_portable),
+    Kernel(Capability(op="per_token_group_quant_mxfp4", **_TRITON, **_COMMON), quantize_into_triton),
 )

@@ -1,6 +1,7 @@
 """unified_attention on CUDA: the portable Triton kernel (backends/triton/unified_attention.py).
 Two records for the one kernel, because Triton's float8_e4m3fn type needs sm_89: the first takes
-every dtype pairing on sm_89+, the second the 16-bit pairings from sm_80 (A100)."""
+every dtype pairing on sm_89+ (an FP8 cache converts to float16, exactly, before each tl.dot), the
+second the 16-bit pairings from sm_80 (A100)."""
 
 import torch
 
@@ -34,10 +35,10 @@ KERNELS = (
     Kernel(Capability(variant="triton", archs={"cuda": ArchRange(89)},
                       dtypes=(torch.bfloat16, torch.float16, FP8_DTYPE),
                       kv_dtypes={torch.bfloat16: (torch.bfloat16, FP8_DTYPE),
-                                 torch.float16: (torch.float16, FP8_DTYPE), FP8_DTYPE: (FP8_DTYPE,)},
-                      notes="an FP8 cache converts to float16 (exactly) before each tl.dot", **_COMMON), attend),
+                                 torch.float16: (torch.float16, FP8_DTYPE), FP8_DTYPE: (FP8_DTYPE,)}, **_COMMON),
+           attend),
     Kernel(Capability(variant="triton-16bit", archs={"cuda": ArchRange(80)},
                       dtypes=(torch.bfloat16, torch.float16),
-                      kv_dtypes={torch.bfloat16: (torch.bfloat16,), torch.float16: (torch.float16,)},
-                      notes="sm_80..sm_89: no FP8 (Triton's float8_e4m3fn needs sm_89)", **_COMMON), attend),
+                      kv_dtypes={torch.bfloat16: (torch.bfloat16,), torch.float16: (torch.float16,)}, **_COMMON),
+           attend),
 )

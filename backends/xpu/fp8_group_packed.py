@@ -1,5 +1,6 @@
 """quantize_fp8_group_packed on Intel GPUs: the portable Triton kernel with E4M3 by integer
-round-to-nearest-even (no hardware cast is assumed), group size 128. Capability record below."""
+round-to-nearest-even on float32 bits, the code the interpreter runs (no hardware cast is assumed),
+group size 128. Capability record below."""
 
 from lowbit import spec
 from lowbit.backend import Kernel
@@ -15,7 +16,5 @@ def quantize(x, q, scales, *, group_size, eps):
 KERNELS = (
     Kernel(Capability(op="quantize_fp8_group_packed", backend="xpu", variant="triton", devices=("xpu",),
                       dtypes=spec.INPUT_DTYPES, fidelity="bit-exact to SPEC", graph_safe=True, compile_safe=True,
-                      min_ndim=2, group_sizes=(spec.FP8_DEFAULT_GROUP,),
-                      notes="E4M3 by integer round-to-nearest-even on float32 bits, the same code the interpreter "
-                            "runs"), quantize),
+                      min_ndim=2, group_sizes=(spec.FP8_DEFAULT_GROUP,)), quantize),
 )

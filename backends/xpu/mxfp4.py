@@ -108,21 +108,19 @@ _COMMON = dict(
     min_ndim=1,
     block_size=spec.MX_BLOCK,
 )
+# The vendor op, per its source: E2M1 ties round toward zero, -0.0 loses its sign, NaN/Inf blocks
+# follow its float arithmetic, and the scale is 2^ceil(log2(max(amax/6, eps))) by float log2.
 _VENDOR = dict(
     variant="vendor",
     fidelity="ties toward zero, not bit-exact to SPEC",
     graph_safe=False,  # allocates a float32 scale buffer for E8M0 output; the SYCL op's capture is not ours to claim
     contiguous=True,  # the vendor op asserts a contiguous input
     opt_in=f"{PROVIDER_SETTING}=vendor",
-    notes="torch.ops._C.per_token_group_quant_mxfp4 (vllm-xpu-kernels): E2M1 ties round toward zero; per its "
-          "source also -0.0 loses its sign, NaN/Inf blocks follow its float arithmetic, and the scale is "
-          "2^ceil(log2(max(amax/6, eps))) by float log2; float32 scales become E8M0 bytes by their exponent field",
 )
 _TRITON = dict(
     variant="triton",
     fidelity="bit-exact to SPEC",
     graph_safe=True,  # no host sync, no allocation: the launcher CUDA uses
-    notes="the portable Triton kernel through Triton's Intel backend (no vendor code)",
 )
 
 KERNELS = (

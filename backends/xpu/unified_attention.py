@@ -1,6 +1,6 @@
 """unified_attention on Intel GPUs: the portable Triton kernel (backends/triton/unified_attention.py),
-every dtype pairing the CUDA sm_89+ record takes. Launch configs are the H100's: nothing has been
-tuned on an Intel GPU yet."""
+every dtype pairing the CUDA sm_89+ record takes (an FP8 cache converts to float16 before each
+tl.dot). Launch configs are the H100's: nothing has been tuned on an Intel GPU yet."""
 
 import torch
 
@@ -23,6 +23,5 @@ KERNELS = (
                       out_dtypes=OUT_DTYPES, head_sizes=(32, 256), page_size_multiple=16,
                       fidelity="within the SPEC's attention tolerance of the reference",
                       graph_safe=True,  # the grid comes from host ints, as on CUDA
-                      compile_safe=True, min_ndim=3, max_ndim=3, last_dim_contiguous=True,
-                      notes="an FP8 cache converts to float16 before each tl.dot; H100 launch configs"), attend),
+                      compile_safe=True, min_ndim=3, max_ndim=3, last_dim_contiguous=True), attend),
 )

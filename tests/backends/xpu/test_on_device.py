@@ -570,7 +570,7 @@ def test_vendor_rounds_ties_toward_zero_where_the_spec_rounds_to_even(exponent, 
 
 def test_vendor_writes_negative_zero_without_its_sign(vendor):
     """Per the vendor's source the sign bit is x < 0, so -0.0 gives nibble 0x0 where the SPEC gives 0x8
-    (the record's notes say so; this checks it on hardware)."""
+    (backends/xpu/mxfp4.py says so; this checks it on hardware)."""
     x = tie_block(0).reshape(1, BLOCK)
     assert x[0, -1].item() == 0.0 and torch.signbit(x[0, -1])
     vq, _ = lowbit.quantize_mxfp4(x.to(DEVICE), backend="xpu/vendor")
