@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -326,8 +327,7 @@ DECODE = {64: AttentionConfig(16, 128, 4, 3), 128: AttentionConfig(16, 128, 4, 3
 MAX_SPLITS = 64
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     config: AttentionConfig
     heads: int  # query heads per program (a power of two)
     block_q: int  # query tokens per program
@@ -340,24 +340,32 @@ def plan(*, num_tokens: int, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int
          head_size: int, sm_count: int, splits: int | None = None, config: AttentionConfig | None = None) -> Plan:
     """The launch for a call, from host ints only. Split-KV when every sequence's queries fit one
     block and the 2-D grid would leave most of the GPU idle. `splits` and `config` force a choice."""
-    if config is None:
-        head_pad = padded_head(head_size)
-        decode = max_seqlen_q * min(triton.next_power_of_2(group), 16) <= 16
-        table = DECODE if decode else PREFILL
-        config = table[min(size for size in table if size >= head_pad)]
-    heads = min(triton.next_power_of_2(group), config.block_m)
-    block_q = config.block_m // heads
+    # decode-sized or not depends on max_seqlen_q only up to 16 tokens
+    config, heads, block_q = tile(head_size, group, min(max_seqlen_q, 17), config)
     query_blocks = num_tokens // block_q + num_seqs
-    tiles = triton.cdiv(max(max_seqlen_k, 1), config.block_n)
+    tiles = -(-max(max_seqlen_k, 1) // config.block_n)
     if splits is None:
-        programs = num_seqs * kv_heads * triton.cdiv(group, heads)
+        programs = num_seqs * kv_heads * -(-group // heads)
         splits = 1
         if max_seqlen_q <= block_q and programs < 2 * sm_count:  # aim at about two programs per SM
             splits = min(_floor_power_of_2(2 * sm_count // max(programs, 1)), MAX_SPLITS)
     splits = max(1, min(_floor_power_of_2(splits), _floor_power_of_2(tiles)))  # every split sweeps a tile
     if max_seqlen_q > block_q:
         splits = 1  # the reduction takes one query block per sequence
-    return Plan(config, heads, block_q, splits, query_blocks, triton.cdiv(tiles, splits))
+    return Plan(config, heads, block_q, splits, query_blocks, -(-tiles // splits))
+
+
+@functools.lru_cache(maxsize=256)
+def tile(head_size: int, group: int, max_seqlen_q: int, config: AttentionConfig | None) -> tuple:
+    """(config, query heads per program, query tokens per program): the table's config for the
+    padded head size, decode-sized when every sequence's queries fit 16 rows, unless `config` is given."""
+    if config is None:
+        head_pad = padded_head(head_size)
+        decode = max_seqlen_q * min(triton.next_power_of_2(group), 16) <= 16
+        table = DECODE if decode else PREFILL
+        config = table[min(size for size in table if size >= head_pad)]
+    heads = min(triton.next_power_of_2(group), config.block_m)
+    return config, heads, config.block_m // heads
 
 
 def padded_head(head_size: int) -> int:
