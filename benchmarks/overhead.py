@@ -111,7 +111,8 @@ def run(out=sys.stdout, layers: bool = False) -> list[dict]:
         eager = host_us(call)
         native = host_us(lambda x=x: x.abs())
         bare = host_us(bare_jit(launches)) if launches else float("nan")
-        gpu = graph_replay_us(call, calls=20) if "dequantize" not in name else float("nan")  # the reference
+        # dequantize runs the reference on CUDA tensors (no GPU kernel yet), which a graph cannot capture
+        gpu = graph_replay_us(call, calls=20) if launches else float("nan")
         row = dict(op=name, eager=eager, abs=native, bare=bare, gpu=gpu)
         rows.append(row)
         print(f"| {name} | {eager:.1f} | {native:.1f} | {eager / native:.2f}x | {bare:.1f} | {gpu:.1f} | "
@@ -134,7 +135,10 @@ def run_layers(out=sys.stdout) -> None:
     ((launch, grid, args),) = recorded_launches(lambda: lowbit.quantize_mxfp4(x))
     q_raw, s_raw = args[1], args[2]
 
-    define_probe_ops(launch, grid, args)
+    try:
+        define_probe_ops(launch, grid, args)
+    except Exception as exc:  # timed as failed below
+        print(f"lowbit bench overhead: a probe registration failed: {type(exc).__name__}: {exc}", file=out)
     measured = {
         "x.abs()": lambda: x.abs(),
         "torch.empty x2 (the outputs)": lambda: (torch.empty(q.shape, dtype=q.dtype, device="cuda"),
@@ -156,7 +160,10 @@ def run_layers(out=sys.stdout) -> None:
     print("\n| layer (quantize_mxfp4, (16, 7168) bfloat16) | µs per call |", file=out)
     print("|---|---:|", file=out)
     for name, fn in measured.items():
-        print(f"| {name} | {host_us(fn):.1f} |", file=out)
+        try:
+            print(f"| {name} | {host_us(fn):.1f} |", file=out)
+        except Exception as exc:  # a registration this torch lacks: say so, time the rest
+            print(f"| {name} | failed: {type(exc).__name__}: {exc} |", file=out)
         out.flush()
 
 
