@@ -61,59 +61,73 @@ def on_device(t: torch.Tensor):
 _I32, _I64 = range(-(2**31), 2**31), range(-(2**63), 2**63)
 
 
-def specialisation(args) -> tuple:
-    """What Triton specialises a kernel on, for these runtime arguments, or finer: per tensor its dtype
-    and whether its address is 16-byte aligned; per int whether it is 1, whether it is a multiple of
-    16, and its type (i32, i64, u64); per other value its type. Two argument lists with the same
-    specialisation run the same compiled kernel. (Written for speed: it runs on every launch.)"""
-    key = []
+def bind(args) -> tuple[tuple, list]:
+    """(key, values) for these runtime arguments. `key` holds what Triton specialises a kernel on, or
+    finer: per tensor its dtype and whether its address is 16-byte aligned; per int whether it is 1,
+    whether it is a multiple of 16, and its type (i32, i64, u64); per other value its type. Two
+    argument lists with one key run the same compiled kernel. `values` are what its launcher takes:
+    tensors as their addresses, which spares the launcher a data_ptr() call and a driver query per
+    pointer (the ops have checked the tensors' devices). Written for speed: it runs on every launch."""
+    key, values = [], []
     for a in args:
         if a.__class__ is int:  # -1, 0 and 1 as themselves, others as a code from 3 up
             key.append(a if -1 <= a <= 1 else 3 + (a & 15 == 0) + 2 * (a in _I32) + 4 * (a in _I64))
         elif isinstance(a, torch.Tensor):
             key.append(a.dtype)
-            key.append(a.data_ptr() & 15 == 0)
+            a = a.data_ptr()
+            key.append(a & 15 == 0)
         else:
             key.append(a.__class__)
-    return tuple(key)
+        values.append(a)
+    return tuple(key), values
+
+
+def _typed(args) -> tuple:
+    """The arguments as Triton's JIT entry point takes them: a tensor of a dtype Triton has no pointer
+    type for (E2M1 pairs, E8M0) as a uint8 view (kernels read and write their bytes)."""
+    return tuple(a.view(torch.uint8) if isinstance(a, torch.Tensor) and a.dtype in _BYTE_DTYPES else a for a in args)
+
+
+_BYTE_DTYPES = (torch.float4_e2m1fn_x2, torch.float8_e8m0fnu)
 
 
 class Launch:
     """One Triton kernel with its constexprs and compile options fixed, called as
     `launch(grid, *runtime_args)`. The kernel's constexpr parameters must follow all the others.
 
-    Compiled kernels are kept per device and `specialisation(args)`. Calls on CPU tensors (the
+    Compiled kernels are kept per device and `bind(args)` key. Calls on CPU tensors (the
     interpreter), and calls while a Triton launch hook is set (a profiler), take the JIT entry point.
+    Tensors of a dtype Triton has no pointer type for (E2M1 pairs, E8M0) go to a kernel as uint8.
     """
 
     def __init__(self, kernel, constexprs: dict, **options):
         self.kernel = kernel
         self.constexprs = constexprs
         self.options = options
-        self.compiled: dict[tuple, tuple] = {}  # (device index, *specialisation) -> launcher, function, metadata
+        self.compiled: dict[tuple, tuple] = {}  # (device index, bind(args) key) -> launcher, function, metadata
         self.trailing: tuple = ()  # the constexpr values in parameter order: the launcher takes every argument
 
     def __call__(self, grid: tuple[int, int, int], *args) -> None:
         index = args[0].get_device()
         if index < 0:  # CPU tensors: the interpreter
-            self.kernel[grid](*args, **self.constexprs, **self.options)
+            self.kernel[grid](*_typed(args), **self.constexprs, **self.options)
             return
-        key = (index, *specialisation(args))
-        found = self.compiled.get(key)
+        key, values = bind(args)
+        found = self.compiled.get((index, key))
         if found is None or _hooks_set():
-            self._first_launch(key, grid, args)
+            self._first_launch((index, key), grid, args)
             return
         run, function, metadata = found
         current_device, current_stream = _driver()
         if index == current_device():
-            run(*grid, current_stream(index), function, metadata, None, None, None, *args, *self.trailing)
+            run(*grid, current_stream(index), function, metadata, None, None, None, *values, *self.trailing)
             return
         with torch.get_device_module(args[0].device.type).device(index):
-            run(*grid, current_stream(index), function, metadata, None, None, None, *args, *self.trailing)
+            run(*grid, current_stream(index), function, metadata, None, None, None, *values, *self.trailing)
 
     def _first_launch(self, key: tuple, grid: tuple[int, int, int], args: tuple) -> None:
         with on_device(args[0]):
-            compiled = self.kernel[grid](*args, **self.constexprs, **self.options)
+            compiled = self.kernel[grid](*_typed(args), **self.constexprs, **self.options)
         if not self.trailing:
             params = self.kernel.params
             if any(p.is_constexpr for p in params[:len(args)]) or len(params) != len(args) + len(self.constexprs):

@@ -139,8 +139,9 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_ru
     x2 = x if x.dim() == 2 else x.reshape(rows, k)  # a view when the leading dims' strides allow it, else one copy
     _, block_m, column_blocks, launch = size_class(
         launches(k, scale_rule == "floor", eps_bits != 0, scale_f32, encode, rceil_exponent, config), rows)
-    launch((triton.cdiv(rows, block_m), column_blocks, 1), x2, q.view(torch.uint8),
-           scales.view(torch.int32 if scale_f32 else torch.uint8), rows, k, x2.stride(0), x2.stride(1), eps_bits)
+    # float32 scales are written as their bits; q and E8M0 scales go as they are (Launch: their bytes)
+    launch((triton.cdiv(rows, block_m), column_blocks, 1), x2, q, scales.view(torch.int32) if scale_f32 else scales,
+           rows, k, x2.stride(0), x2.stride(1), eps_bits)
 
 
 @functools.lru_cache(maxsize=1024)

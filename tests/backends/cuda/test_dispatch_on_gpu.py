@@ -227,12 +227,12 @@ def test_forcing_the_cuda_backend_or_its_triton_variant(backend):
             assert g.device.type == "cuda" and torch.equal(raw(g), raw(w)), op
 
 
-def test_the_decision_is_cached_per_call_kind_not_per_row_count():
+def test_the_decision_is_made_once_per_call_kind_not_per_row_count():
     dispatch.clear_cache()
     lowbit.quantize_mxfp4(sample((3, 256), seed=8).cuda())
-    hits = dispatch.select.cache_info().hits
+    asked = dispatch.select.cache_info()
     lowbit.quantize_mxfp4(sample((77, 256), seed=9).cuda())
-    assert dispatch.select.cache_info().hits == hits + 1
+    assert dispatch.select.cache_info() == asked  # the kernel is remembered: nothing is asked again
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2,

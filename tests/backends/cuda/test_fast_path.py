@@ -73,8 +73,8 @@ def _counted(monkeypatch):
 @pytest.mark.parametrize("op", CALLS)
 def test_a_later_call_of_a_kind_binds_nothing_and_gives_the_first_calls_bits(op, counted):
     call = CALLS[op]
-    first = call(0)
-    assert counted["jit"] >= 1 and counted["unmet"] >= 1
+    first = call(0)  # resolved afresh (each test starts with no decisions); compiled kernels may be kept
+    assert counted["unmet"] >= 1
     for key in counted:
         counted[key] = 0
     again = call(0)  # the same data through the compiled launcher
@@ -89,10 +89,10 @@ def test_a_later_call_of_a_kind_binds_nothing_and_gives_the_first_calls_bits(op,
 def test_the_fast_path_matches_the_reference_across_specialisations():
     """Row counts in every size class; aligned and unaligned inputs; row strides that are and are not
     multiples of 16: each its own compiled kernel, each with the reference's bits."""
-    base = sample((1100, 2049 + 32), 3)
+    base = sample((1100, 2049 + 32), 3)  # rows of 2081 elements: a stride that is no multiple of 16
     base_gpu = base.cuda()
     views = (lambda t, rows: t[:rows, :2048], lambda t, rows: t[:rows, 1:2049],
-             lambda t, rows: t[:rows, 32:2048 + 32].contiguous(), lambda t, rows: t[:rows, 5:2048 + 37])
+             lambda t, rows: t[:rows, 32:2048 + 32].contiguous(), lambda t, rows: t[:rows, 1:2048 + 33])
     for rows in (1, 7, 16, 128, 129, 1024, 1100):
         for view in views:
             want = lowbit.quantize_mxfp4(view(base, rows), backend="cpu")

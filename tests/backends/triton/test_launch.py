@@ -1,5 +1,5 @@
 """backends/triton/launch.py: `Launch` goes through Triton's JIT entry point once per specialisation
-and straight to the compiled launcher after that; `specialisation` is at least as fine as Triton's.
+and straight to the compiled launcher after that; `bind`'s key is at least as fine as Triton's.
 
 The compiled path is tested here with a stand-in kernel (our code, no GPU): the GPU suite
 (tests/backends/cuda/test_fast_path.py) runs the real launcher.
@@ -13,7 +13,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from lowbit.backends.triton import launch as launch_module  # noqa: E402
-from lowbit.backends.triton.launch import Launch, LaunchConfig, fitting, specialisation  # noqa: E402
+from lowbit.backends.triton.launch import Launch, LaunchConfig, bind, fitting  # noqa: E402
 
 
 class OnDevice0(torch.Tensor):
@@ -59,7 +59,7 @@ def test_launch_goes_through_the_jit_entry_point_once_per_specialisation(driver)
     assert kernel.launches == []
     launch((3, 1, 1), x, 48)  # also a multiple of 16: the same specialisation
     assert len(kernel.jit_calls) == 1
-    assert kernel.launches == [(3, 1, 1, 77, "fn", "meta", None, None, None, x, 48, 64)]
+    assert kernel.launches == [(3, 1, 1, 77, "fn", "meta", None, None, None, x.data_ptr(), 48, 64)]
     launch((3, 1, 1), x, 17)  # not a multiple of 16: Triton specialises differently
     launch((3, 1, 1), x[1:], 32)  # not 16-byte aligned
     launch((3, 1, 1), x.to(torch.float16), 32)  # another pointer type
@@ -98,7 +98,7 @@ def test_launch_refuses_a_kernel_whose_constexprs_are_not_last(driver):
         Launch(kernel, {"BLOCK": 64})((1, 1, 1), on_device0(torch.zeros(64)), 32)
 
 
-def test_specialisation_is_at_least_as_fine_as_tritons():
+def test_binds_key_is_at_least_as_fine_as_tritons_specialisation():
     """Arguments our key calls alike, Triton's own specialiser (3.7+) calls alike too."""
     libtriton = pytest.importorskip("triton._C.libtriton")
     native = getattr(libtriton, "native_specialize_impl", None)
@@ -113,7 +113,7 @@ def test_specialisation_is_at_least_as_fine_as_tritons():
     values = ints + tensors + [0.5, 3.0, True, False]
     groups = {}
     for v in values:
-        groups.setdefault(specialisation([v]), []).append(native(BaseBackend, v, False, True, True))
+        groups.setdefault(bind([v])[0], []).append(native(BaseBackend, v, False, True, True))
     for key, theirs in groups.items():
         assert len(set(theirs)) == 1, (key, theirs)
 
@@ -147,3 +147,14 @@ def test_a_later_launcher_call_of_a_kind_resolves_no_launch_table(op, monkeypatc
             module.quantize(x, torch.empty(rows, 512, dtype=torch.float8_e4m3fn),
                             torch.empty(rows, 1, dtype=torch.int32), group_size=128, eps=1e-10, hardware_e4m3=False)
     assert len(resolved) == 1
+
+
+def test_tensors_triton_has_no_pointer_type_for_reach_the_jit_entry_point_as_bytes(driver):
+    kernel = StandInKernel()
+    launch = Launch(kernel, {"BLOCK": 64})
+    q = on_device0(torch.zeros(64, dtype=torch.uint8).view(torch.float4_e2m1fn_x2))
+    launch((1, 1, 1), q, 32)
+    launch((1, 1, 1), q, 32)
+    (_, jit_args, _), = kernel.jit_calls
+    assert jit_args[0].dtype == torch.uint8 and jit_args[0].data_ptr() == q.data_ptr()
+    assert kernel.launches[0][9] == q.data_ptr()  # the compiled launcher takes the address
