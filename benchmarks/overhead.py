@@ -70,7 +70,7 @@ def bare_jit(launches):
     """The same launches through Triton's JIT entry point, arguments precomputed."""
     def run():
         for launch, grid, args in launches:
-            launch.kernel[grid](*triton_launch._typed(args), **launch.constexprs, **launch.options)
+            launch.kernel[grid](*triton_launch.jit_arguments(args), **launch.constexprs, **launch.options)
     return run
 
 

@@ -82,7 +82,7 @@ def bind(args) -> tuple[tuple, list]:
     return tuple(key), values
 
 
-def _typed(args) -> tuple:
+def jit_arguments(args) -> tuple:
     """The arguments as Triton's JIT entry point takes them: a tensor of a dtype Triton has no pointer
     type for (E2M1 pairs, E8M0) as a uint8 view (kernels read and write their bytes)."""
     return tuple(a.view(torch.uint8) if isinstance(a, torch.Tensor) and a.dtype in _BYTE_DTYPES else a for a in args)
@@ -110,7 +110,7 @@ class Launch:
     def __call__(self, grid: tuple[int, int, int], *args) -> None:
         index = args[0].get_device()
         if index < 0:  # CPU tensors: the interpreter
-            self.kernel[grid](*_typed(args), **self.constexprs, **self.options)
+            self.kernel[grid](*jit_arguments(args), **self.constexprs, **self.options)
             return
         key, values = bind(args)
         found = self.compiled.get((index, key))
@@ -127,7 +127,7 @@ class Launch:
 
     def _first_launch(self, key: tuple, grid: tuple[int, int, int], args: tuple) -> None:
         with on_device(args[0]):
-            compiled = self.kernel[grid](*_typed(args), **self.constexprs, **self.options)
+            compiled = self.kernel[grid](*jit_arguments(args), **self.constexprs, **self.options)
         if not self.trailing:
             params = self.kernel.params
             if any(p.is_constexpr for p in params[:len(args)]) or len(params) != len(args) + len(self.constexprs):
