@@ -1,5 +1,6 @@
 """What every launcher here needs: launch configurations kept as data, and `Launch`, which starts a
-Triton kernel with the host cost of a native torch op.
+Triton kernel for about the host cost of a native torch op (8.4 µs against `x.abs()`'s 6.9 on the
+device machine's H100 host, docs/benchmarks.md).
 
 Triton's JIT entry point, `kernel[grid](*args)`, binds the arguments, specialises each one, hashes
 a cache key and finds the current stream on every call: about 20 µs of host time on the device
@@ -39,12 +40,12 @@ def fitting(table, k: int) -> tuple[tuple[int | None, LaunchConfig], ...]:
 
 
 def size_class(tiers, rows: int) -> tuple:
-    """The first of `tiers` (from `fitting`: (max_rows, ...), ending with max_rows None) that takes
+    """The first of `tiers` (from `fitting`: (max_rows, ...), the last one the catch-all) that takes
     `rows` rows."""
-    for tier in tiers:
-        if tier[0] is None or rows <= tier[0]:
+    for tier in tiers[:-1]:
+        if rows <= tier[0]:
             return tier
-    raise LookupError("launch table has no catch-all entry")
+    return tiers[-1]
 
 
 def on_device(t: torch.Tensor):
