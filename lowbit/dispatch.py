@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -130,21 +131,26 @@ _KERNELS: dict[tuple, Kernel] = {}  # kind -> the kernel resolved for it
 _KERNELS_MAX = 4096
 
 
+def kernel_for(key: tuple, describe: Callable[[], Call], backend: str = AUTO, fits: bool = True) -> Kernel:
+    """The kernel for a call of kind `key` (see `kind`): the one remembered from an earlier call of the
+    kind when `fits` (the per-call checks the kind leaves open passed), else `resolve(describe(),
+    backend)`, remembered. `describe` runs every check of the call and raises for bad input."""
+    kernel = remembered(key) if fits else None
+    if kernel is None:
+        kernel = resolve(describe(), backend)
+        if len(_KERNELS) >= _KERNELS_MAX:
+            _KERNELS.clear()
+        _KERNELS[key] = kernel
+    return kernel
+
+
 def remembered(key: tuple) -> Kernel | None:
-    """The kernel resolved earlier for a call of this kind (`kind`), or None. An option that cannot be
-    a key (unhashable) is left to the op's own checks."""
+    """The kernel resolved earlier for a call of this kind, or None. An option that cannot be a key
+    (unhashable) is left to the op's own checks."""
     try:
         return _KERNELS.get(key)
     except TypeError:
         return None
-
-
-def remember(key: tuple, kernel: Kernel) -> Kernel:
-    """Keep `kernel`, just resolved for a call of kind `key`, for the next call of that kind."""
-    if len(_KERNELS) >= _KERNELS_MAX:
-        _KERNELS.clear()
-    _KERNELS[key] = kernel
-    return kernel
 
 
 def eager(*tensors) -> bool:

@@ -107,23 +107,16 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, group_size: int =
 def _quantize_kernel(x: torch.Tensor, group_size: int, eps: float, backend: str, out=None) -> Kernel:
     if out is not None:
         check_out_buffers(x, *out, group_size)
-    key = dispatch.kind(OP, x, group_size, eps, out is not None, backend)
-    kernel = dispatch.remembered(key)
-    if kernel is None:
-        call = describe_public_call(x, group_size=group_size, eps=eps, out=out)
-        kernel = dispatch.remember(key, dispatch.resolve(call, backend))
-    return kernel
+    return dispatch.kernel_for(dispatch.kind(OP, x, group_size, eps, out is not None, backend),
+                               lambda: describe_public_call(x, group_size=group_size, eps=eps, out=out), backend)
 
 
 def _dequantize_kernel(q: torch.Tensor, scales: torch.Tensor, group_size: int, dtype: torch.dtype,
                        backend: str) -> Kernel:
-    key = dispatch.kind(DEQUANTIZE, q, scales.dtype, group_size, dtype, backend)
     fits = q.dim() >= 2 and q.device == scales.device and scales.shape[:-1] == q.shape[:-1] and group_size >= 1 \
         and scales.shape[-1] == spec.scale_words(q.shape[-1] // group_size)  # describe_dequantize's per-call checks
-    kernel = dispatch.remembered(key) if fits else None
-    if kernel is None:
-        kernel = dispatch.remember(key, dispatch.resolve(describe_dequantize(q, scales, group_size, dtype), backend))
-    return kernel
+    return dispatch.kernel_for(dispatch.kind(DEQUANTIZE, q, scales.dtype, group_size, dtype, backend),
+                               lambda: describe_dequantize(q, scales, group_size, dtype), backend, fits)
 
 
 # --- the one shape function per op, and the out= contract ---------------------------------------

@@ -152,22 +152,17 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtyp
 # shapes, devices, layouts); anything else, or a first call, runs the full describe and resolve.
 
 def _quantize_kernel(x: torch.Tensor, scale_rule: str, backend: str) -> Kernel:
-    key = dispatch.kind(QUANTIZE, x, scale_rule, backend)
-    kernel = dispatch.remembered(key)
-    if kernel is None:
+    def describe():
         _check_quantize_types(scale_rule, backend)
-        kernel = dispatch.remember(key, dispatch.resolve(describe_quantize(x, scale_rule), backend))
-    return kernel
+        return describe_quantize(x, scale_rule)
+    return dispatch.kernel_for(dispatch.kind(QUANTIZE, x, scale_rule, backend), describe, backend)
 
 
 def _group_quant_kernel(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, group_size: int, eps: float,
                         backend: str) -> Kernel:
-    key = dispatch.kind(GROUP_QUANT, x, x_q.dtype, x_s.dtype, group_size, eps, backend)
-    kernel = dispatch.remembered(key) if _buffers_fit(x, x_q, x_s) else None
-    if kernel is None:
-        call = describe_group_quant(x, x_q, x_s, group_size, eps)
-        kernel = dispatch.remember(key, dispatch.resolve(call, backend))
-    return kernel
+    return dispatch.kernel_for(dispatch.kind(GROUP_QUANT, x, x_q.dtype, x_s.dtype, group_size, eps, backend),
+                               lambda: describe_group_quant(x, x_q, x_s, group_size, eps), backend,
+                               fits=_buffers_fit(x, x_q, x_s))
 
 
 def _buffers_fit(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor) -> bool:
@@ -179,14 +174,12 @@ def _buffers_fit(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor) -> bool:
 
 
 def _dequantize_kernel(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype, backend: str) -> Kernel:
-    key = dispatch.kind(DEQUANTIZE, q, scales.dtype, dtype, backend)
+    def describe():
+        _check_dequantize_types(dtype, backend)
+        return describe_dequantize(q, scales, dtype)
     fits = q.dim() >= 1 and q.shape[:-1] == scales.shape[:-1] and q.device == scales.device \
         and q.shape[-1] * 2 == scales.shape[-1] * spec.MX_BLOCK  # describe_dequantize's per-call checks
-    kernel = dispatch.remembered(key) if fits else None
-    if kernel is None:
-        _check_dequantize_types(dtype, backend)
-        kernel = dispatch.remember(key, dispatch.resolve(describe_dequantize(q, scales, dtype), backend))
-    return kernel
+    return dispatch.kernel_for(dispatch.kind(DEQUANTIZE, q, scales.dtype, dtype, backend), describe, backend, fits)
 
 
 # --- the one shape function per op --------------------------------------------------------------

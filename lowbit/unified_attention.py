@@ -270,9 +270,7 @@ def _attend(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, max_
     check(*arguments)
     last_dim_contiguous = q.stride(-1) == k_cache.stride(-1) == v_cache.stride(-1) == out.stride(-1) == 1
     key = dispatch.kind(OP, q, last_dim_contiguous, out.dtype, k_cache.dtype, q.shape[1], k_cache.shape[1:3], backend)
-    kernel = dispatch.remembered(key)
-    if kernel is None:
-        kernel = dispatch.remember(key, dispatch.resolve(describe(*arguments), backend))
+    kernel = dispatch.kernel_for(key, lambda: describe(*arguments), backend)
     if debug_enabled():
         check_device_values(q, k_cache, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
                             (q_descale, k_descale, v_descale))

@@ -143,4 +143,4 @@ def launches(k: int, group_size: int, hardware_e4m3: bool,
         (max_rows, c.block_m, Launch(quantize_fp8_group_packed_kernel,
                                      dict(HARDWARE_E4M3=hardware_e4m3, GROUP=group_size, BLOCK_M=c.block_m),
                                      num_warps=c.num_warps, enable_fp_fusion=True))
-        for max_rows, c in (fitting(LAUNCH_TABLE, k) if config is None else ((None, config),)))
+        for max_rows, c in fitting(LAUNCH_TABLE, k, config))

@@ -29,10 +29,13 @@ class LaunchConfig:
     num_warps: int
 
 
-def fitting(table, k: int) -> tuple[tuple[int | None, LaunchConfig], ...]:
+def fitting(table, k: int, config: LaunchConfig | None = None) -> tuple[tuple[int | None, LaunchConfig], ...]:
     """The (max_rows, config) entries of a launch table of (max_rows, max_k, config) that take rows of
     `k` elements, in order: a launcher resolves this once per kind of call and then chooses by the
-    row count alone. Tables end with a catch-all entry (None, None, config)."""
+    row count alone. Tables end with a catch-all entry (None, None, config). A `config` given (tuning,
+    tests) is the only entry."""
+    if config is not None:
+        return ((None, config),)
     found = tuple((max_rows, config) for max_rows, max_k, config in table if max_k is None or k <= max_k)
     if not found or found[-1][0] is not None:
         raise LookupError("launch table has no catch-all entry")

@@ -150,7 +150,7 @@ def launches(k: int, floor: bool, has_eps: bool, scale_f32: bool, encode, rceil_
     """(max rows, BLOCK_M, column blocks, launch) for each entry of LAUNCH_TABLE (or just `config`)
     that takes rows of `k` elements: resolved once per kind of call."""
     found = []
-    for max_rows, c in fitting(LAUNCH_TABLE, k) if config is None else ((None, config),):
+    for max_rows, c in fitting(LAUNCH_TABLE, k, config):
         block_k = min(c.block_k, triton.next_power_of_2(k))
         constexprs = dict(FLOOR=floor, ENCODE=encode, RCEIL_EXPONENT=rceil_exponent, HAS_EPS=has_eps,
                           SCALE_F32=scale_f32, BLOCK_M=c.block_m, BLOCK_K=block_k)
