@@ -56,7 +56,7 @@ def _quantize(x: torch.Tensor, scale_rule: str, eps: float) -> tuple[torch.Tenso
     scale_byte = torch.where(block_nan, spec.E8M0_NAN, e + spec.E8M0_BIAS)  # [MX-NAN]
 
     y = (blocks * pow2(-e).unsqueeze(-1)).abs()  # [MX-SCALING]: an exact power-of-two product
-    code = _round_to_e2m1_code(y)
+    code = e2m1_code(y)
     code = code | (blocks.signbit().to(torch.uint8) << 3)  # [MX-SIGN]
     code = code.masked_fill(block_nan.unsqueeze(-1), spec.E2M1_NAN_BLOCK_NIBBLE)
     nibbles = code.reshape(*x.shape)
@@ -69,7 +69,7 @@ def _quantize(x: torch.Tensor, scale_rule: str, eps: float) -> tuple[torch.Tenso
 _E2M1_STEPS = ((0.25, True), (0.75, False), (1.25, True), (1.75, False), (2.5, True), (3.5, False), (5.0, True))
 
 
-def _round_to_e2m1_code(a: torch.Tensor) -> torch.Tensor:
+def e2m1_code(a: torch.Tensor) -> torch.Tensor:
     """Codes 0..7 of |y| rounded to nearest-even on {0, .5, 1, 1.5, 2, 3, 4, 6}; > 5 saturates to 7."""
     code = torch.zeros(a.shape, dtype=torch.uint8, device=a.device)
     for threshold, inclusive in _E2M1_STEPS:

@@ -1,5 +1,5 @@
-"""Float32 bit arithmetic inside Triton kernels: exponent fields and exact powers of two, never
-log2/exp2 or a division. The kernel-side twin of backends/cpu/float_bits.py."""
+"""Float32 bit arithmetic inside Triton kernels: exponent fields, exact powers of two and E4M3 bytes,
+never log2/exp2 or a division. The kernel-side twin of backends/cpu/float_bits.py."""
 
 import triton
 import triton.language as tl
@@ -54,3 +54,18 @@ def to_f32(x):
     if x.dtype == tl.bfloat16:
         return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
     return x.to(tl.float32)
+
+
+@triton.jit
+def e4m3_integer(v):
+    """E4M3FN byte of non-NaN float32 v, saturated to +-448 and rounded to nearest even by integer
+    arithmetic: every target and the interpreter compute this exactly."""
+    v = tl.minimum(tl.maximum(v, -448.0), 448.0)
+    bits = v.to(tl.int32, bitcast=True)
+    sign = (bits >> 24) & 0x80
+    mag = bits & 0x7FFFFFFF
+    # |v| >= 2^-6 (normal in E4M3): round the 23-bit mantissa to 3 bits, ties to even; rebias 127 -> 7
+    normal = ((mag + 0x7FFFF + ((mag >> 20) & 1)) >> 20) - (120 << 3)
+    # below: |v| * 2^9 (exact) rounded to an integer, ties to even, by adding and removing 2^23
+    subnormal = ((tl.abs(v) * 512.0 + 8388608.0) - 8388608.0).to(tl.int32)
+    return (tl.where(mag >= 0x3C800000, normal, subnormal) | sign).to(tl.uint8)

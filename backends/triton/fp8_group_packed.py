@@ -24,7 +24,7 @@ import triton.language as tl
 
 from lowbit import spec
 
-from .float_bits import exponent_field, is_inf, pow2_or_subnormal, times_pow2, to_f32
+from .float_bits import e4m3_integer, exponent_field, is_inf, pow2_or_subnormal, times_pow2, to_f32
 from .launch import Launch, LaunchConfig, fitting, size_class
 
 GROUPS_PER_WORD = tl.constexpr(spec.FP8_GROUPS_PER_WORD)
@@ -46,21 +46,6 @@ def fp8_scale_byte(a):
     byte = exponent_field(a) - 8 + ((bits & 0x7FFFFF) > 0x600000).to(tl.int32)  # 0x600000: m = 1.75
     byte = tl.maximum(byte, MIN_SCALE_BYTE)
     return tl.where(is_inf(a), MAX_SCALE_BYTE, byte)
-
-
-@triton.jit
-def e4m3_integer(v):
-    """E4M3FN byte of non-NaN float32 v, saturated to +-448 and rounded to nearest even by integer
-    arithmetic: every target and the interpreter compute this exactly."""
-    v = tl.minimum(tl.maximum(v, -448.0), 448.0)
-    bits = v.to(tl.int32, bitcast=True)
-    sign = (bits >> 24) & 0x80
-    mag = bits & 0x7FFFFFFF
-    # |v| >= 2^-6 (normal in E4M3): round the 23-bit mantissa to 3 bits, ties to even; rebias 127 -> 7
-    normal = ((mag + 0x7FFFF + ((mag >> 20) & 1)) >> 20) - (120 << 3)
-    # below: |v| * 2^9 (exact) rounded to an integer, ties to even, by adding and removing 2^23
-    subnormal = ((tl.abs(v) * 512.0 + 8388608.0) - 8388608.0).to(tl.int32)
-    return (tl.where(mag >= 0x3C800000, normal, subnormal) | sign).to(tl.uint8)
 
 
 @triton.jit

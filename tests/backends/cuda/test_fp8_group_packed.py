@@ -26,6 +26,7 @@ from lowbit import fp8_group_packed as fp8_op
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 triton_fp8 = pytest.importorskip("lowbit.backends.triton.fp8_group_packed")
+float_bits = pytest.importorskip("lowbit.backends.triton.float_bits")
 
 ARCH = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
 
@@ -506,7 +507,7 @@ def _scale_byte_kernel(out_ptr, first, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + i, fp8_scale_byte(a).to(tl.uint8), mask=i < n)
 
 
-e4m3_integer, e4m3_hardware, fp8_scale_byte = triton_fp8.e4m3_integer, triton_fp8.e4m3_hardware, triton_fp8.fp8_scale_byte
+e4m3_integer, e4m3_hardware, fp8_scale_byte = float_bits.e4m3_integer, triton_fp8.e4m3_hardware, triton_fp8.fp8_scale_byte
 CHUNK = 1 << 28
 SWEEP_BLOCK = 1024
 F32_NAN_PATTERNS = 2 * ((1 << 23) - 1)

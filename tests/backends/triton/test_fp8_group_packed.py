@@ -19,7 +19,7 @@ tl = pytest.importorskip("triton.language")
 
 from lowbit.backends.cpu import fp8_group_packed as reference  # noqa: E402
 from lowbit.backends.triton import fp8_group_packed as kernels  # noqa: E402
-from lowbit.backends.triton.float_bits import times_pow2  # noqa: E402
+from lowbit.backends.triton.float_bits import e4m3_integer, times_pow2  # noqa: E402
 from lowbit.backends.triton.launch import LaunchConfig  # noqa: E402
 from oracles import ALL16, packed_strides  # noqa: E402
 
@@ -297,7 +297,7 @@ def test_out_buffers_get_exactly_their_words_and_zero_rows_past_mn(spicy, lead, 
 def _e4m3_probe(v_ptr, out_ptr, n, BLOCK: tl.constexpr):
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = i < n
-    tl.store(out_ptr + i, kernels.e4m3_integer(tl.load(v_ptr + i, mask=ok, other=0.0)), mask=ok)
+    tl.store(out_ptr + i, e4m3_integer(tl.load(v_ptr + i, mask=ok, other=0.0)), mask=ok)
 
 
 @triton.jit
