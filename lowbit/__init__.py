@@ -4,6 +4,7 @@
     q, scales = lowbit.quantize_mxfp4(x)                      # MXFP4, blocks of 32, E8M0 scales
     q8, packed = lowbit.quantize_fp8_group_packed(x)          # E4M3 + DeepGEMM-packed UE8M0 scales
     lowbit.per_token_group_quant_mxfp4(x, x_q, x_s)           # vLLM's convention, into buffers
+    q4, sf, gs = lowbit.quantize_nvfp4(x)                     # NVFP4, global scale computed on the GPU
     out = lowbit.unified_attention(q, k_cache, v_cache, cu_seqlens_q=cu, seqused_k=used,
                                    block_table=table, max_seqlen_q=mq, max_seqlen_k=mk)
     lowbit.supports("quantize_mxfp4", x, device="cuda", arch="sm_90").ok
@@ -17,6 +18,7 @@ from .capability import ArchRange, Call, Capability, Unmet
 from .errors import UnsupportedError
 from .fp8_group_packed import dequantize_fp8_group_packed, quantize_fp8_group_packed
 from .mxfp4 import dequantize_mxfp4, per_token_group_quant_mxfp4, quantize_mxfp4
+from .nvfp4 import dequantize_nvfp4, nvfp4_global_scale, quantize_nvfp4, scaled_fp4_quant
 from .ops import OPS
 from .query import capabilities, explain, supports
 from .unified_attention import unified_attention
@@ -33,10 +35,14 @@ __all__ = [
     "capabilities",
     "dequantize_fp8_group_packed",
     "dequantize_mxfp4",
+    "dequantize_nvfp4",
     "explain",
+    "nvfp4_global_scale",
     "per_token_group_quant_mxfp4",
     "quantize_fp8_group_packed",
     "quantize_mxfp4",
+    "quantize_nvfp4",
+    "scaled_fp4_quant",
     "supports",
     "unified_attention",
 ]

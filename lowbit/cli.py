@@ -93,8 +93,10 @@ def demo(out=sys.stdout) -> None:
     from . import (
         dequantize_fp8_group_packed,
         dequantize_mxfp4,
+        dequantize_nvfp4,
         quantize_fp8_group_packed,
         quantize_mxfp4,
+        quantize_nvfp4,
         supports,
     )
 
@@ -105,6 +107,7 @@ def demo(out=sys.stdout) -> None:
     xd = x.to(device)
     cases = (
         ("quantize_mxfp4", quantize_mxfp4, dequantize_mxfp4),
+        ("quantize_nvfp4", quantize_nvfp4, dequantize_nvfp4),
         ("quantize_fp8_group_packed", quantize_fp8_group_packed, dequantize_fp8_group_packed),
     )
     for name, quantize, dequantize in cases:
@@ -126,7 +129,7 @@ def demo(out=sys.stdout) -> None:
 
 
 def _raw_bytes(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().view(torch.uint8)
+    return t.contiguous().reshape(-1).view(torch.uint8)
 
 
 def main(argv=None) -> None:
@@ -134,8 +137,8 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="the ops x backends matrix for this machine")
     sub.add_parser("demo", help="quantize a sample tensor here and check it against the reference")
-    bench = sub.add_parser("bench", help="GPU benchmarks: `bench quant`, `bench tune-quant`, `bench attention`, "
-                                         "`bench overhead` (needs CUDA and Triton)")
+    bench = sub.add_parser("bench", help="GPU benchmarks: `bench quant`, `bench nvfp4`, `bench tune-quant`, "
+                                         "`bench attention`, `bench overhead` (needs CUDA and Triton)")
     bench.add_argument("suite", choices=sorted(BENCHMARKS))
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
@@ -148,5 +151,6 @@ def main(argv=None) -> None:
         {"info": info, "demo": demo}[args.command]()
 
 
-BENCHMARKS = {"quant": "lowbit.benchmarks.quant", "tune-quant": "lowbit.benchmarks.tune_quant",
-              "attention": "lowbit.benchmarks.attention", "overhead": "lowbit.benchmarks.overhead"}
+BENCHMARKS = {"quant": "lowbit.benchmarks.quant", "nvfp4": "lowbit.benchmarks.nvfp4",
+              "tune-quant": "lowbit.benchmarks.tune_quant", "attention": "lowbit.benchmarks.attention",
+              "overhead": "lowbit.benchmarks.overhead"}

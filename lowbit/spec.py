@@ -20,6 +20,18 @@ MX_DEFAULT_EPS = 1e-10
 MX_BUFFER_Q_DTYPES = (torch.uint8, MX_Q_DTYPE)
 MX_BUFFER_SCALE_DTYPES = (torch.float32, MX_SCALE_DTYPE, torch.uint8)
 
+# NVFP4 [NV-*]
+NV_BLOCK = 16  # elements per block along the last dim
+NV_GLOBAL_NUMERATOR = 448.0 * 6.0  # [NV-GLOBAL]: gs = 2688 / amax, the encode scale
+NV_GS_MAX = 2.0**118  # [NV-GLOBAL] caps gs here; [NV-GLOBAL-GIVEN]: usable gs lie in [2^-118, 2^118]
+NV_GS_MIN = 2.0**-118
+NV_SCALE_NAN = 0x7F  # [NV-NAN, NV-GLOBAL-GIVEN]: the block scale byte of a NaN block
+NV_NAN_BLOCK_NIBBLE = 0x7
+NV_SCALE_LAYOUTS = ("linear", "swizzled")
+NV_SWIZZLE_ROWS, NV_SWIZZLE_COLS = 128, 4  # [NV-SWIZZLE]: 128 x 4 tiles of 512 bytes
+NV_Q_DTYPE = torch.float4_e2m1fn_x2
+NV_SCALE_DTYPE = torch.float8_e4m3fn
+
 # FP8 per-token-group, packed for DeepGEMM [FP8-*]
 FP8_MAX = 448.0
 FP8_MIN_SCALE = 1e-10  # y = max(y, 1e-10), as float32
@@ -55,3 +67,12 @@ def tma_rows(mn: int) -> int:
 def scale_words(groups: int) -> int:
     """ceil(G/4): int32 words per row of packed scales [FP8-PACK]."""
     return ceil_div(groups, FP8_GROUPS_PER_WORD)
+
+
+def round_up(a: int, b: int) -> int:
+    return ceil_div(a, b) * b
+
+
+def swizzled_scale_shape(rows: int, scale_cols: int) -> tuple[int, int]:
+    """[NV-SWIZZLE]: the block-scale shape of R rows of C scales, padded to whole 128 x 4 tiles."""
+    return round_up(rows, NV_SWIZZLE_ROWS), round_up(scale_cols, NV_SWIZZLE_COLS)

@@ -41,7 +41,7 @@ def test_info_shows_every_op_with_its_backends_and_the_choice_here():
     for column in ("devices", "arch", "dtypes", "sizes", "rules", "fidelity", "graph-safe", "compile-safe"):
         assert column in header
     assert "block 32" in text and "rceil/floor" in text and "any divisor of the last dim" in text
-    assert text.count("  on cpu: cpu") == len(OPS) == 6
+    assert text.count("  on cpu: cpu") == len(OPS) == 9
 
 
 def test_info_has_an_auto_column_that_names_the_opt_in():
@@ -100,7 +100,7 @@ def test_info_refuses_an_undeclared_provider_value(monkeypatch):
 def test_demo_runs_and_checks_bits_against_the_reference():
     result = subprocess.run([sys.executable, "-m", "lowbit", "demo"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("bits identical to the CPU reference: yes") == 2
+    assert result.stdout.count("bits identical to the CPU reference: yes") == 3
     assert "relative RMS error" in result.stdout
 
 

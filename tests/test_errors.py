@@ -529,8 +529,8 @@ def test_supports_meta_mismatched_out_buffers_is_a_value_error():
 
 
 def test_supports_unknown_op_is_a_value_error():
-    with pytest.raises(ValueError, match="unknown op 'quantize_nvfp4'"):
-        lowbit.supports("quantize_nvfp4", torch.empty(8, 64))
+    with pytest.raises(ValueError, match="unknown op 'quantize_mxfp8'"):
+        lowbit.supports("quantize_mxfp8", torch.empty(8, 64))
 
 
 # --------------------------------------------------------------------------------------------

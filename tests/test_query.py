@@ -21,12 +21,14 @@ def test_capabilities_lists_every_op_of_every_backend():
         ("cuda", "quantize_mxfp4"), ("cuda", "per_token_group_quant_mxfp4"), ("cuda", "quantize_fp8_group_packed"),
         ("xpu", "quantize_mxfp4"), ("xpu", "per_token_group_quant_mxfp4"), ("xpu", "quantize_fp8_group_packed"),
         ("cpu", "unified_attention"), ("xpu", "unified_attention"),
+        *((b, op) for b in ("cpu", "cuda", "xpu") for op in ("quantize_nvfp4", "nvfp4_global_scale", "dequantize_nvfp4")),
     } | ({("cuda", "unified_attention")} if _cuda_attention_written() else set())
     # highest priority first (cuda and xpu share 10: by name), each backend's variants in its order
     assert [c.label for c in records if c.op == "quantize_mxfp4"] == [
         "cuda/ptx", "cuda/triton", "xpu/vendor", "xpu/triton", "cpu"]
     assert [c.label for c in records if c.op == "per_token_group_quant_mxfp4"] == [
         "cuda/ptx", "cuda/triton", "xpu/vendor", "xpu/triton", "cpu"]
+    assert [c.label for c in records if c.op == "quantize_nvfp4"] == ["cuda/ptx", "cuda/triton", "xpu/triton", "cpu"]
     assert all(c.fidelity and c.dtypes for c in records)
 
 
@@ -35,9 +37,10 @@ def test_capabilities_for_a_device_include_the_any_device_reference():
     assert {c.backend for c in lowbit.capabilities("xpu")} == {"xpu", "cpu"}
     for device in ("cuda", "xpu"):
         assert all(c.any_device or c.devices == (device,) for c in lowbit.capabilities(device))
-    # the dequantize ops have no xpu kernel: only the any-device reference takes xpu tensors
-    dequantize = [c for c in lowbit.capabilities("xpu") if c.op.startswith("dequantize_")]
+    # MXFP4 and FP8 dequantize have no xpu kernel: only the any-device reference takes xpu tensors
+    dequantize = [c for c in lowbit.capabilities("xpu") if c.op in ("dequantize_mxfp4", "dequantize_fp8_group_packed")]
     assert len(dequantize) == 2 and all(c.any_device and c.backend == "cpu" for c in dequantize)
+    assert {c.backend for c in lowbit.capabilities("xpu") if c.op == "dequantize_nvfp4"} == {"xpu", "cpu"}
 
 
 def test_supports_answers_for_hardware_this_machine_lacks():

@@ -11,11 +11,18 @@ import triton.language as tl
 
 @triton.jit
 def encode_ptx(y, half, nan):
-    """The ENCODE hook of backends/triton/mxfp4.py: halve where `half`, then two float32 values to
-    one E2M1x2 byte, round to nearest even, saturating to +-6. The instruction puts its first
-    source in the high nibble, so the odd element goes first. NaN blocks encode 6.0 (nibble 0x7)."""
+    """The ENCODE hook of backends/triton/mxfp4.py: halve where `half`, NaN blocks to 6.0 (nibble
+    0x7), then e2m1_pairs_ptx."""
     v = tl.where(half[:, :, None], y * 0.5, y)
-    v = tl.where(nan[:, :, None], 6.0, v)
+    return e2m1_pairs_ptx(tl.where(nan[:, :, None], 6.0, v))
+
+
+@triton.jit
+def e2m1_pairs_ptx(v):
+    """The ENCODE hook of backends/triton/nvfp4.py: float32 values (M, BLOCKS, N) to E2M1 bytes
+    (M, BLOCKS * N / 2), two a byte, round to nearest even, saturating to +-6, the even element in
+    the low nibble. The instruction puts its first source in the high nibble, so the odd element
+    goes first."""
     rows: tl.constexpr = v.shape[0]
     pairs: tl.constexpr = v.shape[1] * v.shape[2] // 2
     even, odd = tl.split(tl.reshape(v, (rows, pairs, 2)))

@@ -69,3 +69,14 @@ def e4m3_integer(v):
     # below: |v| * 2^9 (exact) rounded to an integer, ties to even, by adding and removing 2^23
     subnormal = ((tl.abs(v) * 512.0 + 8388608.0) - 8388608.0).to(tl.int32)
     return (tl.where(mag >= 0x3C800000, normal, subnormal) | sign).to(tl.uint8)
+
+
+@triton.jit
+def e4m3_value(byte):
+    """The float32 value of E4M3FN bytes (int32 0..255), exactly; 0x7F and 0xFF give NaN."""
+    exponent = (byte >> 3) & 0xF
+    mantissa = byte & 7
+    subnormal = (mantissa.to(tl.float32) * 0.001953125).to(tl.int32, bitcast=True)  # m * 2^-9, exact
+    bits = tl.where(exponent == 0, subnormal, ((exponent + 120) << MANTISSA_BITS) | (mantissa << 20))
+    bits = tl.where((byte & 0x7F) == 0x7F, 0x7FC00000, bits)
+    return (bits | ((byte & 0x80) << 24)).to(tl.float32, bitcast=True)

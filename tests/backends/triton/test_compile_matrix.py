@@ -16,7 +16,7 @@ triton = pytest.importorskip("triton")
 from lowbit.backends.cuda import BACKEND as CUDA_BACKEND  # noqa: E402
 from lowbit.backends.cuda import mxfp4 as cuda_mxfp4  # noqa: E402
 from lowbit.backends.cuda import ptx  # noqa: E402
-from lowbit.backends.triton import fp8_group_packed, mxfp4, unified_attention  # noqa: E402
+from lowbit.backends.triton import fp8_group_packed, mxfp4, nvfp4, unified_attention  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.compiler.errors import CompilationError  # noqa: E402
@@ -249,6 +249,120 @@ def test_mxfp4_kernel_with_e8m0_scales_stores_bytes_and_reads_no_eps_unless_aske
     assert ("st.global.b8" if isinstance(arch, int) else "global_store_byte") in scale_stores(compiled, arch)
     assert not eps_max_survives(compiled, arch)
     assert not eps_max_survives(compile_mxfp4(arch, floor=True, scale_f32=True, has_eps=True), arch)
+
+
+# --- NVFP4 ------------------------------------------------------------------------------------------
+
+def compile_nvfp4(arch, *, dtype="*bf16", source=nvfp4.GIVEN, swizzled=False, hooks="portable"):
+    encode = {"portable": nvfp4.encode_portable, "ptx": ptx.e2m1_pairs_ptx}[hooks]
+    signature = {"x_ptr": dtype, "q_ptr": "*u8", "s_ptr": "*u8", "gs_ptr": "*fp32", "partials_ptr": "*fp32",
+                 "rows": "i32", "k": "i32", "scale_rows": "i32", "stride_xm": "i32", "stride_xk": "constexpr",
+                 "parts": "i32", "SCALE": "constexpr", "SWIZZLED": "constexpr", "ENCODE": "constexpr",
+                 "PARTS": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
+    constexprs = {"stride_xk": 1, "SCALE": source, "SWIZZLED": swizzled, "ENCODE": encode, "PARTS": 64,
+                  "BLOCK_M": BLOCK_M, "BLOCK_K": BLOCK_K}
+    return compile_kernel(nvfp4.quantize_nvfp4_kernel, signature, constexprs, arch,
+                          divisible=("x_ptr", "q_ptr", "s_ptr", "k", "stride_xm"), enable_fp_fusion=False)
+
+
+def compile_nvfp4_rows(arch, *, one_tile=True, swizzled=True, hooks="portable"):
+    encode = {"portable": nvfp4.encode_portable, "ptx": ptx.e2m1_pairs_ptx}[hooks]
+    signature = {"x_ptr": "*bf16", "q_ptr": "*u8", "s_ptr": "*u8", "gs_ptr": "*fp32", "rows": "i32", "k": "i32",
+                 "scale_rows": "i32", "stride_xm": "i32", "stride_xk": "constexpr", "SWIZZLED": "constexpr",
+                 "ENCODE": "constexpr", "ONE_TILE": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
+    constexprs = {"stride_xk": 1, "SWIZZLED": swizzled, "ENCODE": encode, "ONE_TILE": one_tile, "BLOCK_M": 1,
+                  "BLOCK_K": 8192 if one_tile else 2048}
+    return compile_kernel(nvfp4.quantize_nvfp4_rows_kernel, signature, constexprs, arch,
+                          divisible=("x_ptr", "q_ptr", "s_ptr", "k", "stride_xm"), enable_fp_fusion=False)
+
+
+def compile_nvfp4_amax(arch, per_row):
+    signature = {"x_ptr": "*bf16", "out_ptr": "*fp32", "rows": "i32", "k": "i32", "stride_xm": "i32",
+                 "stride_xk": "constexpr", "PER_ROW": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
+    return compile_kernel(nvfp4.nvfp4_amax_kernel, signature,
+                          {"stride_xk": 1, "PER_ROW": per_row, "BLOCK_M": 4, "BLOCK_K": 1024}, arch,
+                          divisible=("x_ptr", "k", "stride_xm"))
+
+
+def compile_nvfp4_dequantize(arch, out_bits, swizzled=False):
+    signature = {"q_ptr": "*u8", "s_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*i32" if out_bits == 32 else "*i16",
+                 "rows": "i32", "k": "i32", "PER_ROW": "constexpr", "SWIZZLED": "constexpr", "OUT": "constexpr",
+                 "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
+    constexprs = {"PER_ROW": True, "SWIZZLED": swizzled, "OUT": out_bits, "BLOCK_M": 4, "BLOCK_K": 1024}
+    return compile_kernel(nvfp4.dequantize_nvfp4_kernel, signature, constexprs, arch,
+                          divisible=("q_ptr", "s_ptr", "out_ptr", "k"), enable_fp_fusion=False)
+
+
+def assert_ieee_divisions(compiled, arch):
+    """[NV-MULTIPLIER, NV-GLOBAL, NV-DEQUANT] divide correctly rounded: div.rn.f32, never the
+    approximate division or reciprocal NVIDIA's own NVFP4 kernels use."""
+    if isinstance(arch, int):
+        ops = ptx_ops(compiled)
+        assert "div.rn.f32" in ops, sorted(op for op in ops if op.startswith(("div", "rcp")))
+        assert not [op for op in ops if op.startswith("rcp.approx") or op.startswith("div.approx")
+                    or op.startswith("div.full")]
+
+
+@pytest.mark.parametrize("arch", [*MATRIX_CUDA, *MATRIX_HIP], ids=ARCH_IDS)
+@pytest.mark.parametrize("source", [nvfp4.GIVEN, nvfp4.GIVEN_PER_ROW, nvfp4.FROM_PARTIALS], ids=["given", "row", "partials"])
+@pytest.mark.parametrize("swizzled", [False, True], ids=["linear", "swizzled"])
+def test_nvfp4_portable_kernel_compiles_with_ieee_divisions_and_no_ptx_cvt(arch, source, swizzled):
+    compiled = compile_nvfp4(arch, source=source, swizzled=swizzled)
+    assert_compiled_without_flushing_subnormals(compiled, arch)
+    assert_vector_loads(compiled, arch)
+    assert_ieee_divisions(compiled, arch)
+    if isinstance(arch, int):
+        assert "e2m1" not in compiled.asm["ptx"]
+
+
+@pytest.mark.parametrize("dtype", ["*fp16", "*fp32"])
+def test_nvfp4_portable_kernel_compiles_for_every_input_dtype(dtype):
+    for arch in (80, "gfx950"):
+        assert_compiled_without_flushing_subnormals(compile_nvfp4(arch, dtype=dtype), arch)
+
+
+@pytest.mark.parametrize("arch", sorted(cuda_mxfp4.PTX_ARCHS), ids=ARCH_IDS)
+def test_nvfp4_ptx_variant_has_the_e2m1_cvt_on_every_ptx_arch(arch):
+    for compiled in (compile_nvfp4(arch, hooks="ptx", source=nvfp4.FROM_PARTIALS, swizzled=True),
+                     compile_nvfp4_rows(arch, hooks="ptx")):
+        assert_compiled_without_flushing_subnormals(compiled, arch)
+        assert E2M1_CVT in compiled.asm["ptx"]
+        assert_ieee_divisions(compiled, arch)
+
+
+@pytest.mark.parametrize("arch", [90, "gfx942"], ids=ARCH_IDS)
+def test_nvfp4_ptx_variant_fails_to_assemble_below_sm100_and_its_record_excludes_them(arch, capfd):
+    from lowbit.backends.cuda import nvfp4 as cuda_nvfp4
+
+    record = next(k.capability for k in cuda_nvfp4.KERNELS if k.capability.variant == "ptx")
+    assert record.archs["cuda"] == cuda_mxfp4.PTX_ARCHS and 90 not in record.archs["cuda"]
+    if arch == 90:
+        with pytest.raises(Exception, match=r"e2m1x2"):
+            compile_nvfp4(arch, hooks="ptx")
+        capfd.readouterr()
+
+
+@pytest.mark.parametrize("arch", [*MATRIX_CUDA, *MATRIX_HIP], ids=ARCH_IDS)
+def test_nvfp4_rows_amax_and_dequantize_kernels_compile(arch):
+    for compiled in (compile_nvfp4_rows(arch, one_tile=True), compile_nvfp4_rows(arch, one_tile=False, swizzled=False),
+                     compile_nvfp4_amax(arch, per_row=False), compile_nvfp4_amax(arch, per_row=True)):
+        assert_compiled_without_flushing_subnormals(compiled, arch)
+        assert_vector_loads(compiled, arch)
+    for out_bits in (32, 16, 15):
+        compiled = compile_nvfp4_dequantize(arch, out_bits, swizzled=out_bits == 16)
+        assert_compiled_without_flushing_subnormals(compiled, arch)
+        assert_ieee_divisions(compiled, arch)
+
+
+def test_nvfp4_portable_records_claim_sm80_and_it_compiles_there():
+    from lowbit.backends.cuda import nvfp4 as cuda_nvfp4
+
+    for kernel in cuda_nvfp4.KERNELS:
+        if kernel.capability.variant == "triton":
+            assert kernel.capability.archs["cuda"].min == 80
+    for compiled in (compile_nvfp4(80, source=nvfp4.FROM_PARTIALS), compile_nvfp4_rows(80),
+                     compile_nvfp4_dequantize(80, 16)):
+        assert_compiled_without_flushing_subnormals(compiled, 80)
 
 
 # --- FP8 group-packed -------------------------------------------------------------------------------

@@ -1,0 +1,1027 @@
+"""lowbit's NVFP4 functions as an API (docs/SPEC.md, "NVFP4"): quantize_nvfp4, nvfp4_global_scale,
+dequantize_nvfp4 and scaled_fp4_quant. Fakes, refusals, the eager fast path, opcheck, torch.compile,
+supports/explain and `python -m lowbit info`. The bits themselves are tests/test_spec_nvfp4.py's.
+
+* Fake outputs (FakeTensorMode, on fake cpu, cuda and xpu tensors) have the shapes, dtypes and
+  strides of the real CPU outputs, which are the SPEC's: q float4_e2m1fn_x2 (..., K/2); block scales
+  float8_e4m3fn (..., K/16) linear or (round_up(R, 128), round_up(K/16, 4)) swizzled; a computed
+  global scale float32 () or x.shape[:-1]; a given global scale returned as the very tensor given.
+  On fake cuda the kernel is picked by arch (cuda/ptx on sm_100, cuda/triton on sm_90; the cpu
+  fallback, with one warning, where the arch cannot be told); on fake xpu it is xpu/triton, silently.
+* A call the real path refuses is refused by the fake path, and by lowbit.supports/explain, with the
+  same exception type and text (the device named where the text names one); nothing is written.
+* The eager fast path (lowbit/dispatch.py, `kernel_for`) refuses what a first call refuses, and runs
+  the kernel the torch.library op runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import lowbit
+from lowbit import dispatch, registry
+
+F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
+E2M1, E4M3, E8M0, U8 = torch.float4_e2m1fn_x2, torch.float8_e4m3fn, torch.float8_e8m0fnu, torch.uint8
+QUANTIZE, GLOBAL, DEQUANTIZE, VLLM = "quantize_nvfp4", "nvfp4_global_scale", "dequantize_nvfp4", "scaled_fp4_quant"
+NV_OPS = (QUANTIZE, GLOBAL, DEQUANTIZE)
+
+
+def _fake_tensors_unavailable(device: str) -> str:
+    """Why this torch cannot make fake `device` tensors here ('' if it can); see tests/test_fakes.py."""
+    try:
+        with FakeTensorMode():
+            torch.empty(1, device=device)
+    except (AssertionError, RuntimeError) as error:
+        return f"this torch cannot make fake {device} tensors here: {error}"
+    return ""
+
+
+FAKE_DEVICE = {d: pytest.mark.skipif(bool(_fake_tensors_unavailable(d)), reason=_fake_tensors_unavailable(d) or "-")
+               for d in ("cuda", "xpu")}
+ACCELERATORS = tuple(pytest.param(d, marks=mark) for d, mark in FAKE_DEVICE.items())
+DEVICES = ("cpu", *ACCELERATORS)
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+def randn(*shape, dtype=F32, seed=0) -> torch.Tensor:
+    """Normal values with a spread of exponents, so block scales differ."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-6, 7, shape, generator=g).float())
+    return x.to(dtype)
+
+
+def special(*shape, dtype=BF16, seed=0, nan=True) -> torch.Tensor:
+    """randn with NaN (unless `nan` is False), ±Inf, -0 and an all-zero block mixed in."""
+    x = randn(*shape, seed=seed)
+    flat = x.view(-1)
+    flat[3] = float("nan") if nan else 1e30
+    flat[21], flat[40], flat[77] = float("inf"), -float("inf"), -0.0
+    flat[96:112] = 0.0
+    return x.to(dtype)
+
+
+def E(*shape, dtype=F32, d="cpu") -> torch.Tensor:
+    """An empty tensor: E(4, 64), E((4, 64)) or E(()) (0-d)."""
+    if len(shape) == 1 and isinstance(shape[0], tuple):
+        shape = shape[0]
+    return torch.empty(tuple(shape), dtype=dtype, device=d)
+
+
+def fake_like(t: torch.Tensor, device: str) -> torch.Tensor:
+    """A tensor on `device` (call inside FakeTensorMode) with t's shape, dtype, strides, storage offset."""
+    numel = t.untyped_storage().nbytes() // t.element_size()
+    return torch.empty(numel, dtype=t.dtype, device=device).as_strided(t.shape, t.stride(), t.storage_offset())
+
+
+def as_fake(obj, device):
+    return fake_like(obj, device) if isinstance(obj, torch.Tensor) else obj
+
+
+def layout(t: torch.Tensor) -> tuple:
+    """Everything of a tensor but its values and device."""
+    return tuple(t.shape), t.dtype, tuple(t.stride()), t.storage_offset()
+
+
+def outputs(result) -> tuple:
+    return result if isinstance(result, tuple) else (result,)
+
+
+def caught(fn) -> BaseException | None:
+    try:
+        fn()
+    except Exception as exc:
+        return exc
+    return None
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(U8) if t.dim() else t.reshape(1).view(U8)
+
+
+def round_up(a: int, b: int) -> int:
+    return -(-a // b) * b
+
+
+def spec_layouts(x_shape, *, per_row: bool, scale_layout: str, given=None) -> list[tuple]:
+    """The SPEC's output layouts of quantize_nvfp4 for an input of x_shape, written out here
+    ([NV-PACK], [NV-LINEAR], [NV-SWIZZLE], [NV-GLOBAL]); all contiguous."""
+    *lead, k = x_shape
+    rows = 1
+    for n in lead:
+        rows *= n
+
+    def dense(shape, dtype):
+        strides, step = [], 1
+        for n in reversed(shape):
+            strides.insert(0, step)
+            step *= max(n, 1)
+        return tuple(shape), dtype, tuple(strides), 0
+
+    scales = (round_up(rows, 128), round_up(k // 16, 4)) if scale_layout == "swizzled" else (*lead, k // 16)
+    gs = layout(given) if given is not None else dense(tuple(lead) if per_row else (), F32)
+    return [dense((*lead, k // 2), E2M1), dense(scales, E4M3), gs]
+
+
+@pytest.fixture(name="fake_arch")
+def _fake_arch(monkeypatch):
+    """Set the arch dispatch sees for (fake) cuda tensors: this CPU-only machine cannot tell it."""
+    def set_arch(arch):
+        monkeypatch.setattr(dispatch, "device_arch", lambda device: arch if device.type == "cuda" else None)
+    return set_arch
+
+
+# --- fakes: outputs -------------------------------------------------------------------------------
+
+INPUTS = {
+    "2d_f32": lambda: randn(5, 64),
+    "1d_bf16": lambda: randn(32, dtype=BF16, seed=1),
+    "3d_f16": lambda: randn(2, 3, 48, dtype=F16, seed=2),
+    "130rows_k80": lambda: randn(130, 80, dtype=BF16, seed=3),  # swizzled: two row tiles, C = 5 -> 8
+    "0rows": lambda: randn(0, 32),
+    "0rows_3d": lambda: randn(2, 0, 32),
+    "k0": lambda: randn(3, 0),
+    "last_dim_strided": lambda: randn(64, 6, seed=4).t(),
+    "batch_transposed": lambda: randn(3, 4, 32, dtype=BF16, seed=5).transpose(0, 1),
+    "storage_offset": lambda: randn(10, 64, seed=6)[3:7],
+}
+
+# global-scale sources: (per_row, the given scale as a function of x, or None)
+SCALE_SOURCES = {
+    "computed": (False, None),
+    "computed_per_row": (True, None),
+    "given_0d": (False, lambda x: torch.tensor(17.0)),
+    "given_1": (False, lambda x: torch.tensor([300.0])),
+    "given_rows": (False, lambda x: torch.full(x.shape[:-1], 5.0)),
+    "given_rows_per_row": (True, lambda x: torch.full(x.shape[:-1], 2.0**-3)),
+}
+EVERY_SOURCE_INPUTS = ("2d_f32", "1d_bf16", "3d_f16", "130rows_k80", "0rows_3d", "last_dim_strided")
+
+
+def _quantize_layout_cases():
+    for name in INPUTS:
+        for source in SCALE_SOURCES if name in EVERY_SOURCE_INPUTS else ("computed", "given_rows_per_row"):
+            if name == "1d_bf16" and source == "given_1":  # 1-D: rows () and (1,) are one scale either way
+                continue
+            for scale_layout in ("linear", "swizzled"):
+                yield f"{name}-{source}-{scale_layout}", (name, source, scale_layout)
+
+
+QUANTIZE_LAYOUT_CASES = dict(_quantize_layout_cases())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", QUANTIZE_LAYOUT_CASES)
+def test_fake_quantize_outputs_match_real_layout(case, device):
+    name, source, scale_layout = QUANTIZE_LAYOUT_CASES[case]
+    x = INPUTS[name]()
+    per_row, make_scale = SCALE_SOURCES[source]
+    given = None if make_scale is None else make_scale(x)
+    real = lowbit.quantize_nvfp4(x, given, per_row=per_row, scale_layout=scale_layout)
+    want = spec_layouts(tuple(x.shape), per_row=per_row, scale_layout=scale_layout, given=given)
+    assert [layout(t) for t in real] == want
+    if given is not None:
+        assert real[2] is given
+    with FakeTensorMode():
+        fx = fake_like(x, device)
+        fgiven = None if given is None else fake_like(given, device)
+        fake = lowbit.quantize_nvfp4(fx, fgiven, per_row=per_row, scale_layout=scale_layout)
+        got = [layout(t) for t in fake]
+        devices = {t.device.type for t in fake}
+        if fgiven is not None:
+            assert fake[2] is fgiven
+    assert devices == {device}
+    assert got == want
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("per_row", [False, True], ids=["per_tensor", "per_row"])
+@pytest.mark.parametrize("name", ["2d_f32", "1d_bf16", "3d_f16", "0rows", "k0", "last_dim_strided"])
+def test_fake_global_scale_matches_real_layout(name, per_row, device):
+    x = INPUTS[name]()
+    real = lowbit.nvfp4_global_scale(x, per_row=per_row)
+    assert layout(real) == spec_layouts(tuple(x.shape), per_row=per_row, scale_layout="linear")[2]
+    with FakeTensorMode():
+        fake = lowbit.nvfp4_global_scale(fake_like(x, device), per_row=per_row)
+        got, got_device = layout(fake), fake.device.type
+    assert (got, got_device) == (layout(real), device)
+
+
+def _dequantize_case(name, per_row, scale_layout, raw, dtype):
+    def build():
+        q, s, g = lowbit.quantize_nvfp4(INPUTS[name](), per_row=per_row, scale_layout=scale_layout)
+        if raw:
+            q, s = q.view(U8), s.view(U8)
+        return (q, s, g), {"scale_layout": scale_layout, "dtype": dtype}
+    return build
+
+
+DEQUANTIZE_LAYOUT_CASES = {
+    f"{name}-{'per_row' if per_row else 'per_tensor'}-{scale_layout}-{'uint8' if raw else 'native'}-{dtype_id}":
+        _dequantize_case(name, per_row, scale_layout, raw, dtype)
+    for name, per_row, dtype_id, dtype in (("2d_f32", False, "bf16", BF16), ("3d_f16", True, "f16", F16),
+                                           ("130rows_k80", True, "f32", F32), ("0rows", False, "bf16", BF16),
+                                           ("1d_bf16", True, "f32", F32))
+    for scale_layout in ("linear", "swizzled")
+    for raw in (False, True)
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", DEQUANTIZE_LAYOUT_CASES)
+def test_fake_dequantize_output_matches_real_layout(case, device):
+    args, kwargs = DEQUANTIZE_LAYOUT_CASES[case]()
+    real = lowbit.dequantize_nvfp4(*args, **kwargs)
+    q = args[0]
+    assert layout(real) == (
+        (*q.shape[:-1], 2 * q.shape[-1]), kwargs["dtype"], torch.empty(*q.shape[:-1], 2 * q.shape[-1]).stride(), 0)
+    with FakeTensorMode():
+        fake = lowbit.dequantize_nvfp4(*(fake_like(a, device) for a in args), **kwargs)
+        got, got_device = layout(fake), fake.device.type
+    assert (got, got_device) == (layout(real), device)
+
+
+VLLM_LAYOUT_CASES = {
+    "5x64-swizzled-0d": (lambda: randn(5, 64), lambda: torch.tensor(100.0), True),
+    "5x64-linear-1": (lambda: randn(5, 64, dtype=BF16), lambda: torch.tensor([100.0]), False),
+    "130x80-swizzled": (lambda: randn(130, 80, dtype=F16, seed=7), lambda: torch.tensor(3.0), True),
+    "0x32-swizzled": (lambda: randn(0, 32), lambda: torch.tensor(1.0), True),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", VLLM_LAYOUT_CASES)
+def test_fake_scaled_fp4_quant_matches_real_layout(case, device):
+    make_x, make_scale, swizzled = VLLM_LAYOUT_CASES[case]
+    x, gs = make_x(), make_scale()
+    real = lowbit.scaled_fp4_quant(x, gs, swizzled)
+    m, n = x.shape
+    scales = (round_up(m, 128), round_up(n // 16, 4)) if swizzled else (m, n // 16)
+    assert [(tuple(t.shape), t.dtype) for t in real] == [((m, n // 2), U8), (scales, E4M3)]
+    with FakeTensorMode():
+        fake = lowbit.scaled_fp4_quant(fake_like(x, device), fake_like(gs, device), swizzled)
+        got, got_devices = [layout(t) for t in fake], {t.device.type for t in fake}
+    assert (got, got_devices) == ([layout(t) for t in real], {device})
+
+
+def test_scaled_fp4_quant_gives_quantize_nvfp4s_bits():
+    x, gs = randn(5, 64, dtype=BF16, seed=8), torch.tensor(40.0)
+    for swizzled, scale_layout in ((True, "swizzled"), (False, "linear")):
+        q, s = lowbit.scaled_fp4_quant(x, gs, is_sf_swizzled_layout=swizzled)
+        want_q, want_s, _ = lowbit.quantize_nvfp4(x, gs, scale_layout=scale_layout)
+        assert torch.equal(q, want_q.view(U8)) and torch.equal(s.view(U8), want_s.view(U8))
+
+
+# --- fakes on fake accelerators: which kernel -------------------------------------------------------
+
+def _accelerator_calls(d):
+    """op: (args, kwargs) on device d, tensors holding no data."""
+    return {
+        QUANTIZE: ((E(5, 64, dtype=BF16, d=d),), {"per_row": True, "scale_layout": "swizzled"}),
+        f"{QUANTIZE}-given": ((E(5, 64, dtype=BF16, d=d), E(5, d=d)), {}),
+        GLOBAL: ((E(5, 64, d=d),), {}),
+        DEQUANTIZE: ((E(5, 32, dtype=E2M1, d=d), E(5, 4, dtype=E4M3, d=d), E((), d=d)), {}),
+    }
+
+
+def _needs_cuda_backend():
+    if registry.unavailable("cuda") is not None:
+        pytest.skip(f"the cuda backend cannot load here: {registry.unavailable('cuda')}")
+
+
+@FAKE_DEVICE["cuda"]
+@pytest.mark.parametrize(("arch", "quantize_label"), [(90, "cuda/triton"), (100, "cuda/ptx"), (120, "cuda/ptx")])
+@pytest.mark.parametrize("call", ["quantize_nvfp4", "quantize_nvfp4-given", GLOBAL, DEQUANTIZE])
+def test_fake_cuda_resolves_by_arch_without_a_warning(call, arch, quantize_label, fake_arch, resolved, caplog,
+                                                      monkeypatch):
+    _needs_cuda_backend()
+    fake_arch(arch)
+    monkeypatch.setenv("LOWBIT_STRICT", "1")  # not a fallback: strict lets it through
+    with caplog.at_level(logging.DEBUG, logger="lowbit"), FakeTensorMode():
+        for _ in range(2):
+            args, kwargs = _accelerator_calls("cuda")[call]
+            result = outputs(getattr(lowbit, call.removesuffix("-given"))(*args, **kwargs))
+            assert {t.device.type for t in result} == {"cuda"}
+    label = quantize_label if call.startswith(QUANTIZE) else "cuda/triton"
+    assert resolved == [label, label]
+    assert [r for r in caplog.records if r.name == "lowbit"] == []
+
+
+@FAKE_DEVICE["cuda"]
+@pytest.mark.parametrize("call", ["quantize_nvfp4", "quantize_nvfp4-given", GLOBAL, DEQUANTIZE])
+def test_fake_cuda_below_sm80_falls_back_to_cpu_with_one_warning(call, fake_arch, resolved, caplog):
+    _needs_cuda_backend()
+    fake_arch(75)
+    dispatch.clear_cache()
+    op = call.removesuffix("-given")
+    margs, mkwargs = _accelerator_calls("meta")[call]
+    expected = lowbit.explain(op, *margs, device="cuda", arch="sm_75", **mkwargs)
+    assert "falls back to backend 'cpu'" in expected and "needs sm_80+, not sm_75" in expected
+    with caplog.at_level(logging.WARNING, logger="lowbit"), FakeTensorMode():
+        for _ in range(3):
+            args, kwargs = _accelerator_calls("cuda")[call]
+            getattr(lowbit, op)(*args, **kwargs)
+    assert resolved == ["cpu"] * 3
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "lowbit"] == [(logging.WARNING, expected)]
+
+
+@FAKE_DEVICE["cuda"]
+@pytest.mark.parametrize("call", ["quantize_nvfp4", GLOBAL, DEQUANTIZE])
+def test_fake_cuda_of_unknown_arch_falls_back_and_strict_refuses(call, resolved, caplog, monkeypatch):
+    """This machine cannot tell a fake cuda device's arch: the reference runs, with the one warning
+    explain() gives for cuda; LOWBIT_STRICT=1 refuses it."""
+    dispatch.clear_cache()
+    op = call
+    margs, mkwargs = _accelerator_calls("meta")[call]
+    expected = lowbit.explain(op, *margs, device="cuda", **mkwargs)
+    assert "falls back to backend 'cpu'" in expected and "cannot tell this cuda device's arch" in expected
+    with caplog.at_level(logging.WARNING, logger="lowbit"), FakeTensorMode():
+        args, kwargs = _accelerator_calls("cuda")[call]
+        getattr(lowbit, op)(*args, **kwargs)
+    assert resolved == ["cpu"]
+    assert [r.getMessage() for r in caplog.records if r.name == "lowbit"] == [expected]
+    monkeypatch.setenv("LOWBIT_STRICT", "1")
+    with FakeTensorMode():
+        args, kwargs = _accelerator_calls("cuda")[call]
+        with pytest.raises(lowbit.UnsupportedError, match="LOWBIT_STRICT=1 refuses fallbacks"):
+            getattr(lowbit, op)(*args, **kwargs)
+
+
+@FAKE_DEVICE["xpu"]
+@pytest.mark.parametrize("call", ["quantize_nvfp4", "quantize_nvfp4-given", GLOBAL, DEQUANTIZE])
+def test_fake_xpu_resolves_to_xpu_triton_without_a_warning(call, resolved, caplog, monkeypatch):
+    if registry.unavailable("xpu") is not None:
+        pytest.skip(f"the xpu backend cannot load here: {registry.unavailable('xpu')}")
+    op = call.removesuffix("-given")
+    margs, mkwargs = _accelerator_calls("meta")[call]
+    verdict = lowbit.supports(op, *margs, device="xpu", **mkwargs)
+    assert (verdict.backend, verdict.variant, verdict.fallback, verdict.reasons) == ("xpu", "triton", False, {})
+    monkeypatch.setenv("LOWBIT_STRICT", "1")
+    with caplog.at_level(logging.DEBUG, logger="lowbit"), FakeTensorMode():
+        for _ in range(2):
+            args, kwargs = _accelerator_calls("xpu")[call]
+            result = outputs(getattr(lowbit, op)(*args, **kwargs))
+            assert {t.device.type for t in result} == {"xpu"}
+    assert resolved == ["xpu/triton", "xpu/triton"]
+    assert [r for r in caplog.records if r.name == "lowbit"] == []
+
+
+# --- refusals: the real call, the fake call and supports/explain alike ------------------------------
+
+@dataclass(frozen=True)
+class ErrorCase:
+    id: str
+    op: str
+    build: Callable[[str], tuple[tuple, dict]]  # device -> (args, kwargs); tensors hold no data
+    error: type  # what the real call raises
+    needs: str  # in its message
+    one_device: bool = True  # False: mixes devices (a meta tensor next to the call's), no meta query states it
+
+
+def _q(d, x=(4, 64), dtype=F32, gs=None, **kwargs):
+    """quantize_nvfp4 on device d: x of shape `x`; `gs` a function of the device (or a non-tensor)."""
+    args = (E(*x, dtype=dtype, d=d),) if gs is None else (E(*x, dtype=dtype, d=d), gs(d) if callable(gs) else gs)
+    return args, kwargs
+
+
+def _dq(d, q=(4, 32), q_dtype=E2M1, s=(4, 4), s_dtype=E4M3, gs=(), gs_dtype=F32, s_device=None, gs_device=None,
+        **kwargs):
+    gs_tensor = E(*gs, dtype=gs_dtype, d=gs_device or d) if isinstance(gs, tuple) else gs
+    return (E(*q, dtype=q_dtype, d=d), E(*s, dtype=s_dtype, d=s_device or d), gs_tensor), kwargs
+
+
+def _gs(shape, dtype=F32, device=None):
+    return lambda d: E(*shape, dtype=dtype, d=device or d)
+
+
+UE, VE, TE = lowbit.UnsupportedError, ValueError, TypeError
+GS_RULE = "must be float32 on {} with shape"
+
+ERROR_CASES = [
+    # quantize_nvfp4: dispatch refusals
+    ErrorCase("q-k40", QUANTIZE, lambda d: _q(d, x=(4, 40)), UE,
+              "last dim 40 is not a multiple of the block size 16"),
+    ErrorCase("q-k40-given-scale", QUANTIZE, lambda d: _q(d, x=(4, 40), gs=_gs(())), UE,
+              "last dim 40 is not a multiple of the block size 16"),
+    ErrorCase("q-k8-1d-swizzled", QUANTIZE, lambda d: _q(d, x=(8,), scale_layout="swizzled"), UE,
+              "last dim 8 is not a multiple of the block size 16"),
+    ErrorCase("q-k24-per-row", QUANTIZE, lambda d: _q(d, x=(2, 3, 24), per_row=True), UE,
+              "last dim 24 is not a multiple of the block size 16"),
+    ErrorCase("q-float64", QUANTIZE, lambda d: _q(d, dtype=F64), UE, "input dtype float64 is not one of"),
+    ErrorCase("q-int32", QUANTIZE, lambda d: _q(d, dtype=torch.int32), UE, "input dtype int32 is not one of"),
+    ErrorCase("q-0d", QUANTIZE, lambda d: _q(d, x=()), UE, "input has 0 dims; needs at least 1"),
+    ErrorCase("q-backend-nope", QUANTIZE, lambda d: _q(d, backend="nope"), UE, "no backend is named 'nope'"),
+    # quantize_nvfp4: malformed arguments
+    ErrorCase("q-layout-tiled", QUANTIZE, lambda d: _q(d, scale_layout="tiled"), VE,
+              "scale_layout='tiled' is not one of 'linear', 'swizzled'"),
+    ErrorCase("q-layout-Linear", QUANTIZE, lambda d: _q(d, gs=_gs(()), scale_layout="Linear"), VE,
+              "scale_layout='Linear' is not one of"),
+    ErrorCase("q-layout-int", QUANTIZE, lambda d: _q(d, scale_layout=1), VE,
+              "scale_layout=1 is of type int, not str"),
+    ErrorCase("q-gs-float64", QUANTIZE, lambda d: _q(d, gs=_gs((), F64)), VE, "global_scale (float64, shape ()"),
+    ErrorCase("q-gs-bfloat16", QUANTIZE, lambda d: _q(d, gs=_gs((1,), BF16)), VE,
+              "global_scale (bfloat16, shape (1,)"),
+    ErrorCase("q-gs-int32-rows", QUANTIZE, lambda d: _q(d, gs=_gs((4,), torch.int32)), VE,
+              "global_scale (int32, shape (4,)"),
+    ErrorCase("q-gs-shape-2", QUANTIZE, lambda d: _q(d, gs=_gs((2,))), VE,
+              "shape () or (1,) (one scale), or (4,) (one per row)"),
+    ErrorCase("q-gs-shape-4x1", QUANTIZE, lambda d: _q(d, gs=_gs((4, 1))), VE, "global_scale (float32, shape (4, 1)"),
+    ErrorCase("q-gs-shape-1x1", QUANTIZE, lambda d: _q(d, gs=_gs((1, 1))), VE, "global_scale (float32, shape (1, 1)"),
+    ErrorCase("q-gs-rows-flattened-3d", QUANTIZE, lambda d: _q(d, x=(2, 3, 64), gs=_gs((6,))), VE,
+              "or (2, 3) (one per row)"),
+    ErrorCase("q-gs-0d-per-row", QUANTIZE, lambda d: _q(d, gs=_gs(()), per_row=True), VE,
+              "with shape (4,) (one per row). Alternative"),
+    ErrorCase("q-gs-1-per-row", QUANTIZE, lambda d: _q(d, gs=_gs((1,)), per_row=True), VE,
+              "global_scale (float32, shape (1,), on cpu) must be float32 on cpu with shape (4,) (one per row)"),
+    ErrorCase("q-gs-on-meta", QUANTIZE, lambda d: _q(d, gs=_gs((), device="meta")), VE,
+              "global_scale (float32, shape (), on meta) must be float32 on cpu", one_device=False),
+    ErrorCase("q-gs-float", QUANTIZE, lambda d: _q(d, gs=2.0), TE, "global_scale must be a tensor, not float"),
+    ErrorCase("q-gs-list", QUANTIZE, lambda d: _q(d, gs=[1.0]), TE, "global_scale must be a tensor, not list"),
+    ErrorCase("q-x-list", QUANTIZE, lambda d: (([1.0] * 16,), {}), TE, "x must be a tensor, not list"),
+    ErrorCase("q-per-row-str", QUANTIZE, lambda d: _q(d, per_row="yes"), VE,
+              "per_row='yes' is of type str, not bool; pass e.g. per_row=True"),
+    ErrorCase("q-per-row-int", QUANTIZE, lambda d: _q(d, gs=_gs((4,)), per_row=1), VE,
+              "per_row=1 is of type int, not bool"),
+    # nvfp4_global_scale
+    ErrorCase("gs-k40", GLOBAL, lambda d: _q(d, x=(4, 40)), UE, "last dim 40 is not a multiple of the block size 16"),
+    ErrorCase("gs-k8-per-row", GLOBAL, lambda d: _q(d, x=(2, 8), per_row=True), UE,
+              "last dim 8 is not a multiple of the block size 16"),
+    ErrorCase("gs-float64", GLOBAL, lambda d: _q(d, dtype=F64), UE, "input dtype float64 is not one of"),
+    ErrorCase("gs-per-row-str", GLOBAL, lambda d: _q(d, per_row="yes"), VE, "per_row='yes' is of type str, not bool"),
+    ErrorCase("gs-x-float", GLOBAL, lambda d: ((1.0,), {}), TE, "x must be a tensor, not float"),
+    ErrorCase("gs-backend-nope", GLOBAL, lambda d: _q(d, backend="nope"), UE, "no backend is named 'nope'"),
+    # dequantize_nvfp4
+    ErrorCase("dq-scales-too-few", DEQUANTIZE, lambda d: _dq(d, s=(4, 3)), VE,
+              "q (4, 32) needs linear block_scales of shape (4, 4), got (4, 3)"),
+    ErrorCase("dq-scales-rows", DEQUANTIZE, lambda d: _dq(d, q_dtype=U8, s=(5, 4), s_dtype=U8), VE,
+              "q (4, 32) needs linear block_scales of shape (4, 4), got (5, 4)"),
+    ErrorCase("dq-scales-flat-for-3d", DEQUANTIZE, lambda d: _dq(d, q=(2, 3, 8), s=(6, 1)), VE,
+              "q (2, 3, 8) needs linear block_scales of shape (2, 3, 1), got (6, 1)"),
+    ErrorCase("dq-linear-scales-read-as-swizzled", DEQUANTIZE, lambda d: _dq(d, scale_layout="swizzled"), VE,
+              "q (4, 32) needs swizzled block_scales of shape (128, 4), got (4, 4)"),
+    ErrorCase("dq-swizzled-scales-read-as-linear", DEQUANTIZE, lambda d: _dq(d, s=(128, 4)), VE,
+              "q (4, 32) needs linear block_scales of shape (4, 4), got (128, 4)"),
+    ErrorCase("dq-swizzled-scales-short", DEQUANTIZE, lambda d: _dq(d, q=(130, 40), s=(130, 8), scale_layout="swizzled"),
+              VE, "q (130, 40) needs swizzled block_scales of shape (256, 8), got (130, 8)"),
+    ErrorCase("dq-scales-float32", DEQUANTIZE, lambda d: _dq(d, s_dtype=F32), VE,
+              "block_scales dtype float32 is not float8_e4m3fn or uint8"),
+    ErrorCase("dq-scales-e8m0", DEQUANTIZE, lambda d: _dq(d, s_dtype=E8M0), VE,
+              "block_scales dtype float8_e8m0fnu is not float8_e4m3fn or uint8"),
+    ErrorCase("dq-gs-float64", DEQUANTIZE, lambda d: _dq(d, gs_dtype=F64), VE, "global_scale (float64, shape ()"),
+    ErrorCase("dq-gs-bfloat16", DEQUANTIZE, lambda d: _dq(d, gs=(4,), gs_dtype=BF16), VE,
+              "global_scale (bfloat16, shape (4,)"),
+    ErrorCase("dq-gs-shape-2", DEQUANTIZE, lambda d: _dq(d, gs=(2,)), VE,
+              "shape () or (1,) (one scale), or (4,) (one per row)"),
+    ErrorCase("dq-gs-float", DEQUANTIZE, lambda d: _dq(d, gs=1.0), TE, "global_scale must be a tensor, not float"),
+    ErrorCase("dq-q-float32", DEQUANTIZE, lambda d: _dq(d, q_dtype=F32), UE, "input dtype float32 is not one of"),
+    ErrorCase("dq-q-k8", DEQUANTIZE, lambda d: _dq(d, q=(4, 4), s=(4, 1)), UE,
+              "last dim 8 is not a multiple of the block size 16"),
+    ErrorCase("dq-out-float64", DEQUANTIZE, lambda d: _dq(d, dtype=F64), UE, "float64"),
+    ErrorCase("dq-layout-tiled", DEQUANTIZE, lambda d: _dq(d, scale_layout="tiled"), VE,
+              "scale_layout='tiled' is not one of 'linear', 'swizzled'"),
+    ErrorCase("dq-dtype-str", DEQUANTIZE, lambda d: _dq(d, dtype="bfloat16"), VE,
+              "dtype='bfloat16' is of type str, not dtype"),
+    ErrorCase("dq-backend-nope", DEQUANTIZE, lambda d: _dq(d, backend="nope"), UE, "no backend is named 'nope'"),
+    ErrorCase("dq-scales-on-meta", DEQUANTIZE, lambda d: _dq(d, s_device="meta"), VE,
+              "q is on cpu and block_scales on meta; move them to one device", one_device=False),
+    ErrorCase("dq-gs-on-meta", DEQUANTIZE, lambda d: _dq(d, gs_device="meta"), VE,
+              "global_scale (float32, shape (), on meta) must be float32 on cpu", one_device=False),
+    # scaled_fp4_quant (vLLM's conventions; not an op of lowbit.supports)
+    ErrorCase("vllm-3d", VLLM, lambda d: ((E(2, 3, 64, d=d), E((), d=d)), {}), VE,
+              "x has 3 dims; vLLM's convention takes a 2-D (m, n) input"),
+    ErrorCase("vllm-1d", VLLM, lambda d: ((E(64, d=d), E((), d=d)), {}), VE, "x has 1 dims"),
+    ErrorCase("vllm-swizzle-str", VLLM, lambda d: ((E(4, 64, d=d), E((), d=d), "yes"), {}), VE,
+              "is_sf_swizzled_layout='yes' is of type str, not bool"),
+    ErrorCase("vllm-x-list", VLLM, lambda d: (([1.0] * 16, E((), d=d)), {}), TE, "x must be a tensor, not list"),
+    ErrorCase("vllm-gs-float64", VLLM, lambda d: ((E(4, 64, d=d), E((), dtype=F64, d=d)), {}), VE,
+              "global_scale (float64, shape ()"),
+    ErrorCase("vllm-k40", VLLM, lambda d: ((E(4, 40, d=d), E((), d=d)), {}), UE,
+              "last dim 40 is not a multiple of the block size 16"),
+]
+CASES = {c.id: c for c in ERROR_CASES}
+ONE_DEVICE = [c.id for c in ERROR_CASES if c.one_device]
+MIXED = [c.id for c in ERROR_CASES if not c.one_device]
+
+
+def call(op, args, kwargs):
+    return getattr(lowbit, op)(*args, **kwargs)
+
+
+def tensor_bytes(args, kwargs) -> list:
+    return [bits(t).clone() for t in (*args, *kwargs.values())
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype != torch.bool]
+
+
+def _real_error(case: ErrorCase) -> BaseException:
+    args, kwargs = case.build("cpu")
+    exc = caught(lambda: call(case.op, args, kwargs))
+    assert exc is not None, f"{case.id}: the real call did not raise"
+    assert type(exc) is case.error, f"{case.id}: {type(exc).__name__}: {exc}"
+    return exc
+
+
+def _on(text: str, device: str) -> str:
+    """The real CPU call's text as a call on `device` says it."""
+    return text.replace(" on cpu", f" on {device}")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_real_call_refuses_naming_the_problem_and_writes_nothing(case):
+    case = CASES[case]
+    args, kwargs = case.build("cpu")
+    before = tensor_bytes(args, kwargs)
+    exc = caught(lambda: call(case.op, args, kwargs))
+    assert type(exc) is case.error, f"{type(exc).__name__}: {exc}"
+    assert case.needs in str(exc), str(exc)
+    if case.error is not UE:  # argument errors name the function (scaled_fp4_quant's scale: the one it calls)
+        named = (case.op, QUANTIZE) if case.op == VLLM else (case.op,)
+        assert str(exc).split(":")[0] in {f"lowbit.{op}" for op in named}, str(exc)
+    after = tensor_bytes(args, kwargs)
+    assert all(torch.equal(b, a) for b, a in zip(before, after, strict=True))
+
+
+def test_refusal_for_a_k_not_multiple_of_16_offers_the_padding():
+    text = str(_real_error(CASES["q-k40"]))
+    assert text.startswith("lowbit.quantize_nvfp4 for float32 input, ndim 2, last dim 40, on cpu: no backend can run")
+    assert text.splitlines()[-1] == "Alternative: pad the last dim with zeros to a multiple of 16"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fake_cpu_raises_what_the_real_call_raises(case):
+    case = CASES[case]
+    real = _real_error(case)
+    with FakeTensorMode():
+        args, kwargs = case.build("cpu")
+        fake = caught(lambda: call(case.op, args, kwargs))
+    assert fake is not None, "the fake call did not raise"
+    assert (type(fake), str(fake)) == (type(real), str(real))
+
+
+@pytest.mark.parametrize("device", ACCELERATORS)
+@pytest.mark.parametrize("case", ONE_DEVICE)
+def test_fake_accelerator_raises_what_explain_says(case, device):
+    case = CASES[case]
+    real = _real_error(case)
+    with FakeTensorMode():
+        args, kwargs = case.build(device)
+        where = next((str(a.device) for a in args if isinstance(a, torch.Tensor)), device)
+        fake = caught(lambda: call(case.op, args, kwargs))
+    assert fake is not None, f"the fake {device} call did not raise"
+    assert type(fake) is type(real)
+    if case.op == VLLM:  # no query for it: the argument checks say what the CPU call says
+        if type(real) is UE:
+            assert f"on {device}" in str(fake) and case.needs in str(fake)
+        else:
+            assert str(fake) == _on(str(real), where)
+        return
+    margs, mkwargs = case.build("meta")
+    query = caught(lambda: lowbit.explain(case.op, *margs, device=device, **mkwargs))
+    if type(real) is UE:  # a dispatch refusal: the fake raises the decision explain() gives for the device
+        assert query is None, f"explain raised {query!r}"
+        expected = lowbit.explain(case.op, *margs, device=device, **mkwargs)
+        assert f"on {device}" in expected and str(fake) == expected
+        assert case.needs in expected
+    else:  # a malformed call: explain raises it too, naming the meta tensors' device
+        assert type(query) is type(real)
+        assert str(fake) == _on(str(real), where)
+        assert str(query) == _on(str(real), "meta")
+
+
+@pytest.mark.parametrize("device", ACCELERATORS)
+@pytest.mark.parametrize("case", MIXED)
+def test_fake_accelerator_refuses_mixed_devices_as_the_real_call_does(case, device):
+    """A meta tensor next to the fake accelerator's: the real call's ValueError, naming the accelerator
+    where the real call names cpu."""
+    case = CASES[case]
+    real = _real_error(case)
+    with FakeTensorMode():
+        args, kwargs = case.build(device)
+        where = str(args[0].device)
+        fake = caught(lambda: call(case.op, args, kwargs))
+    assert type(fake) is type(real) is ValueError
+    assert str(fake) == _on(str(real), where)
+
+
+@FAKE_DEVICE["cuda"]
+@pytest.mark.parametrize("op", [QUANTIZE, DEQUANTIZE, VLLM])
+@pytest.mark.parametrize(("x_device", "scale_device"), [("cpu", "cuda"), ("cuda", "cpu")])
+def test_fake_global_scale_on_another_device_is_refused(op, x_device, scale_device):
+    with FakeTensorMode():
+        gs = E((), d=scale_device)
+        if op == DEQUANTIZE:
+            args = (E(4, 32, dtype=E2M1, d=x_device), E(4, 4, dtype=E4M3, d=x_device), gs)
+        else:
+            args = (E(4, 64, d=x_device), gs)
+        x_where, gs_where = str(args[0].device), str(gs.device)
+        with pytest.raises(ValueError) as info:
+            getattr(lowbit, op)(*args)
+    name = DEQUANTIZE if op == DEQUANTIZE else QUANTIZE
+    assert str(info.value) == (
+        f"lowbit.{name}: global_scale (float32, shape (), on {gs_where}) must be float32 on {x_where} with shape () "
+        "or (1,) (one scale), or (4,) (one per row). Alternative: global_scale=None computes it on the device")
+
+
+@pytest.mark.parametrize("case", [c.id for c in ERROR_CASES if c.one_device and c.op != VLLM])
+def test_supports_and_explain_refuse_like_the_real_call(case):
+    case = CASES[case]
+    real = _real_error(case)
+    margs, mkwargs = case.build("meta")
+    if type(real) is UE:
+        verdict = lowbit.supports(case.op, *margs, device="cpu", **mkwargs)
+        assert not verdict.ok
+        assert verdict.explain() == lowbit.explain(case.op, *margs, device="cpu", **mkwargs) == str(real)
+    else:
+        for ask in (lowbit.supports, lowbit.explain):
+            query = caught(lambda ask=ask: ask(case.op, *margs, device="cpu", **mkwargs))
+            assert type(query) is type(real)
+            assert str(query) == _on(str(real), "meta")
+
+
+@pytest.mark.parametrize("op", NV_OPS)
+def test_real_call_refuses_a_non_str_backend_as_the_fake_does(op):
+    def build(d):
+        if op == DEQUANTIZE:
+            return _dq(d, backend=0)
+        return _q(d, backend=0)
+
+    with FakeTensorMode():
+        args, kwargs = build("cpu")
+        fake = caught(lambda: call(op, args, kwargs))
+    assert type(fake) is ValueError and f"lowbit.{op}: backend=0 is of type int, not str" in str(fake)
+    args, kwargs = build("cpu")
+    real = caught(lambda: call(op, args, kwargs))
+    assert (type(real), str(real)) == (type(fake), str(fake))
+
+
+# --- the eager fast path ---------------------------------------------------------------------------
+
+def _cold_error(fn) -> BaseException:
+    dispatch.clear_cache()
+    exc = caught(fn)
+    assert exc is not None, "the first call did not raise"
+    return exc
+
+
+def test_fast_path_serves_a_second_call_of_a_kind_without_resolving(resolved):
+    x = randn(4, 64)
+    lowbit.quantize_nvfp4(x)
+    lowbit.quantize_nvfp4(randn(4, 64, seed=1))
+    lowbit.quantize_nvfp4(x, torch.tensor(3.0))
+    lowbit.quantize_nvfp4(x, torch.tensor([3.0]))  # a given scale: its shape is checked per call
+    assert resolved == ["cpu", "cpu"]  # one per kind: computed / given
+
+
+# (per_row, warm-up scale, bad scale): bad scales of every kind the fast path must still check
+FAST_PATH_BAD_SCALES = {
+    "shape-2": (False, lambda: torch.tensor(3.0), lambda: torch.ones(2)),
+    "shape-4x1": (False, lambda: torch.ones(4), lambda: torch.ones(4, 1)),
+    "float64": (False, lambda: torch.tensor(3.0), lambda: torch.tensor(3.0, dtype=F64)),
+    "bfloat16": (False, lambda: torch.tensor(3.0), lambda: torch.tensor(3.0, dtype=BF16)),
+    "per-row-given-0d": (True, lambda: torch.ones(4), lambda: torch.tensor(3.0)),
+    "per-row-given-1": (True, lambda: torch.ones(4), lambda: torch.ones(1)),
+    "on-meta": (False, lambda: torch.tensor(3.0), lambda: E((), d="meta")),
+    "rows-on-meta": (True, lambda: torch.ones(4), lambda: E(4, d="meta")),
+    "float": (False, lambda: torch.tensor(3.0), lambda: 3.0),
+}
+
+
+@pytest.mark.parametrize("bad", FAST_PATH_BAD_SCALES)
+def test_fast_path_refuses_a_bad_global_scale_like_a_first_call(bad):
+    per_row, good, make_bad = FAST_PATH_BAD_SCALES[bad]
+    x = randn(4, 64)
+    first = _cold_error(lambda: lowbit.quantize_nvfp4(x, make_bad(), per_row=per_row))
+    for scale_layout in ("linear", "swizzled"):
+        lowbit.quantize_nvfp4(x, good(), per_row=per_row, scale_layout=scale_layout)  # remembers the kind
+        again = caught(lambda layout=scale_layout: lowbit.quantize_nvfp4(x, make_bad(), per_row=per_row,
+                                                                         scale_layout=layout))
+        assert (type(again), str(again)) == (type(first), str(first))
+    lowbit.quantize_nvfp4(x, good(), per_row=per_row)  # the refusal left the kind usable
+
+
+def test_fast_path_scaled_fp4_quant_refuses_a_bad_scale_like_a_first_call():
+    x = randn(4, 64)
+    first = _cold_error(lambda: lowbit.scaled_fp4_quant(x, torch.ones(3)))
+    lowbit.scaled_fp4_quant(x, torch.tensor(1.0))
+    again = caught(lambda: lowbit.scaled_fp4_quant(x, torch.ones(3)))
+    assert (type(again), str(again)) == (type(first), str(first))
+
+
+FAST_PATH_BAD_DEQUANTIZE = {
+    "scales-too-few": lambda q, s, g: (q, s[:, :3], g),
+    "scales-rows": lambda q, s, g: (q, torch.cat([s, s[:1]]), g),
+    "gs-shape-2": lambda q, s, g: (q, s, torch.ones(2)),
+    "gs-float64": lambda q, s, g: (q, s, g.double()),
+    "gs-on-meta": lambda q, s, g: (q, s, E((), d="meta")),
+    "scales-on-meta": lambda q, s, g: (q, E(*s.shape, dtype=s.dtype, d="meta"), g),
+}
+
+
+@pytest.mark.parametrize("bad", FAST_PATH_BAD_DEQUANTIZE)
+def test_fast_path_dequantize_refuses_like_a_first_call(bad):
+    q, s, g = lowbit.quantize_nvfp4(randn(4, 64))
+    first = _cold_error(lambda: lowbit.dequantize_nvfp4(*FAST_PATH_BAD_DEQUANTIZE[bad](q, s, g)))
+    lowbit.dequantize_nvfp4(q, s, g)
+    again = caught(lambda: lowbit.dequantize_nvfp4(*FAST_PATH_BAD_DEQUANTIZE[bad](q, s, g)))
+    assert (type(again), str(again)) == (type(first), str(first))
+
+
+def test_fast_path_dequantize_refuses_scales_of_the_other_layout_like_a_first_call():
+    q, s, g = lowbit.quantize_nvfp4(randn(4, 64), scale_layout="swizzled")
+    first = _cold_error(lambda: lowbit.dequantize_nvfp4(q, s, g))  # swizzled scales, read as linear
+    lowbit.dequantize_nvfp4(q, s, g, scale_layout="swizzled")
+    lowbit.dequantize_nvfp4(q, s[:4, :4].contiguous(), g)  # the linear kind, warm
+    again = caught(lambda: lowbit.dequantize_nvfp4(q, s, g))
+    assert (type(again), str(again)) == (type(first), str(first))
+
+
+@pytest.mark.parametrize("op", [QUANTIZE, GLOBAL])
+def test_fast_path_refuses_a_non_bool_per_row_like_a_first_call(op):
+    x = randn(4, 64)
+    fn = getattr(lowbit, op)
+    first = _cold_error(lambda: fn(x, per_row=1))
+    fn(x, per_row=True)
+    again = caught(lambda: fn(x, per_row=1))
+    assert (type(again), str(again)) == (type(first), str(first))
+
+
+def _op_and_eager_results(x, gs_given):
+    ops = torch.ops.lowbit
+    pairs = []
+    for per_row in (False, True):
+        for scale_layout in ("linear", "swizzled"):
+            pairs.append((lowbit.quantize_nvfp4(x, per_row=per_row, scale_layout=scale_layout),
+                          ops.quantize_nvfp4_dynamic(x, per_row, scale_layout, "auto")))
+            gs = gs_given if not per_row else torch.full(x.shape[:-1], 7.0)
+            q, s, _ = lowbit.quantize_nvfp4(x, gs, per_row=per_row, scale_layout=scale_layout)
+            pairs.append(((q, s), ops.quantize_nvfp4(x, gs, per_row, scale_layout, "auto")))
+        pairs.append(((lowbit.nvfp4_global_scale(x, per_row=per_row),), (ops.nvfp4_global_scale(x, per_row, "auto"),)))
+    q, s, g = lowbit.quantize_nvfp4(x, per_row=True, scale_layout="swizzled")
+    pairs.append(((lowbit.dequantize_nvfp4(q, s, g, scale_layout="swizzled", dtype=F32),),
+                  (ops.dequantize_nvfp4(q.view(U8), s, g, "swizzled", F32, "auto"),)))
+    return pairs
+
+
+def test_fast_path_runs_the_kernel_the_op_runs(resolved):
+    x = special(3, 2, 64, seed=9)
+    # the exact call of the brief first: a plain quantize, eagerly (twice: cold, then the fast path) and as the op
+    eager_cold = lowbit.quantize_nvfp4(x)
+    eager_warm = lowbit.quantize_nvfp4(x)
+    op = torch.ops.lowbit.quantize_nvfp4_dynamic(x, False, "linear", "auto")
+    for cold, warm, via_op in zip(eager_cold, eager_warm, op, strict=True):
+        assert torch.equal(bits(cold), bits(via_op)) and torch.equal(bits(warm), bits(via_op))
+    for i, (eager, via_op) in enumerate(_op_and_eager_results(x, torch.tensor(123.0))):
+        for e, o in zip(eager, via_op, strict=True):
+            assert (e.dtype, e.shape) == (o.dtype, o.shape), i
+            assert torch.equal(bits(e), bits(o)), f"pair {i} differs"
+    assert set(resolved) == {"cpu"}
+
+
+# --- torch.library.opcheck ---------------------------------------------------------------------------
+
+# SchemaCheckMode (opcheck's test_schema) compares arguments with torch.allclose, which has no CPU
+# kernel for float4_e2m1fn_x2 / float8_e4m3fn: a pytorch limitation (tests/test_fakes.py). dequantize
+# runs test_schema on the uint8 views it also takes, and without it on the native dtypes.
+NO_SCHEMA_CHECK = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+# No NaN in the inputs: opcheck compares outputs with torch.testing.assert_close, which calls the
+# NaN block scale (0x7F, [NV-NAN]) of two identical runs unequal (equal_nan=False).
+
+
+def _opcheck_cases():
+    ops = torch.ops.lowbit
+    x = special(2, 5, 64, dtype=BF16, seed=10, nan=False)
+    x2 = randn(7, 48, seed=11)
+    q, s, g = lowbit.quantize_nvfp4(x, per_row=True)
+    qz, sz, gz = lowbit.quantize_nvfp4(x2, scale_layout="swizzled")
+    return {
+        "quantize-given-0d-linear": (ops.quantize_nvfp4.default, (x, torch.tensor(40.0), False, "linear", "auto"),
+                                     None),
+        "quantize-given-1-swizzled": (ops.quantize_nvfp4.default, (x2, torch.tensor([9.0]), False, "swizzled", "auto"),
+                                      None),
+        "quantize-given-rows-per-row-swizzled": (
+            ops.quantize_nvfp4.default, (x, torch.full((2, 5), 3.0), True, "swizzled", "auto"), None),
+        "quantize-given-last-dim-strided": (
+            ops.quantize_nvfp4.default, (randn(64, 6, seed=12).t(), torch.tensor(2.0), False, "linear", "auto"), None),
+        "dynamic-per-tensor-linear": (ops.quantize_nvfp4_dynamic.default, (x, False, "linear", "auto"), None),
+        "dynamic-per-tensor-swizzled": (ops.quantize_nvfp4_dynamic.default, (x2, False, "swizzled", "auto"), None),
+        "dynamic-per-row-linear": (ops.quantize_nvfp4_dynamic.default, (x2, True, "linear", "auto"), None),
+        "dynamic-per-row-swizzled": (ops.quantize_nvfp4_dynamic.default, (x, True, "swizzled", "auto"), None),
+        "global-scale-per-tensor": (ops.nvfp4_global_scale.default, (x, False, "auto"), None),
+        "global-scale-per-row": (ops.nvfp4_global_scale.default, (x2, True, "auto"), None),
+        "dequantize-uint8-linear-per-row": (
+            ops.dequantize_nvfp4.default, (q.view(U8), s.view(U8), g, "linear", F32, "auto"), None),
+        "dequantize-uint8-swizzled": (
+            ops.dequantize_nvfp4.default, (qz.view(U8), sz.view(U8), gz, "swizzled", BF16, "auto"), None),
+        "dequantize-native-linear": (ops.dequantize_nvfp4.default, (q, s, g, "linear", F16, "auto"), NO_SCHEMA_CHECK),
+        "dequantize-native-swizzled": (
+            ops.dequantize_nvfp4.default, (qz, sz, gz, "swizzled", F32, "auto"), NO_SCHEMA_CHECK),
+    }
+
+
+OPCHECK_CASES = _opcheck_cases()
+
+
+@pytest.mark.parametrize("name", OPCHECK_CASES)
+def test_opcheck(name):
+    op, args, test_utils = OPCHECK_CASES[name]
+    kwargs = {} if test_utils is None else {"test_utils": test_utils}
+    result = torch.library.opcheck(op, args, **kwargs)
+    assert result and set(result.values()) == {"SUCCESS"}, result
+
+
+def test_opcheck_covers_every_nvfp4_op():
+    covered = {op.name() for op, _, _ in OPCHECK_CASES.values()}
+    assert covered == {"lowbit::quantize_nvfp4", "lowbit::quantize_nvfp4_dynamic", "lowbit::nvfp4_global_scale",
+                       "lowbit::dequantize_nvfp4"}
+
+
+def test_op_schemas_mutate_nothing():
+    for name in ("quantize_nvfp4", "quantize_nvfp4_dynamic", "nvfp4_global_scale", "dequantize_nvfp4"):
+        schema = getattr(torch.ops.lowbit, name).default._schema
+        assert not any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments), name
+
+
+# --- torch.compile(fullgraph=True) on CPU --------------------------------------------------------------
+
+def nvfp4_all(x, gs, rows_gs):
+    q, s, g = lowbit.quantize_nvfp4(x)
+    qr, sr, gr = lowbit.quantize_nvfp4(x, per_row=True, scale_layout="swizzled")
+    qg, sg, _ = lowbit.quantize_nvfp4(x, gs)
+    qrg, srg, _ = lowbit.quantize_nvfp4(x, rows_gs, per_row=True, scale_layout="swizzled")
+    dq = lowbit.dequantize_nvfp4(q, s, g, dtype=F32)
+    dqr = lowbit.dequantize_nvfp4(qr, sr, gr, scale_layout="swizzled")
+    gs_rows = lowbit.nvfp4_global_scale(x, per_row=True)
+    vq, vs = lowbit.scaled_fp4_quant(x.reshape(-1, x.shape[-1]), gs)
+    return q, s, g, qr, sr, gr, qg, sg, qrg, srg, dq, dqr, gs_rows, vq, vs
+
+
+def _check_compiled(compiled, x):
+    gs, rows_gs = torch.tensor(50.0), torch.full(x.shape[:-1], 4.0)
+    got, want = compiled(x, gs, rows_gs), nvfp4_all(x, gs, rows_gs)
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert (g.dtype, tuple(g.shape), g.stride()) == (w.dtype, tuple(w.shape), w.stride()), i
+        assert torch.equal(bits(g), bits(w)), f"output {i} differs from eager"
+
+
+def test_compile_fullgraph_matches_eager():
+    torch._dynamo.reset()
+    compiled = torch.compile(nvfp4_all, fullgraph=True, dynamic=False)
+    _check_compiled(compiled, special(2, 5, 64, seed=13))
+
+
+def test_compile_fullgraph_dynamic_rows_match_eager():
+    torch._dynamo.reset()
+    compiled = torch.compile(nvfp4_all, fullgraph=True, dynamic=True)
+    for rows, seed in ((9, 14), (5, 15), (130, 16)):  # 130: the swizzled scales gain a row tile
+        _check_compiled(compiled, special(rows, 48, seed=seed))
+
+
+# --- supports / explain on meta tensors ----------------------------------------------------------------
+
+def _meta_calls():
+    m = lambda *shape, dtype=BF16: E(*shape, dtype=dtype, d="meta")
+    return {
+        QUANTIZE: ((m(5, 64),), {}),
+        "quantize_nvfp4-per-row-swizzled": ((m(2, 5, 64),), {"per_row": True, "scale_layout": "swizzled"}),
+        "quantize_nvfp4-given": ((m(5, 64), m(5, dtype=F32)), {"per_row": True}),
+        GLOBAL: ((m(5, 64),), {"per_row": True}),
+        DEQUANTIZE: ((m(5, 32, dtype=E2M1), m(128, 4, dtype=E4M3), m((), dtype=F32)),
+                     {"scale_layout": "swizzled", "dtype": F16}),
+        "dequantize_nvfp4-uint8": ((m(5, 32, dtype=U8), m(5, 4, dtype=U8), m(5, dtype=F32)), {}),
+    }
+
+
+META_CALLS = list(_meta_calls())
+
+
+def _op(name):
+    return next(op for op in NV_OPS if name.startswith(op))
+
+
+@pytest.mark.parametrize(("arch", "variant"), [("sm_90", "triton"), ("sm_80", "triton"), ("sm_100", "ptx"),
+                                               ("sm_120", "ptx"), ((10, 3), "ptx"), (89, "triton")])
+@pytest.mark.parametrize("name", META_CALLS)
+def test_supports_cuda_by_arch(name, arch, variant):
+    _needs_cuda_backend()
+    args, kwargs = _meta_calls()[name]
+    op = _op(name)
+    verdict = lowbit.supports(op, *args, device="cuda", arch=arch, **kwargs)
+    want = variant if op == QUANTIZE else "triton"  # only quantize has a PTX variant
+    assert (verdict.ok, verdict.backend, verdict.variant, verdict.fallback) == (True, "cuda", want, False)
+    text = lowbit.explain(op, *args, device="cuda", arch=arch, **kwargs)
+    assert f"runs on backend 'cuda' ({want})" in text.splitlines()[0]
+    assert "fidelity: bit-exact to SPEC" in text
+    if op == QUANTIZE and want == "triton":
+        assert verdict.reasons == {"cuda/ptx": [f"needs {{sm_100, sm_103, sm_110, sm_120, sm_121}}, not "
+                                                f"sm_{verdict.call.arch}"]}
+    else:
+        assert verdict.reasons == {}
+
+
+@pytest.mark.parametrize("name", META_CALLS)
+def test_supports_cuda_sm75_refuses_naming_sm80_and_offers_the_cpu_fallback(name, monkeypatch):
+    _needs_cuda_backend()
+    args, kwargs = _meta_calls()[name]
+    op = _op(name)
+    verdict = lowbit.supports(op, *args, device="cuda", arch="sm_75", **kwargs)
+    assert "needs sm_80+, not sm_75" in verdict.reasons["cuda/triton"]
+    if op == QUANTIZE:
+        assert verdict.reasons["cuda/ptx"] == ["needs {sm_100, sm_103, sm_110, sm_120, sm_121}, not sm_75"]
+    assert (verdict.ok, verdict.backend, verdict.fallback) == (True, "cpu", True)
+    text = verdict.explain()
+    assert "on cuda sm_75: falls back to backend 'cpu'" in text.splitlines()[0]
+    assert "  - cuda/triton: needs sm_80+, not sm_75" in text.splitlines()
+    assert text.splitlines()[-1] == "Alternative: pass backend='cpu' to choose the slower backend explicitly"
+    forced = lowbit.supports(op, *args, device="cuda", arch="sm_75", backend="cuda", **kwargs)
+    assert not forced.ok and "needs sm_80+, not sm_75" in forced.explain()
+    assert "backend='cpu' can run this call" in forced.explain()
+
+
+def test_supports_cuda_without_an_arch_names_what_it_needs():
+    _needs_cuda_backend()
+    args, kwargs = _meta_calls()[QUANTIZE]
+    verdict = lowbit.supports(QUANTIZE, *args, device="cuda", **kwargs)
+    assert verdict.reasons["cuda/triton"] == ["needs sm_80+ and cannot tell this cuda device's arch"]
+    assert verdict.fallback and verdict.backend == "cpu"
+
+
+@pytest.mark.parametrize("name", META_CALLS)
+def test_supports_xpu_runs_xpu_triton(name):
+    if registry.unavailable("xpu") is not None:
+        pytest.skip(f"the xpu backend cannot load here: {registry.unavailable('xpu')}")
+    args, kwargs = _meta_calls()[name]
+    op = _op(name)
+    verdict = lowbit.supports(op, *args, device="xpu", **kwargs)
+    assert (verdict.ok, verdict.backend, verdict.variant, verdict.fallback, verdict.reasons) == (
+        True, "xpu", "triton", False, {})
+    assert lowbit.explain(op, *args, device="xpu", **kwargs).splitlines()[0].endswith(
+        "on xpu: runs on backend 'xpu' (triton)")
+
+
+@pytest.mark.parametrize("name", META_CALLS)
+def test_supports_cpu_runs_the_reference(name):
+    args, kwargs = _meta_calls()[name]
+    op = _op(name)
+    verdict = lowbit.supports(op, *args, device="cpu", **kwargs)
+    assert (verdict.ok, verdict.backend, verdict.fallback) == (True, "cpu", False)
+    assert "fidelity: bit-exact (the SPEC's reference)" in verdict.explain()
+
+
+def test_explain_describes_dequantize_by_its_output():
+    args, kwargs = _meta_calls()[DEQUANTIZE]
+    first = lowbit.explain(DEQUANTIZE, *args, device="cpu", **kwargs).splitlines()[0]
+    assert first == ("lowbit.dequantize_nvfp4 for float4_e2m1fn_x2 input, ndim 2, last dim 64, output float16, on cpu: "
+                     "runs on backend 'cpu'")
+
+
+def test_capability_records():
+    records = {(c.op, c.label): c for c in lowbit.capabilities() if c.op in NV_OPS}
+    assert set(records) >= {(op, "cpu") for op in NV_OPS}
+    for cap in records.values():
+        assert cap.block_size == 16 and cap.min_ndim == 1 and cap.compile_safe
+    assert set(records[(DEQUANTIZE, "cpu")].dtypes) == {E2M1, U8}
+    assert set(records[(QUANTIZE, "cpu")].dtypes) == {F32, F16, BF16}
+    if (QUANTIZE, "cuda/ptx") in records:
+        assert [label for op, label in records if op == QUANTIZE] == ["cuda/ptx", "cuda/triton", "xpu/triton", "cpu"]
+        assert [label for op, label in records if op == GLOBAL] == ["cuda/triton", "xpu/triton", "cpu"]
+        assert [label for op, label in records if op == DEQUANTIZE] == ["cuda/triton", "xpu/triton", "cpu"]
+
+
+# --- python -m lowbit info --------------------------------------------------------------------------
+
+def _info_rows(text: str, op: str) -> dict[str, dict[str, str]]:
+    """The table of `op` in info's text: per backend label, its cells by column name."""
+    section = text[text.index(f"\n{op}: ") + 1:].split("\n\n")[0].splitlines()  # title, header, rows
+    header = re.split(r"\s{2,}", section[1].strip())
+    rows = [re.split(r"\s{2,}", line.strip()) for line in section[2:] if not line.startswith("  on ")]
+    return {cells[0]: dict(zip(header, cells, strict=True)) for cells in rows}
+
+
+def test_info_lists_the_nvfp4_ops():
+    result = subprocess.run([sys.executable, "-m", "lowbit", "info"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    for op in NV_OPS:
+        assert f"\n{op}: " in text
+        section = text[text.index(f"\n{op}: ") + 1:].split("\n\n")[0]
+        assert "[docs/SPEC.md: NVFP4]" in section.splitlines()[0]
+        assert "\n  on cpu: cpu" in section
+        rows = _info_rows(text, op)
+        assert rows["cpu"]["here"] == "yes" and rows["cpu"]["sizes"] == "block 16"
+        assert rows["cpu"]["fidelity"] == "bit-exact (the SPEC's reference)"
+        assert all(row["auto"] == "yes" for row in rows.values())
+        if registry.unavailable("cuda") is None and registry.unavailable("xpu") is None:
+            cuda = ["cuda/ptx", "cuda/triton"] if op == QUANTIZE else ["cuda/triton"]
+            assert list(rows) == [*cuda, "xpu/triton", "cpu"]
+            assert rows["cuda/triton"]["arch"] == "cuda sm_80+"
+    assert _info_rows(text, DEQUANTIZE)["cpu"]["dtypes"] == "float4_e2m1fn_x2/uint8"
