@@ -82,6 +82,8 @@ def cases() -> dict:
     q4, s4 = lowbit.quantize_mxfp4(x)
     q8, s8 = lowbit.quantize_fp8_group_packed(x)
     q_buf, s_buf = torch.empty_like(q8), torch.empty_strided(s8.shape, s8.stride(), dtype=s8.dtype, device="cuda")
+    gs = 2688.0 / x.abs().max().float()
+    q_nv, s_nv, _ = lowbit.quantize_nvfp4(x, gs, scale_layout="swizzled")
     found = {
         f"quantize_mxfp4 ({M}, {K})": (lambda: lowbit.quantize_mxfp4(x), x),
         f"per_token_group_quant_mxfp4 ({M}, {K}), float32 scales": (
@@ -89,6 +91,10 @@ def cases() -> dict:
         f"quantize_fp8_group_packed ({M}, {K})": (lambda: lowbit.quantize_fp8_group_packed(x), x),
         f"quantize_fp8_group_packed ({M}, {K}), out=": (
             lambda: lowbit.quantize_fp8_group_packed(x, out=(q_buf, s_buf)), x),
+        f"quantize_nvfp4 ({M}, {K}), scale given": (lambda: lowbit.quantize_nvfp4(x, gs), x),
+        f"quantize_nvfp4 ({M}, {K}), scale computed, swizzled": (
+            lambda: lowbit.quantize_nvfp4(x, scale_layout="swizzled"), x),
+        f"dequantize_nvfp4 ({M}, {K})": (lambda: lowbit.dequantize_nvfp4(q_nv, s_nv, gs, scale_layout="swizzled"), x),
         f"dequantize_mxfp4 ({M}, {K})": (lambda: lowbit.dequantize_mxfp4(q4, s4), x),
         f"dequantize_fp8_group_packed ({M}, {K})": (lambda: lowbit.dequantize_fp8_group_packed(q8, s8), x),
     }

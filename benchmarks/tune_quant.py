@@ -1,5 +1,5 @@
 """`python -m lowbit bench tune-quant`: time candidate launch configs per size class, to choose the
-LAUNCH_TABLE entries of backends/triton/{mxfp4,fp8_group_packed}.py (kept as data, never tuned
+LAUNCH_TABLE entries of backends/triton/{mxfp4,nvfp4,fp8_group_packed}.py (kept as data, never tuned
 at run time). Prints, per shape, every candidate's median µs and % of the copy bandwidth."""
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import sys
 import torch
 from lowbit.backends.triton import fp8_group_packed as triton_fp8
 from lowbit.backends.triton import mxfp4 as triton_mxfp4
+from lowbit.backends.triton import nvfp4 as triton_nvfp4
 from lowbit.backends.triton.launch import LaunchConfig
 
-from lowbit import fp8_group_packed, mxfp4, spec
+from lowbit import fp8_group_packed, mxfp4, nvfp4, spec
 
+from .nvfp4 import quantize_bytes as nvfp4_bytes
 from .quant import fp8_bytes, mxfp4_bytes
 from .timing import copy_gbps, median_us
 
@@ -22,6 +24,13 @@ from .timing import copy_gbps, median_us
 def _mxfp4_runner(x, config):
     q, s = mxfp4.quantize_outputs(x)
     return lambda: triton_mxfp4.quantize(x, q, s, scale_rule="rceil", config=config)
+
+
+def _nvfp4_runner(x, config):
+    """The global scale given, swizzled block scales (the per-tensor mode's second pass is this kernel too)."""
+    q, s = nvfp4.quantize_outputs(x, "swizzled")
+    gs = torch.tensor(100.0, device=x.device)
+    return lambda: triton_nvfp4.quantize(x, q, s, gs, per_row=False, compute_scale=False, swizzled=True, config=config)
 
 
 def _fp8_runner(x, config):
@@ -38,6 +47,8 @@ def _sensible(m: int, k: int, warps: int) -> bool:
 
 CANDIDATES = {
     "quantize_mxfp4": (_mxfp4_runner, mxfp4_bytes, [LaunchConfig(m, k, w) for m, k, w in itertools.product(
+        (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
+    "quantize_nvfp4": (_nvfp4_runner, nvfp4_bytes, [LaunchConfig(m, k, w) for m, k, w in itertools.product(
         (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
     "quantize_fp8_group_packed": (_fp8_runner, fp8_bytes, [LaunchConfig(m, 512, w) for m, w in itertools.product(
         (2, 4, 8, 16), (1, 2, 4, 8)) if _sensible(m, 512, w)]),
