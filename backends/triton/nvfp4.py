@@ -173,26 +173,29 @@ def quantize_nvfp4_rows_kernel(x_ptr, q_ptr, s_ptr, gs_ptr, rows, k, scale_rows,
 @triton.jit
 def nvfp4_amax_kernel(x_ptr, out_ptr, rows, k, stride_xm, stride_xk, PER_ROW: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_K: tl.constexpr):
-    """PER_ROW: the global scale of each row into out_ptr[row]. Else program p takes row tiles p, p + P,
-    p + 2P, ... and writes their max |x| over the finite elements to out_ptr[p]."""
+    """PER_ROW: each program sweeps BLOCK_M whole rows and writes their global scales to out_ptr[row].
+    Else program p takes tiles p, p + P, p + 2P, ... of all BLOCK_M x BLOCK_K tiles (so a few rows
+    still spread over many programs) and writes their max |x| over the finite elements to out_ptr[p]."""
     if PER_ROW:
-        first, step = tl.program_id(0), tl.cdiv(rows, BLOCK_M)
-    else:
-        first, step = tl.program_id(0), tl.num_programs(0)
-    best = tl.zeros((BLOCK_M,), tl.int32)
-    for tile_m in range(first, tl.cdiv(rows, BLOCK_M), step):
-        row = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         amax_bits = tl.zeros((BLOCK_M,), tl.int32)
         for col0 in range(0, k, BLOCK_K):
             col = col0 + tl.arange(0, BLOCK_K)
             x = tl.load(x_ptr + row.to(tl.int64)[:, None] * stride_xm + col.to(tl.int64)[None, :] * stride_xk,
                         mask=(row < rows)[:, None] & (col < k)[None, :], other=0.0)
             amax_bits = tl.maximum(amax_bits, finite_amax_bits(to_f32(x)))
-        if PER_ROW:
-            tl.store(out_ptr + row, global_scale_of(amax_bits.to(tl.float32, bitcast=True)), mask=row < rows)
-        best = tl.maximum(best, amax_bits)
-    if not PER_ROW:
-        tl.store(out_ptr + tl.program_id(0), tl.max(best, axis=0).to(tl.float32, bitcast=True))
+        tl.store(out_ptr + row, global_scale_of(amax_bits.to(tl.float32, bitcast=True)), mask=row < rows)
+    else:
+        column_tiles = tl.cdiv(k, BLOCK_K)
+        best = tl.zeros((BLOCK_M, BLOCK_K), tl.int32)  # elementwise maxima, reduced once at the end
+        for tile in range(tl.program_id(0), tl.cdiv(rows, BLOCK_M) * column_tiles, tl.num_programs(0)):
+            row = (tile // column_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+            col = (tile % column_tiles) * BLOCK_K + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + row.to(tl.int64)[:, None] * stride_xm + col.to(tl.int64)[None, :] * stride_xk,
+                        mask=(row < rows)[:, None] & (col < k)[None, :], other=0.0)
+            bits = to_f32(x).to(tl.int32, bitcast=True) & 0x7FFFFFFF
+            best = tl.maximum(best, tl.where(bits < F32_INF_BITS, bits, 0))
+        tl.store(out_ptr + tl.program_id(0), tl.max(tl.max(best, axis=1), axis=0).to(tl.float32, bitcast=True))
 
 
 @triton.jit
@@ -250,15 +253,15 @@ LAUNCH_TABLE = (
     (None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),
 )
 ROWS_TABLE = (  # quantize_nvfp4_rows_kernel: whole rows per program
-    (None, 8192, LaunchConfig(block_m=1, block_k=8192, num_warps=8)),
+    (None, 8192, LaunchConfig(block_m=1, block_k=8192, num_warps=4)),
     (None, None, LaunchConfig(block_m=1, block_k=4096, num_warps=8)),
 )
-AMAX_TABLE = ((None, None, LaunchConfig(block_m=8, block_k=1024, num_warps=8)),)
+AMAX_TABLE = ((None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),)
 DEQUANTIZE_TABLE = (
     (128, None, LaunchConfig(block_m=4, block_k=256, num_warps=4)),
     (None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),
 )
-MAX_PARTS = 256  # partial maxima of the per-tensor amax pass: its program count at most
+MAX_PARTS = 1024  # partial maxima of the per-tensor amax pass: its program count at most
 _OUT_BITS = {torch.float32: (torch.int32, 32), torch.bfloat16: (torch.int16, 16), torch.float16: (torch.int16, 15)}
 
 
@@ -307,16 +310,16 @@ def global_scale(x: torch.Tensor, gs: torch.Tensor, *, per_row: bool) -> None:
 
 def amax_partials(x2: torch.Tensor, rows: int, k: int) -> torch.Tensor:
     """The per-program maxima of the per-tensor amax pass (float32, at most MAX_PARTS)."""
-    block_m = AMAX_TABLE[-1][2].block_m
-    partials = torch.empty(min(triton.cdiv(rows, block_m), MAX_PARTS), dtype=torch.float32, device=x2.device)
-    _amax(x2, partials, rows, k, per_row=False)
+    block_m, block_k, launch = amax_launch(k, False)
+    tiles = triton.cdiv(rows, block_m) * triton.cdiv(k, block_k)
+    partials = torch.empty(min(tiles, MAX_PARTS), dtype=torch.float32, device=x2.device)
+    launch((partials.numel(), 1, 1), x2, partials, rows, k, x2.stride(0), x2.stride(1))
     return partials
 
 
 def _amax(x2: torch.Tensor, out: torch.Tensor, rows: int, k: int, *, per_row: bool) -> None:
-    block_m, launch = amax_launch(k, per_row)
-    programs = triton.cdiv(rows, block_m) if per_row else out.numel()
-    launch((programs, 1, 1), x2, out, rows, k, x2.stride(0), x2.stride(1))
+    block_m, _, launch = amax_launch(k, per_row)
+    launch((triton.cdiv(rows, block_m), 1, 1), x2, out, rows, k, x2.stride(0), x2.stride(1))
 
 
 def dequantize(q: torch.Tensor, scales: torch.Tensor, gs: torch.Tensor, out: torch.Tensor, *, swizzled: bool,
@@ -368,11 +371,13 @@ def rows_launch(k: int, swizzled: bool, encode, config: LaunchConfig | None) -> 
 
 
 @functools.lru_cache(maxsize=256)
-def amax_launch(k: int, per_row: bool) -> tuple[int, Launch]:
+def amax_launch(k: int, per_row: bool) -> tuple[int, int, Launch]:
+    """(BLOCK_M, BLOCK_K, launch) of nvfp4_amax_kernel for rows of k."""
     ((_, c),) = fitting(AMAX_TABLE, k)
     block_k = min(c.block_k, triton.next_power_of_2(max(k, 1)))
-    return c.block_m, Launch(nvfp4_amax_kernel, dict(PER_ROW=per_row, BLOCK_M=c.block_m, BLOCK_K=block_k),
-                             num_warps=c.num_warps)
+    launch = Launch(nvfp4_amax_kernel, dict(PER_ROW=per_row, BLOCK_M=c.block_m, BLOCK_K=block_k),
+                    num_warps=c.num_warps)
+    return c.block_m, block_k, launch
 
 
 @functools.lru_cache(maxsize=256)
