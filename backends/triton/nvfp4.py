@@ -12,8 +12,8 @@
   it turns into the global scale.
 - `dequantize_nvfp4_kernel`.
 
-The per-tensor scale with global_scale=None takes two launches and reads x twice; the quantize pass
-runs its programs from the last rows back, so the rows the amax pass read last are still in L2.
+The per-tensor scale with global_scale=None takes two launches and reads x twice (the quantize pass
+is bound by instructions, not bytes, so its second read costs little more than the first pass).
 Swizzled block scales [NV-SWIZZLE] are written straight to their tiled offsets: programs cover the
 padding rows and columns too, and write them as 0.
 
@@ -119,10 +119,7 @@ def quantize_tile(x, gs, row, col0, rows, k, scale_rows, q_ptr, s_ptr, SWIZZLED:
 def quantize_nvfp4_kernel(x_ptr, q_ptr, s_ptr, gs_ptr, partials_ptr, rows, k, scale_rows, stride_xm, stride_xk, parts,
                           SCALE: tl.constexpr, SWIZZLED: tl.constexpr, ENCODE: tl.constexpr, PARTS: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    tile_m = tl.program_id(0)
-    if SCALE == "from_partials":  # last rows first: the amax pass read them last, they are still in L2
-        tile_m = tl.num_programs(0) - 1 - tile_m
-    row = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     col0 = tl.program_id(1) * BLOCK_K
     col = col0 + tl.arange(0, BLOCK_K)
     x = tl.load(x_ptr + row.to(tl.int64)[:, None] * stride_xm + col.to(tl.int64)[None, :] * stride_xk,
