@@ -31,15 +31,18 @@ class LaunchConfig:
 
 def fitting(table, k: int, config: LaunchConfig | None = None) -> tuple[tuple[int | None, LaunchConfig], ...]:
     """The (max_rows, config) entries of a launch table of (max_rows, max_k, config) that take rows of
-    `k` elements, in order: a launcher resolves this once per kind of call and then chooses by the
-    row count alone. Tables end with a catch-all entry (None, None, config). A `config` given (tuning,
-    tests) is the only entry."""
+    `k` elements, in order, up to the first that takes any row count: a launcher resolves this once
+    per kind of call and then chooses by the row count alone. Tables end with a catch-all entry
+    (None, None, config). A `config` given (tuning, tests) is the only entry."""
     if config is not None:
         return ((None, config),)
-    found = tuple((max_rows, config) for max_rows, max_k, config in table if max_k is None or k <= max_k)
-    if not found or found[-1][0] is not None:
-        raise LookupError("launch table has no catch-all entry")
-    return found
+    found = []
+    for max_rows, max_k, entry in table:
+        if max_k is None or k <= max_k:
+            found.append((max_rows, entry))
+            if max_rows is None:
+                return tuple(found)
+    raise LookupError("launch table has no catch-all entry")
 
 
 def size_class(tiers, rows: int) -> tuple:

@@ -250,6 +250,7 @@ LAUNCH_TABLE = (
     (None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),
 )
 ROWS_TABLE = (  # quantize_nvfp4_rows_kernel: whole rows per program
+    (128, 8192, LaunchConfig(block_m=1, block_k=8192, num_warps=8)),
     (None, 8192, LaunchConfig(block_m=1, block_k=8192, num_warps=4)),
     (None, None, LaunchConfig(block_m=1, block_k=4096, num_warps=8)),
 )
@@ -275,7 +276,7 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, gs: torch.T
     scale_rows = scales.shape[0] if swizzled else rows
     s = scales.view(torch.uint8)
     if compute_scale and per_row:
-        block_m, launch = rows_launch(k, swizzled, encode, config)
+        _, block_m, launch = size_class(rows_launches(k, swizzled, encode, config), rows)
         launch((triton.cdiv(scale_rows, block_m), 1, 1), x2, q, s, gs, rows, k, scale_rows, x2.stride(0), x2.stride(1))
         return
     if compute_scale:
@@ -358,13 +359,17 @@ def launches(k: int, source: str, swizzled: bool, encode, parts: int,
 
 
 @functools.lru_cache(maxsize=256)
-def rows_launch(k: int, swizzled: bool, encode, config: LaunchConfig | None) -> tuple[int, Launch]:
-    """(BLOCK_M, launch) of quantize_nvfp4_rows_kernel: the first ROWS_TABLE entry that takes rows of k
-    (each program owns whole rows, so the row count does not choose)."""
-    (_, c), *_ = fitting(ROWS_TABLE, k, config)
-    block_k = _block_k(c, k)
-    constexprs = dict(SWIZZLED=swizzled, ENCODE=encode, ONE_TILE=block_k >= k, BLOCK_M=c.block_m, BLOCK_K=block_k)
-    return c.block_m, Launch(quantize_nvfp4_rows_kernel, constexprs, num_warps=c.num_warps, enable_fp_fusion=False)
+def rows_launches(k: int, swizzled: bool, encode,
+                  config: LaunchConfig | None) -> tuple[tuple[int | None, int, Launch], ...]:
+    """(max rows, BLOCK_M, launch) of quantize_nvfp4_rows_kernel per ROWS_TABLE entry for rows of k."""
+    found = []
+    for max_rows, c in fitting(ROWS_TABLE, k, config):
+        block_k = _block_k(c, k)
+        constexprs = dict(SWIZZLED=swizzled, ENCODE=encode, ONE_TILE=block_k >= k, BLOCK_M=c.block_m,
+                          BLOCK_K=block_k)
+        found.append((max_rows, c.block_m, Launch(quantize_nvfp4_rows_kernel, constexprs, num_warps=c.num_warps,
+                                                  enable_fp_fusion=False)))
+    return tuple(found)
 
 
 @functools.lru_cache(maxsize=256)

@@ -13,7 +13,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from lowbit.backends.triton import launch as launch_module  # noqa: E402
-from lowbit.backends.triton.launch import Launch, LaunchConfig, bind, fitting  # noqa: E402
+from lowbit.backends.triton.launch import Launch, LaunchConfig, bind, fitting, size_class  # noqa: E402
 
 
 class OnDevice0(torch.Tensor):
@@ -118,11 +118,13 @@ def test_binds_key_is_at_least_as_fine_as_tritons_specialisation():
         assert len(set(theirs)) == 1, (key, theirs)
 
 
-def test_fitting_keeps_the_entries_for_k_in_order():
+def test_fitting_keeps_the_entries_for_k_in_order_up_to_the_first_without_a_row_limit():
     small, large = LaunchConfig(1, 256, 4), LaunchConfig(4, 1024, 8)
     table = ((128, 1024, small), (128, None, large), (None, 2048, small), (None, None, large))
-    assert fitting(table, 1024) == ((128, small), (128, large), (None, small), (None, large))
+    assert fitting(table, 1024) == ((128, small), (128, large), (None, small))
     assert fitting(table, 4096) == ((128, large), (None, large))
+    assert size_class(fitting(table, 1024), 129) == (None, small)
+    assert size_class(fitting(table, 1024), 128) == (128, small)
     with pytest.raises(LookupError):
         fitting(((128, None, small),), 64)
 

@@ -138,6 +138,12 @@ def test_default_launch_tables_match_reference(spicy, mode):
         assert_matches_reference(x, mode, layout, config=None)
 
 
+def test_rows_kernel_default_table_past_its_small_row_class_matches_reference(spicy):
+    x = spicy((200, 48), torch.bfloat16, exponent_run=16, seed=200)  # 200 rows: ROWS_TABLE's second entry
+    for layout in LAYOUTS:
+        assert_matches_reference(x, "row", layout, config=None)
+
+
 def test_rows_kernel_sweeps_rows_longer_than_its_tile_twice():
     # global_scale=None per row with K past the tile: the amax sweep, then the quantize sweep
     x = torch.randn(5, 4096 + 64, generator=torch.Generator().manual_seed(3)) * 3
