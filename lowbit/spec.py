@@ -8,7 +8,7 @@ MX_SCALE_RULES = ("rceil", "floor")
 MX_DEFAULT_SCALE_RULE = "rceil"
 E2M1_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # code 0..7; 0x8 is the sign bit
 E2M1_SIGN = 0x8
-E2M1_NAN_BLOCK_NIBBLE = 0x7
+E2M1_NAN_BLOCK_NIBBLE = 0x7  # every nibble of a NaN block, MXFP4 and NVFP4
 E8M0_BIAS = 127
 E8M0_NAN = 0xFF
 SCALE_EXP_MIN, SCALE_EXP_MAX = -127, 127  # clamp of e, both rules
@@ -26,7 +26,6 @@ NV_GLOBAL_NUMERATOR = 448.0 * 6.0  # [NV-GLOBAL]: gs = 2688 / amax, the encode s
 NV_GS_MAX = 2.0**118  # [NV-GLOBAL] caps gs here; [NV-GLOBAL-GIVEN]: usable gs lie in [2^-118, 2^118]
 NV_GS_MIN = 2.0**-118
 NV_SCALE_NAN = 0x7F  # [NV-NAN, NV-GLOBAL-GIVEN]: the block scale byte of a NaN block
-NV_NAN_BLOCK_NIBBLE = 0x7
 NV_SCALE_LAYOUTS = ("linear", "swizzled")
 NV_SWIZZLE_ROWS, NV_SWIZZLE_COLS = 128, 4  # [NV-SWIZZLE]: 128 x 4 tiles of 512 bytes
 NV_Q_DTYPE = torch.float4_e2m1fn_x2

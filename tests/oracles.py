@@ -75,3 +75,60 @@ def packed_strides(lead: tuple, mn: int, words: int) -> tuple:
         strides.insert(0, batch)
         batch *= size
     return tuple(strides)
+
+
+E2M1_GRID = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])  # magnitudes of codes 0..7
+
+
+def nearest_even_e2m1_code(a: np.ndarray) -> np.ndarray:
+    """Index of the E2M1 magnitude nearest to a >= 0 in float64 (ties to the even index), 7 past 6."""
+    hi = np.clip(np.searchsorted(E2M1_GRID, a), 1, 7)
+    lo = hi - 1
+    d_lo, d_hi = a - E2M1_GRID[lo], E2M1_GRID[hi] - a
+    code = np.where(d_lo < d_hi, lo, np.where(d_hi < d_lo, hi, np.where(lo % 2 == 0, lo, hi)))
+    return np.where(a >= 6.0, 7, code)
+
+
+def pack(nibbles):
+    """Byte i = nib[2i] | nib[2i+1] << 4 (the even element in the low nibble), written independently."""
+    return [nibbles[2 * i] | (nibbles[2 * i + 1] << 4) for i in range(len(nibbles) // 2)]
+
+
+def exact64(x):
+    """Exact float64 values of a float32 / float16 / bfloat16 tensor (bf16 via its bit pattern)."""
+    x = x.contiguous()
+    with np.errstate(invalid="ignore"):  # NaN payloads widen silently
+        if x.dtype == torch.bfloat16:
+            bits = x.view(torch.int16).numpy().astype(np.uint16).astype(np.uint32) << 16
+            return bits.view(np.float32).astype(np.float64)
+        return x.numpy().astype(np.float64)
+
+
+def assert_bytes(got, exp, what=""):
+    """torch.equal of two uint8 tensors; on a mismatch, the count and the first differing bytes."""
+    got = got.contiguous()
+    exp = exp.contiguous()
+    assert got.shape == exp.shape, f"{what}: shape {tuple(got.shape)} != {tuple(exp.shape)}"
+    if not torch.equal(got, exp):
+        g = got.reshape(-1)
+        e = exp.reshape(-1)
+        bad = (g != e).nonzero().reshape(-1)[:16].tolist()
+        detail = ", ".join(f"[{i}] got {g[i].item():#04x} expected {e[i].item():#04x}" for i in bad)
+        raise AssertionError(f"{what}: {(g != e).sum().item()} bytes differ: {detail}")
+
+
+def bits16(value: float, dtype) -> int:
+    """The 16-bit pattern of `value` in a 16-bit float dtype."""
+    return int(torch.tensor(value, dtype=dtype).view(torch.int16).item()) & 0xFFFF
+
+
+def arrangements16(bits: np.ndarray, anchor_bits: list[int]) -> np.ndarray:
+    """All patterns in rows of 16 (NVFP4 blocks): in order, rotated by 7, and permuted by an odd
+    multiplier; then 15 patterns a row next to one anchor pattern, which fixes the block's amax, so
+    every pattern is rounded under several known block scales."""
+    n = len(bits)
+    rows = [bits, np.roll(bits, 7), bits[(np.arange(n) * 40503) % n]]
+    padded = np.concatenate([bits, np.zeros(-n % 15, dtype=bits.dtype)]).reshape(-1, 15)
+    for anchor in anchor_bits:
+        rows.append(np.concatenate([padded, np.full((len(padded), 1), anchor, dtype=bits.dtype)], axis=1))
+    return np.concatenate([r.reshape(-1) for r in rows]).reshape(-1, 16)

@@ -28,11 +28,14 @@ from oracles import (
     F32_MAX,
     NAN_BITS,
     U8,
+    assert_bytes,
     bf16_from_bits,
     dn32,
+    exact64,
     f32_bits_tensor,
     f32_tensor,
     fl32,
+    pack,
     u8,
     up32,
 )
@@ -273,37 +276,10 @@ def swizzle_expected(lin):
     return flat.reshape(rp, cp)
 
 
-def exact64(x):
-    """Exact float64 values of a float32 / float16 / bfloat16 tensor (bf16 via its bit pattern)."""
-    x = x.contiguous()
-    with np.errstate(invalid="ignore"):  # NaN payloads widen silently
-        if x.dtype == torch.bfloat16:
-            bits = x.view(torch.int16).numpy().astype(np.uint16).astype(np.uint32) << 16
-            return bits.view(np.float32).astype(np.float64)
-        return x.numpy().astype(np.float64)
-
-
 def block(vals, n=16, fill=0.0):
     vals = list(vals)
     assert len(vals) <= n
     return vals + [fill] * (n - len(vals))
-
-
-def pack(nibbles):
-    """[NV-PACK] written independently: byte i = nib[2i] | nib[2i+1] << 4."""
-    return [nibbles[2 * i] | (nibbles[2 * i + 1] << 4) for i in range(len(nibbles) // 2)]
-
-
-def assert_bytes(got, exp, what=""):
-    got = got.contiguous()
-    exp = exp.contiguous()
-    assert got.shape == exp.shape, f"{what}: shape {tuple(got.shape)} != {tuple(exp.shape)}"
-    if not torch.equal(got, exp):
-        g = got.reshape(-1)
-        e = exp.reshape(-1)
-        bad = (g != e).nonzero().reshape(-1)[:16].tolist()
-        detail = ", ".join(f"[{i}] got {g[i].item():#04x} expected {e[i].item():#04x}" for i in bad)
-        raise AssertionError(f"{what}: {(g != e).sum().item()} bytes differ: {detail}")
 
 
 def gs_t(v, shape=()):

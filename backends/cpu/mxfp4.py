@@ -77,12 +77,18 @@ def e2m1_code(a: torch.Tensor) -> torch.Tensor:
     return code
 
 
+def e2m1_values(q: torch.Tensor, shape) -> torch.Tensor:
+    """The float32 values of packed E2M1 pairs `q` (..., K/2), the even element in the low nibble,
+    as `shape` (..., K)."""
+    packed = q.view(torch.uint8)
+    nibbles = torch.stack((packed & 0xF, packed >> 4), dim=-1).reshape(shape).long()
+    magnitudes = torch.tensor(spec.E2M1_MAGNITUDES, dtype=torch.float32, device=q.device)
+    return torch.where(nibbles >= spec.E2M1_SIGN, -magnitudes[nibbles & 7], magnitudes[nibbles & 7])
+
+
 def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor) -> None:
     """[MX-DEQUANT] value(code) * 2^(byte - 127) in float32, rounded to out's dtype."""
-    packed = q.view(torch.uint8)
-    nibbles = torch.stack((packed & 0xF, packed >> 4), dim=-1).reshape(out.shape).long()
-    magnitudes = torch.tensor(spec.E2M1_MAGNITUDES, dtype=torch.float32, device=q.device)
-    values = torch.where(nibbles >= spec.E2M1_SIGN, -magnitudes[nibbles & 7], magnitudes[nibbles & 7])
+    values = e2m1_values(q, out.shape)
     byte = scales.view(torch.uint8).to(torch.int32)
     factor = torch.where(byte == spec.E8M0_NAN, torch.nan, pow2(byte - spec.E8M0_BIAS))
     blocks = values.reshape(*out.shape[:-1], out.shape[-1] // spec.MX_BLOCK, spec.MX_BLOCK) * factor.unsqueeze(-1)

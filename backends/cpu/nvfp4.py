@@ -10,7 +10,7 @@ from lowbit.backend import Kernel
 from lowbit.capability import Capability
 
 from .float_bits import f32, write_canonical_nans
-from .mxfp4 import e2m1_code
+from .mxfp4 import e2m1_code, e2m1_values
 
 
 def global_scale(x: torch.Tensor, gs: torch.Tensor, *, per_row: bool) -> None:
@@ -35,7 +35,7 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, gs: torch.T
         global_scale(x, gs, per_row=per_row)
     rows, k = math.prod(x.shape[:-1]), x.shape[-1]
     blocks = x.to(torch.float32).reshape(rows, k // spec.NV_BLOCK, spec.NV_BLOCK)
-    g = gs.reshape(-1, 1).expand(rows, 1) if gs.numel() == 1 else gs.reshape(rows, 1)
+    g = row_scales(gs, rows)
     nan = blocks.isnan()
     block_nan = nan.any(-1) | ~usable(g)  # [NV-NAN, NV-GLOBAL-GIVEN]
     amax = blocks.abs().masked_fill(nan, 0).amax(-1)  # [NV-AMAX]
@@ -46,7 +46,7 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, gs: torch.T
     m = torch.where(sf_value == 0, 0.0, f32(1, x.device) / product)
     y = blocks * m.unsqueeze(-1)
     code = e2m1_code(y.abs()) | (y.signbit().to(torch.uint8) << 3)  # [NV-ELEMENT]
-    code = code.masked_fill(block_nan.unsqueeze(-1), spec.NV_NAN_BLOCK_NIBBLE)
+    code = code.masked_fill(block_nan.unsqueeze(-1), spec.E2M1_NAN_BLOCK_NIBBLE)
     nibbles = code.reshape(rows, k)
     q.view(torch.uint8).copy_((nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).reshape(q.shape))  # [NV-PACK]
     sf_byte = sf.view(torch.uint8).masked_fill(block_nan, spec.NV_SCALE_NAN)
@@ -55,6 +55,11 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, gs: torch.T
         scales.view(torch.uint8).view(-1)[swizzled_offsets(rows, k // spec.NV_BLOCK, x.device)] = sf_byte.reshape(-1)
     else:
         scales.view(torch.uint8).copy_(sf_byte.reshape(scales.shape))
+
+
+def row_scales(gs: torch.Tensor, rows: int) -> torch.Tensor:
+    """The global scale of each of `rows` rows, (rows, 1): one scale broadcast, or one per row."""
+    return gs.reshape(-1, 1).expand(rows, 1) if gs.numel() == 1 else gs.reshape(rows, 1)
 
 
 def usable(gs: torch.Tensor) -> torch.Tensor:
@@ -73,15 +78,12 @@ def swizzled_offsets(rows: int, cols: int, device) -> torch.Tensor:
 def dequantize(q: torch.Tensor, scales: torch.Tensor, gs: torch.Tensor, out: torch.Tensor, *, swizzled: bool) -> None:
     """[NV-DEQUANT] v * fl32(float(SF) / gs) in float32, rounded to out's dtype."""
     rows, k = math.prod(out.shape[:-1]), out.shape[-1]
-    packed = q.view(torch.uint8).reshape(rows, k // 2)
-    nibbles = torch.stack((packed & 0xF, packed >> 4), dim=-1).reshape(rows, k).long()
-    magnitudes = torch.tensor(spec.E2M1_MAGNITUDES, dtype=torch.float32, device=q.device)
-    values = torch.where(nibbles >= spec.E2M1_SIGN, -magnitudes[nibbles & 7], magnitudes[nibbles & 7])
+    values = e2m1_values(q, (rows, k))
     sf_byte = scales.view(torch.uint8).reshape(-1)
     if swizzled:
         sf_byte = sf_byte[swizzled_offsets(rows, k // spec.NV_BLOCK, q.device)]
     sf_value = sf_byte.reshape(rows, k // spec.NV_BLOCK).view(spec.NV_SCALE_DTYPE).to(torch.float32)
-    g = gs.reshape(-1, 1).expand(rows, 1) if gs.numel() == 1 else gs.reshape(rows, 1)
+    g = row_scales(gs, rows)
     factor = torch.where(usable(g), sf_value / g, torch.nan)
     blocks = values.reshape(rows, k // spec.NV_BLOCK, spec.NV_BLOCK) * factor.unsqueeze(-1)
     out.copy_(blocks.reshape(out.shape))

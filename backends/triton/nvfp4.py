@@ -41,7 +41,7 @@ GS_MIN = tl.constexpr(spec.NV_GS_MIN)
 GS_MAX = tl.constexpr(spec.NV_GS_MAX)
 NUMERATOR = tl.constexpr(spec.NV_GLOBAL_NUMERATOR)
 SCALE_NAN = tl.constexpr(spec.NV_SCALE_NAN)
-NAN_BLOCK_BYTE = tl.constexpr(spec.NV_NAN_BLOCK_NIBBLE * 0x11)
+NAN_BLOCK_BYTE = tl.constexpr(spec.E2M1_NAN_BLOCK_NIBBLE * 0x11)
 # Where quantize_nvfp4_kernel's global scale comes from (its SCALE constexpr)
 GIVEN, GIVEN_PER_ROW, FROM_PARTIALS = "given", "given_per_row", "from_partials"
 
@@ -71,6 +71,14 @@ def finite_amax_bits(x):
 def global_scale_of(amax):
     """[NV-GLOBAL] min(fl32(2688 / amax), 2^118); amax = 0 divides to +Inf."""
     return tl.minimum(tl.math.div_rn(tl.full(amax.shape, NUMERATOR, tl.float32), amax), GS_MAX)
+
+
+@triton.jit
+def swizzled_offset(row64, col, cols):
+    """[NV-SWIZZLE]: the byte offset of (row, scale column) for rows (BLOCK_M, 1) int64, columns (BLOCKS,)
+    and `cols` scale columns a row."""
+    tile = (row64 // 128) * ((cols + 3) // 4) + (col // 4)[None, :]
+    return tile * 512 + (row64 % 32) * 16 + ((row64 % 128) // 32) * 4 + (col % 4)[None, :]
 
 
 @triton.jit
@@ -106,10 +114,8 @@ def quantize_tile(x, gs, row, col0, rows, k, scale_rows, q_ptr, s_ptr, SWIZZLED:
     cols = k // BLOCK
     if SWIZZLED:  # [NV-SWIZZLE]: padding rows and columns are written as 0
         sf = tl.where((row < rows)[:, None] & (col < cols)[None, :], sf, 0)
-        tiles = (cols + 3) // 4
-        tile = (row64 // 128) * tiles + (col // 4)[None, :]
-        offset = tile * 512 + (row64 % 32) * 16 + ((row64 % 128) // 32) * 4 + (col % 4)[None, :]
-        tl.store(s_ptr + offset, sf.to(tl.uint8), mask=(row < scale_rows)[:, None] & (col < tiles * 4)[None, :])
+        tl.store(s_ptr + swizzled_offset(row64, col, cols), sf.to(tl.uint8),
+                 mask=(row < scale_rows)[:, None] & (col < (cols + 3) // 4 * 4)[None, :])
     else:  # [NV-LINEAR]
         tl.store(s_ptr + row64 * cols + col[None, :], sf.to(tl.uint8),
                  mask=(row < rows)[:, None] & (col < cols)[None, :])
@@ -214,8 +220,7 @@ def dequantize_nvfp4_kernel(q_ptr, s_ptr, gs_ptr, out_ptr, rows, k, PER_ROW: tl.
     col = tl.program_id(1) * BLOCKS + tl.arange(0, BLOCKS)
     cols = k // BLOCK
     if SWIZZLED:
-        tile = (row64 // 128) * ((cols + 3) // 4) + (col // 4)[None, :]
-        offset = tile * 512 + (row64 % 32) * 16 + ((row64 % 128) // 32) * 4 + (col % 4)[None, :]
+        offset = swizzled_offset(row64, col, cols)
     else:
         offset = row64 * cols + col[None, :]
     sf = tl.load(s_ptr + offset, mask=row_ok & (col < cols)[None, :], other=0).to(tl.int32)

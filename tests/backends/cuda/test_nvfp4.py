@@ -13,6 +13,7 @@ the CPU copy of the same input. Never a tolerance.
 import numpy as np
 import pytest
 import torch
+from oracles import arrangements16, bits16
 
 import lowbit
 from lowbit import dispatch
@@ -86,31 +87,18 @@ def test_auto_dispatch_picks_the_cuda_kernels(resolved):
 
 # --- every 16-bit pattern -------------------------------------------------------------------------
 
-def arrangements(bits: np.ndarray, anchors: list[int]) -> np.ndarray:
-    n = len(bits)
-    rows = [bits, np.roll(bits, 7), bits[(np.arange(n) * 40503) % n]]
-    padded = np.concatenate([bits, np.zeros(-n % 15, dtype=bits.dtype)]).reshape(-1, 15)
-    for anchor in anchors:
-        rows.append(np.concatenate([padded, np.full((len(padded), 1), anchor, dtype=bits.dtype)], axis=1))
-    return np.concatenate([r.reshape(-1) for r in rows]).reshape(-1, 16)
-
-
-def bits16(value: float, dtype) -> int:
-    return int(torch.tensor(value, dtype=dtype).view(torch.int16).item()) & 0xFFFF
-
-
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_every_16_bit_pattern_under_several_block_scales(mode, dtype):
     anchors = [bits16(6.0 * 2.0**k, dtype) for k in ((-120, -3, 0, 60) if dtype == torch.bfloat16 else (-14, 0, 10))]
-    bits = arrangements(ALL16, anchors + [bits16(7.0, dtype)])
+    bits = arrangements16(ALL16, anchors + [bits16(7.0, dtype)])
     x = torch.from_numpy(bits.astype(np.uint16).view(np.int16).copy()).view(dtype).cuda()
     for layout in LAYOUTS:
         check(x.reshape(-1, 32), mode, layout)  # 2 blocks a row
 
 
 def test_every_bfloat16_value_as_float32():
-    bits = arrangements(ALL16, [bits16(6.0, torch.bfloat16)])
+    bits = arrangements16(ALL16, [bits16(6.0, torch.bfloat16)])
     x = torch.from_numpy((bits.astype(np.uint32) << 16).view(np.float32).copy()).cuda()
     for mode in MODES:
         check(x.reshape(-1, 32), mode, "swizzled")

@@ -18,7 +18,7 @@ from lowbit.backends.cpu import mxfp4 as reference  # noqa: E402
 from lowbit.backends.triton import mxfp4 as kernels  # noqa: E402
 from lowbit.backends.triton.float_bits import pow2, to_f32  # noqa: E402
 from lowbit.backends.triton.launch import LaunchConfig  # noqa: E402
-from oracles import ALL16, bf16_from_bits  # noqa: E402
+from oracles import ALL16, bf16_from_bits, nearest_even_e2m1_code  # noqa: E402
 
 from lowbit.mxfp4 import quantize_outputs  # noqa: E402
 
@@ -329,15 +329,6 @@ def probe(kernel, inputs, out_dtype):
     out = torch.full((n,), -7, dtype=out_dtype)
     kernel[(triton.cdiv(n, PROBE_BLOCK),)](*inputs, out, n, BLOCK=PROBE_BLOCK)
     return out
-
-
-def nearest_even_e2m1_code(a: np.ndarray) -> np.ndarray:
-    """Index of the E2M1 magnitude nearest to a >= 0 in float64 (ties to the even index), 7 past 6."""
-    hi = np.clip(np.searchsorted(E2M1, a), 1, 7)
-    lo = hi - 1
-    d_lo, d_hi = a - E2M1[lo], E2M1[hi] - a
-    code = np.where(d_lo < d_hi, lo, np.where(d_hi < d_lo, hi, np.where(lo % 2 == 0, lo, hi)))
-    return np.where(a >= 6.0, 7, code)
 
 
 def expected_bytes(v: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from lowbit.backends.cpu import nvfp4 as reference  # noqa: E402
 from lowbit.backends.triton import nvfp4 as kernels  # noqa: E402
 from lowbit.backends.triton.float_bits import e4m3_value  # noqa: E402
 from lowbit.backends.triton.launch import LaunchConfig  # noqa: E402
-from oracles import ALL16, bf16_from_bits  # noqa: E402
+from oracles import ALL16, arrangements16, bf16_from_bits, bits16, nearest_even_e2m1_code  # noqa: E402
 
 from lowbit.nvfp4 import dequantize_output, global_scale_output, quantize_outputs  # noqa: E402
 
@@ -82,41 +82,25 @@ def assert_matches_reference(x, mode="given", layout="linear", config=None):
 
 # --- every 16-bit pattern -------------------------------------------------------------------------
 
-def arrangements(bits: np.ndarray, anchor_bits: list[int]) -> np.ndarray:
-    """All patterns in rows of 16: in order, rotated by 7, and permuted by an odd multiplier; then 15
-    patterns a row next to one anchor pattern, which fixes the block's amax, so every pattern is
-    rounded under several known block scales."""
-    n = len(bits)
-    rows = [bits, np.roll(bits, 7), bits[(np.arange(n) * 40503) % n]]
-    padded = np.concatenate([bits, np.zeros(-n % 15, dtype=bits.dtype)]).reshape(-1, 15)
-    for anchor in anchor_bits:
-        rows.append(np.concatenate([padded, np.full((len(padded), 1), anchor, dtype=bits.dtype)], axis=1))
-    return np.concatenate([r.reshape(-1) for r in rows]).reshape(-1, 16)
-
-
-def bits16(value: float, dtype) -> int:
-    return int(torch.tensor(value, dtype=dtype).view(torch.int16).item()) & 0xFFFF
-
-
 BF16_ANCHORS = [bits16(6.0 * 2.0**k, torch.bfloat16) for k in (-120, -3, 0, 60)] + [bits16(7.0, torch.bfloat16)]
 F16_ANCHORS = [bits16(6.0 * 2.0**k, torch.float16) for k in (-14, 0, 10)] + [bits16(7.0, torch.float16)]
 
 
 @pytest.mark.parametrize("mode", ["given", "row"])
 def test_bfloat16_loads_of_every_pattern_under_several_block_scales_match_reference(mode):
-    bits = arrangements(ALL16, BF16_ANCHORS)
+    bits = arrangements16(ALL16, BF16_ANCHORS)
     x = bf16_from_bits(bits.reshape(-1)).reshape(bits.shape)
     assert_matches_reference(x, mode, "linear", WIDE)
 
 
 def test_every_bfloat16_value_as_float32_matches_reference_with_the_scale_computed():
-    bits = arrangements(ALL16, BF16_ANCHORS)
+    bits = arrangements16(ALL16, BF16_ANCHORS)
     x = torch.from_numpy((bits.astype(np.uint32) << 16).view(np.float32).copy())
     assert_matches_reference(x, "tensor", "swizzled", WIDE)
 
 
 def test_every_float16_pattern_under_several_block_scales_matches_reference():
-    bits = arrangements(ALL16, F16_ANCHORS)
+    bits = arrangements16(ALL16, F16_ANCHORS)
     x = torch.from_numpy(bits.astype(np.uint16).view(np.int16).copy()).view(torch.float16)
     assert_matches_reference(x, "given_per_row", "linear", WIDE)
 
@@ -309,14 +293,6 @@ def _global_scale_probe(amax_ptr, out_ptr, n, BLOCK: tl.constexpr):
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = i < n
     tl.store(out_ptr + i, kernels.global_scale_of(tl.load(amax_ptr + i, mask=ok, other=1.0)), mask=ok)
-
-
-def nearest_even_e2m1_code(a: np.ndarray) -> np.ndarray:
-    hi = np.clip(np.searchsorted(E2M1, a), 1, 7)
-    lo = hi - 1
-    d_lo, d_hi = a - E2M1[lo], E2M1[hi] - a
-    code = np.where(d_lo < d_hi, lo, np.where(d_hi < d_lo, hi, np.where(lo % 2 == 0, lo, hi)))
-    return np.where(a >= 6.0, 7, code)
 
 
 def test_encode_portable_rounds_like_an_independent_nearest_even():
