@@ -82,6 +82,7 @@ def cases() -> dict:
     q4, s4 = lowbit.quantize_mxfp4(x)
     q8, s8 = lowbit.quantize_fp8_group_packed(x)
     q_buf, s_buf = torch.empty_like(q8), torch.empty_strided(s8.shape, s8.stride(), dtype=s8.dtype, device="cuda")
+    qg, sg = lowbit.quantize_fp8_group(x, scale_layout="column_major")
     gs = 2688.0 / x.abs().max().float()
     q_nv, s_nv, _ = lowbit.quantize_nvfp4(x, gs, scale_layout="swizzled")
     found = {
@@ -91,6 +92,11 @@ def cases() -> dict:
         f"quantize_fp8_group_packed ({M}, {K})": (lambda: lowbit.quantize_fp8_group_packed(x), x),
         f"quantize_fp8_group_packed ({M}, {K}), out=": (
             lambda: lowbit.quantize_fp8_group_packed(x, out=(q_buf, s_buf)), x),
+        f"quantize_fp8_group ({M}, {K}), column-major": (
+            lambda: lowbit.quantize_fp8_group(x, scale_layout="column_major"), x),
+        f"quantize_fp8_group ({M}, {K}), out=": (
+            lambda: lowbit.quantize_fp8_group(x, scale_layout="column_major", out=(qg, sg)), x),
+        f"dequantize_fp8_group ({M}, {K})": (lambda: lowbit.dequantize_fp8_group(qg, sg), x),
         f"quantize_nvfp4 ({M}, {K}), scale given": (lambda: lowbit.quantize_nvfp4(x, gs), x),
         f"quantize_nvfp4 ({M}, {K}), scale computed, swizzled": (
             lambda: lowbit.quantize_nvfp4(x, scale_layout="swizzled"), x),

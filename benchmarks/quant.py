@@ -3,7 +3,8 @@ torch.compile of the reference (the plain-PyTorch code a user would otherwise co
 
 Bytes counted per call (the fewest a kernel must move): the input read once, q and the scales
 written once. MXFP4: M*K*s + M*K/2 + M*K/32. per_token_group_quant_mxfp4 (float32 scales, vLLM's
-convention): M*K*s + M*K/2 + 4*M*K/32. FP8: M*K*s + M*K + 4*ceil(G/4)*A.
+convention): M*K*s + M*K/2 + 4*M*K/32. FP8 packed: M*K*s + M*K + 4*ceil(G/4)*A. FP8 with float32
+scales: M*K*s + M*K + 4*M*G.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import argparse
 import sys
 
 import torch
+from lowbit.backends.cpu import fp8_group as reference_fp8_group
 from lowbit.backends.cpu import fp8_group_packed as reference_fp8
 from lowbit.backends.cpu import mxfp4 as reference_mxfp4
 
 import lowbit
-from lowbit import spec
+from lowbit import fp8_group, spec
 
 from .timing import copy_gbps, eager_us, graph_replay_us
 
@@ -54,6 +56,17 @@ def fp8_bytes(m: int, k: int, itemsize: int) -> int:
     return m * k * itemsize + m * k + 4 * spec.scale_words(k // spec.FP8_DEFAULT_GROUP) * spec.tma_rows(m)
 
 
+def fp8_float_scale_bytes(m: int, k: int, itemsize: int) -> int:
+    return m * k * itemsize + m * k + 4 * m * (k // spec.FP8_DEFAULT_GROUP)
+
+
+def _reference_fp8_group(x, ue8m0=False):
+    q, _, scales = fp8_group.quantize_outputs(x, spec.FP8_DEFAULT_GROUP, "column_major")
+    reference_fp8_group.quantize_group(x, q, scales, group_size=spec.FP8_DEFAULT_GROUP, eps=spec.FP8_DEFAULT_EPS,
+                                       ue8m0=ue8m0)
+    return q, scales
+
+
 def _reference_mxfp4(x):
     q = torch.empty((*x.shape[:-1], x.shape[-1] // 2), dtype=torch.uint8, device=x.device)
     s = torch.empty((*x.shape[:-1], x.shape[-1] // spec.MX_BLOCK), dtype=torch.uint8, device=x.device)
@@ -74,6 +87,10 @@ OPS = {
     "quantize_mxfp4": (lambda x: lowbit.quantize_mxfp4(x), _reference_mxfp4, mxfp4_bytes),
     "per_token_group_quant_mxfp4": (_group_quant, _reference_group_quant, group_quant_bytes),
     "quantize_fp8_group_packed": (lambda x: lowbit.quantize_fp8_group_packed(x), _reference_fp8, fp8_bytes),
+    "quantize_fp8_group": (lambda x: lowbit.quantize_fp8_group(x, scale_layout="column_major"), _reference_fp8_group,
+                           fp8_float_scale_bytes),
+    "quantize_fp8_group (ue8m0)": (lambda x: lowbit.quantize_fp8_group(x, ue8m0=True, scale_layout="column_major"),
+                                   lambda x: _reference_fp8_group(x, ue8m0=True), fp8_float_scale_bytes),
 }
 
 

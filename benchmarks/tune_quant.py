@@ -1,5 +1,5 @@
 """`python -m lowbit bench tune-quant`: time candidate launch configs per size class, to choose the
-LAUNCH_TABLE entries of backends/triton/{mxfp4,nvfp4,fp8_group_packed}.py (kept as data, never tuned
+launch tables of backends/triton/{mxfp4,nvfp4,fp8_group_packed,fp8_group}.py (kept as data, never tuned
 at run time). Prints, per shape, every candidate's median µs and % of the copy bandwidth."""
 
 from __future__ import annotations
@@ -9,15 +9,16 @@ import itertools
 import sys
 
 import torch
+from lowbit.backends.triton import fp8_group as triton_fp8_group
 from lowbit.backends.triton import fp8_group_packed as triton_fp8
 from lowbit.backends.triton import mxfp4 as triton_mxfp4
 from lowbit.backends.triton import nvfp4 as triton_nvfp4
 from lowbit.backends.triton.launch import LaunchConfig
 
-from lowbit import fp8_group_packed, mxfp4, nvfp4, spec
+from lowbit import fp8_group, fp8_group_packed, mxfp4, nvfp4, spec
 
 from .nvfp4 import quantize_bytes as nvfp4_bytes
-from .quant import fp8_bytes, mxfp4_bytes
+from .quant import fp8_bytes, fp8_float_scale_bytes, mxfp4_bytes
 from .timing import copy_gbps, median_us
 
 
@@ -39,6 +40,13 @@ def _fp8_runner(x, config):
                                        hardware_e4m3=True, config=config)
 
 
+def _fp8_group_runner(x, config):
+    """Column-major float32 scales, as F.scaled_mm reads them."""
+    q, s, _ = fp8_group.quantize_outputs(x, spec.FP8_DEFAULT_GROUP, "column_major")
+    return lambda: triton_fp8_group.quantize_group(x, q, s, group_size=spec.FP8_DEFAULT_GROUP, eps=spec.FP8_DEFAULT_EPS,
+                                                   ue8m0=False, hardware_e4m3=True, config=config)
+
+
 def _sensible(m: int, k: int, warps: int) -> bool:
     """Tiles of 1K-8K elements, 8 to 32 elements a thread: more unrolls slowly and spills."""
     per_thread = m * k // (32 * warps)
@@ -52,6 +60,9 @@ CANDIDATES = {
         (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
     "quantize_fp8_group_packed": (_fp8_runner, fp8_bytes, [LaunchConfig(m, 512, w) for m, w in itertools.product(
         (2, 4, 8, 16), (1, 2, 4, 8)) if _sensible(m, 512, w)]),
+    "quantize_fp8_group": (_fp8_group_runner, fp8_float_scale_bytes, [
+        LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8, 16), (128, 256, 512, 1024), (1, 2, 4, 8))
+        if _sensible(m, k, w)]),
 }
 
 

@@ -78,6 +78,7 @@ class Call:
     kv_dtype: torch.dtype | None = None  # attention: the KV cache dtype
     heads: tuple[int, int] | None = None  # attention: (query heads, KV heads)
     page_size: int | None = None  # attention: tokens per KV cache block
+    weight_block: tuple[int, int] | None = None  # FP8 weight blocks: (rows, columns) per scale
 
     def describe(self) -> str:
         parts = [f"{dtype_name(self.dtype)} input", f"ndim {self.ndim}", f"last dim {self.k}"]
@@ -85,6 +86,8 @@ class Call:
             parts.append(f"group_size {self.group_size}")
         if self.scale_rule is not None:
             parts.append(f"scale_rule {self.scale_rule!r}")
+        if self.weight_block is not None:
+            parts.append("block " + _block_name(self.weight_block))
         if self.kv_dtype is not None:
             parts.append(f"{dtype_name(self.kv_dtype)} KV cache")
         if self.heads is not None:
@@ -135,6 +138,7 @@ class Capability:
     block_size: int | None = None  # the last dim must be a multiple of it
     group_sizes: tuple[int, ...] | str | None = None  # None: the op has no groups; or ANY_GROUP_SIZE
     scale_rules: tuple[str, ...] | None = None
+    weight_blocks: tuple[tuple[int, int], ...] | None = None  # None: the op has no 2-D blocks, or takes any
     out_dtypes: tuple[torch.dtype, ...] | None = None
     last_dim_contiguous: bool = False  # True: needs stride 1 along the last dim
     contiguous: bool = False  # True: needs a contiguous input (a vendor op that asserts it)
@@ -211,6 +215,10 @@ class Capability:
             need(call.scale_rule in self.scale_rules,
                  f"scale_rule {call.scale_rule!r} is not one of {_names(map(repr, self.scale_rules))}",
                  f"pass scale_rule={self.scale_rules[0]!r}")
+        if call.weight_block is not None and self.weight_blocks is not None:
+            need(call.weight_block in self.weight_blocks,
+                 "block {}x{} is not one of ".format(*call.weight_block) + _names(map(_block_name, self.weight_blocks)),
+                 "use backend='cpu' (the reference takes any block)")
         if call.out_dtype is not None and self.out_dtypes is not None:
             need(call.out_dtype in self.out_dtypes,
                  f"output dtype {dtype_name(call.out_dtype)} is not one of "
@@ -249,6 +257,8 @@ class Capability:
             sizes.append("group: " + ANY_GROUP_SIZE)
         elif self.group_sizes is not None:
             sizes.append("group " + "/".join(map(str, self.group_sizes)))
+        if self.weight_blocks is not None:
+            sizes.append("block " + "/".join(map(_block_name, self.weight_blocks)))
         if self.head_sizes is not None:
             sizes.append("head {}..{}".format(*self.head_sizes))
         if self.page_size_multiple is not None:
@@ -287,6 +297,10 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def _names(items) -> str:
     return ", ".join(items)
+
+
+def _block_name(block: tuple[int, int]) -> str:
+    return "{}x{}".format(*block)
 
 
 def _arch_set(archs) -> str:

@@ -147,11 +147,25 @@ def check_out_buffers(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor,
     if x.dim() < 2 or group_size < 1 or x.shape[-1] % group_size:
         return
     *lead, mn, k = x.shape
-    lead = tuple(lead)
     words, rows = spec.scale_words(k // group_size), spec.tma_rows(mn)
-    name = f"lowbit.{OP}(out=...)"
+    problems = out_buffer_problems(x, q_buf, s_buf, spec.FP8_SCALE_DTYPE, (*lead, mn, words),
+                                   _packed_strides(lead, words, rows), f"word (r, c) at c*A + r, A = {rows}")
+    if problems:
+        raise ValueError(f"lowbit.{OP}(out=...): the buffers do not fit this input ({tuple(x.shape)}, group_size "
+                         f"{group_size}): " + "; ".join(problems) + ". Allocate them as docs/SPEC.md "
+                         "[FP8-OUT] says, or drop out= to have lowbit allocate.")
+
+
+def out_buffer_problems(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor, scale_dtype: torch.dtype,
+                        scale_shape: tuple, scale_strides: tuple, layout: str) -> list[str]:
+    """What does not fit in out=(q_buf, s_buf) for x (..., mn, K) [FP8-OUT, F8-OUT]: `q_buf` contiguous E4M3
+    (..., R, K) with mn <= R <= A; `s_buf` of `scale_dtype`, `scale_shape` and `scale_strides` (the
+    stride of a dimension of size 1 is not compared; `layout` says the strides in words); both on
+    x's device, with the storage their views span."""
+    *lead, mn, k = x.shape
+    lead, rows = tuple(lead), spec.tma_rows(mn)
     problems = []
-    for what, buf, dtype in (("q_buf", q_buf, spec.FP8_Q_DTYPE), ("s_buf", s_buf, spec.FP8_SCALE_DTYPE)):
+    for what, buf, dtype in (("q_buf", q_buf, spec.FP8_Q_DTYPE), ("s_buf", s_buf, scale_dtype)):
         if buf.dtype != dtype:
             problems.append(f"{what} dtype is {buf.dtype}, needs {dtype}")
         if buf.device != x.device:
@@ -161,21 +175,15 @@ def check_out_buffers(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor,
         problems.append(f"q_buf shape is {tuple(q_buf.shape)}, needs {(*lead, 'R', k)} with {mn} <= R <= {rows}")
     elif not q_buf.is_contiguous():
         problems.append(f"q_buf strides {q_buf.stride()} are not contiguous")
-    if tuple(s_buf.shape) != (*lead, mn, words):
-        problems.append(f"s_buf shape is {tuple(s_buf.shape)}, needs {(*lead, mn, words)}")
-    else:
-        want = _packed_strides(lead, words, rows)
-        got = s_buf.stride()
-        if any(size > 1 and g != w for size, g, w in zip(s_buf.shape, got, want)):
-            problems.append(f"s_buf strides are {got}, needs {want} (word (r, c) at c*A + r, A = {rows})")
+    if tuple(s_buf.shape) != scale_shape:
+        problems.append(f"s_buf shape is {tuple(s_buf.shape)}, needs {scale_shape}")
+    elif any(size > 1 and got != want for size, got, want in zip(s_buf.shape, s_buf.stride(), scale_strides)):
+        problems.append(f"s_buf strides are {s_buf.stride()}, needs {scale_strides} ({layout})")
     for what, buf in (("q_buf", q_buf), ("s_buf", s_buf)):
         have = buf.untyped_storage().nbytes() // buf.element_size() - buf.storage_offset()
         if have < _extent(buf):
             problems.append(f"{what} storage holds {have} elements from its offset, its view needs {_extent(buf)}")
-    if problems:
-        raise ValueError(f"{name}: the buffers do not fit this input ({tuple(x.shape)}, group_size "
-                         f"{group_size}): " + "; ".join(problems) + ". Allocate them as docs/SPEC.md "
-                         "[FP8-OUT] says, or drop out= to have lowbit allocate.")
+    return problems
 
 
 def _extent(t: torch.Tensor) -> int:

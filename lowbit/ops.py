@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import fp8_group_packed, mxfp4, nvfp4, unified_attention
+from . import fp8_group, fp8_group_packed, mxfp4, nvfp4, unified_attention
 from .capability import Call
 
 
@@ -41,6 +41,15 @@ OPS = {
               fp8_group_packed.describe_public_call),
         OpDef("dequantize_fp8_group_packed", "FP8", "FP8 group-packed back to bfloat16/float16/float32",
               fp8_group_packed.describe_dequantize),
+        OpDef("quantize_fp8_group", "FP8 with float32 scales",
+              "E4M3 per token group, float32 scales (row-, column-major or TMA-aligned)",
+              fp8_group.describe_quantize),
+        OpDef("dequantize_fp8_group", "FP8 with float32 scales", "FP8 groups back to bfloat16/float16/float32",
+              fp8_group.describe_dequantize),
+        OpDef("quantize_fp8_block", "FP8 with float32 scales", "E4M3 weight, one float32 scale per 128x128 block",
+              fp8_group.describe_quantize_block),
+        OpDef("dequantize_fp8_block", "FP8 with float32 scales", "FP8 blocks back to bfloat16/float16/float32",
+              fp8_group.describe_dequantize_block),
         OpDef("unified_attention", "Attention", "paged variable-length attention with FP8 descales",
               unified_attention.describe_public_call),
     )

@@ -43,6 +43,13 @@ FP8_TMA_ROW_ALIGN = 4  # A = ceil(mn / 4) * 4
 FP8_Q_DTYPE = torch.float8_e4m3fn
 FP8_SCALE_DTYPE = torch.int32
 
+# FP8 with float32 scales [F8-*]: 1 x G token groups and 2-D weight blocks
+F8_SCALE_LAYOUTS = ("row_major", "column_major", "column_major_tma")
+F8_SCALE_MIN, F8_SCALE_MAX = 2.0**-126, 2.0**127  # [F8-SCALE]: s is held to this range
+F8_DEFAULT_BLOCK = (128, 128)
+F8_BLOCK_EPS = 1e-4  # [F8-BLOCK]: DeepGEMM's and vLLM's per_block_cast_to_fp8 clamp the amax here
+F8_SCALE_DTYPE = torch.float32
+
 INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DEQUANT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # [MX-DEQUANT, FP8-DEQUANT]: NaN outputs are written with these bits (quiet, sign clear), since the

@@ -32,7 +32,8 @@ def test_info_shows_every_op_with_its_backends_and_the_choice_here():
     out = io.StringIO()
     cli.info(out)
     text = out.getvalue()
-    for op in ("quantize_mxfp4", "dequantize_mxfp4", "quantize_fp8_group_packed", "dequantize_fp8_group_packed"):
+    for op in ("quantize_mxfp4", "dequantize_mxfp4", "quantize_fp8_group_packed", "dequantize_fp8_group_packed",
+               "quantize_fp8_group", "dequantize_fp8_group", "quantize_fp8_block", "dequantize_fp8_block"):
         assert f"\n{op}: " in text
     assert "\nunified_attention: " in text and "no installed backend implements it" not in text
     attention = text[text.index("\nunified_attention: "):]
@@ -41,7 +42,8 @@ def test_info_shows_every_op_with_its_backends_and_the_choice_here():
     for column in ("devices", "arch", "dtypes", "sizes", "rules", "fidelity", "graph-safe", "compile-safe"):
         assert column in header
     assert "block 32" in text and "rceil/floor" in text and "any divisor of the last dim" in text
-    assert text.count("  on cpu: cpu") == len(OPS) == 9
+    assert "group 64/128" in text and "block 128x128" in text
+    assert text.count("  on cpu: cpu") == len(OPS) == 13
 
 
 def test_info_has_an_auto_column_that_names_the_opt_in():

@@ -22,6 +22,8 @@ def test_capabilities_lists_every_op_of_every_backend():
         ("xpu", "quantize_mxfp4"), ("xpu", "per_token_group_quant_mxfp4"), ("xpu", "quantize_fp8_group_packed"),
         ("cpu", "unified_attention"), ("xpu", "unified_attention"),
         *((b, op) for b in ("cpu", "cuda", "xpu") for op in ("quantize_nvfp4", "nvfp4_global_scale", "dequantize_nvfp4")),
+        *((b, op) for b in ("cpu", "cuda", "xpu") for op in ("quantize_fp8_group", "dequantize_fp8_group",
+                                                             "quantize_fp8_block", "dequantize_fp8_block")),
     } | ({("cuda", "unified_attention")} if _cuda_attention_written() else set())
     # highest priority first (cuda and xpu share 10: by name), each backend's variants in its order
     assert [c.label for c in records if c.op == "quantize_mxfp4"] == [

@@ -27,10 +27,7 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, group_si
     batches = math.prod(lead)
     xf = x.to(torch.float32).reshape(batches, mn, groups, group_size)
     nan = xf.isnan()  # [FP8-NAN]: ignored by amax
-    amax = xf.abs().masked_fill(nan, 0).amax(-1)
-    a = torch.maximum(amax, f32(eps, x.device))  # [FP8-SCALE]
-    y = torch.maximum(a / f32(spec.FP8_MAX, x.device), f32(spec.FP8_MIN_SCALE, x.device))
-    byte = ceil_exponent_field(y).clamp(max=spec.FP8_MAX_SCALE_BYTE)  # [FP8-INF]: Inf gives 255 -> 254
+    byte = scale_byte(xf.abs().masked_fill(nan, 0).amax(-1), eps)
 
     scaled = xf * pow2(EXPONENT_BIAS - byte).unsqueeze(-1)  # exact: x / 2^(byte - 127)
     q8 = scaled.clamp(-spec.FP8_MAX, spec.FP8_MAX).to(spec.FP8_Q_DTYPE).view(torch.uint8)  # [FP8-ELEMENT]
@@ -45,6 +42,13 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, group_si
     word = torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)  # the same 32 bits, signed
     scales[..., :mn, :].copy_(word.reshape(*lead, mn, words))
     scales[..., mn:, :].zero_()
+
+
+def scale_byte(amax: torch.Tensor, eps: float) -> torch.Tensor:
+    """[FP8-SCALE] the UE8M0 byte (int32) of groups with float32 `amax` (NaNs left out)."""
+    a = torch.maximum(amax, f32(eps, amax.device))
+    y = torch.maximum(a / f32(spec.FP8_MAX, amax.device), f32(spec.FP8_MIN_SCALE, amax.device))
+    return ceil_exponent_field(y).clamp(max=spec.FP8_MAX_SCALE_BYTE)  # [FP8-INF]: Inf gives 255 -> 254
 
 
 def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *, group_size: int) -> None:

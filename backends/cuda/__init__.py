@@ -14,7 +14,7 @@ import importlib.util
 
 from lowbit.backend import Backend
 
-from . import fp8_group_packed, mxfp4, nvfp4, unified_attention
+from . import fp8_group, fp8_group_packed, mxfp4, nvfp4, unified_attention
 
 
 def _unavailable() -> str | None:
@@ -27,6 +27,6 @@ BACKEND = Backend(
     name="cuda",
     priority=10,
     summary="Triton kernels on NVIDIA GPUs (MXFP4, NVFP4 and attention sm_80+, FP8 sm_89+), PTX on the sm_100 families",
-    kernels=(*mxfp4.KERNELS, *nvfp4.KERNELS, *fp8_group_packed.KERNELS, *unified_attention.KERNELS),
+    kernels=(*mxfp4.KERNELS, *nvfp4.KERNELS, *fp8_group.KERNELS, *fp8_group_packed.KERNELS, *unified_attention.KERNELS),
     unavailable=_unavailable,
 )

@@ -1,6 +1,7 @@
 """Float32 bit arithmetic inside Triton kernels: exponent fields, exact powers of two and E4M3 bytes,
 never log2/exp2 or a division. The kernel-side twin of backends/cpu/float_bits.py."""
 
+import torch
 import triton
 import triton.language as tl
 
@@ -80,3 +81,25 @@ def e4m3_value(byte):
     bits = tl.where(exponent == 0, subnormal, ((exponent + 120) << MANTISSA_BITS) | (mantissa << 20))
     bits = tl.where((byte & 0x7F) == 0x7F, 0x7FC00000, bits)
     return (bits | ((byte & 0x80) << 24)).to(tl.float32, bitcast=True)
+
+
+# What a dequantize kernel's OUT constexpr says of its output (output_bits), and the integer dtype
+# its output is viewed as
+OUT_BITS = {torch.float32: (torch.int32, 32), torch.bfloat16: (torch.int16, 16), torch.float16: (torch.int16, 15)}
+
+
+@triton.jit
+def output_bits(out, OUT: tl.constexpr):
+    """float32 `out` rounded to the output dtype (nearest, ties to even) as its bits: OUT is 32
+    (float32), 16 (bfloat16) or 15 (float16). NaN gets the dtype's canonical bits [NAN-BITS]."""
+    nan = out != out
+    if OUT == 32:
+        result = tl.where(nan, 0x7FC00000, out.to(tl.int32, bitcast=True))
+    elif OUT == 16:  # bfloat16 by integer round to nearest even (the interpreter's bfloat16 cast is unreliable)
+        b = out.to(tl.int32, bitcast=True)
+        magnitude = b & 0x7FFFFFFF
+        rounded = (magnitude + 0x7FFF + ((magnitude >> 16) & 1)) >> 16
+        result = tl.where(nan, 0x7FC0, rounded | ((b >> 16) & 0x8000)).to(tl.int16)
+    else:
+        result = tl.where(nan, 0x7E00, out.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)).to(tl.int16)
+    return result

@@ -32,7 +32,7 @@ import triton.language as tl
 
 from lowbit import spec
 
-from .float_bits import e4m3_integer, e4m3_value, to_f32
+from .float_bits import OUT_BITS, e4m3_integer, e4m3_value, output_bits, to_f32
 from .launch import Launch, LaunchConfig, fitting, size_class
 from .mxfp4 import F32_INF_BITS, F32_NAN_BITS, ONE_SIXTH_BITS, pack_pairs
 
@@ -235,16 +235,7 @@ def dequantize_nvfp4_kernel(q_ptr, s_ptr, gs_ptr, out_ptr, rows, k, PER_ROW: tl.
 
     col = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = row_ok & (col < k)[None, :]
-    nan = out != out
-    if OUT == 32:
-        result = tl.where(nan, 0x7FC00000, out.to(tl.int32, bitcast=True))
-    elif OUT == 16:  # bfloat16 by integer round to nearest even (the interpreter's bfloat16 cast is unreliable)
-        b = out.to(tl.int32, bitcast=True)
-        magnitude = b & 0x7FFFFFFF
-        rounded = (magnitude + 0x7FFF + ((magnitude >> 16) & 1)) >> 16
-        result = tl.where(nan, 0x7FC0, rounded | ((b >> 16) & 0x8000)).to(tl.int16)
-    else:
-        result = tl.where(nan, 0x7E00, out.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)).to(tl.int16)
+    result = output_bits(out, OUT)
     tl.store(out_ptr + row64 * k + col[None, :], result, mask=mask)
 
 
@@ -265,7 +256,6 @@ DEQUANTIZE_TABLE = (
     (None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),
 )
 MAX_PARTS = 1024  # partial maxima of the per-tensor amax pass: its program count at most
-_OUT_BITS = {torch.float32: (torch.int32, 32), torch.bfloat16: (torch.int16, 16), torch.float16: (torch.int16, 15)}
 
 
 def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, gs: torch.Tensor, *, per_row: bool,
@@ -332,7 +322,7 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, gs: torch.Tensor, out: tor
     rows = out.numel() // k if k else 0
     if rows == 0:
         return
-    int_dtype, out_bits = _OUT_BITS[out.dtype]
+    int_dtype, out_bits = OUT_BITS[out.dtype]
     per_row = gs.numel() != 1
     gs = gs if not per_row or gs.is_contiguous() else gs.contiguous()
     _, block_m, column_blocks, launch = size_class(dequantize_launches(k, per_row, swizzled, out_bits, config), rows)

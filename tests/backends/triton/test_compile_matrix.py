@@ -16,7 +16,7 @@ triton = pytest.importorskip("triton")
 from lowbit.backends.cuda import BACKEND as CUDA_BACKEND  # noqa: E402
 from lowbit.backends.cuda import mxfp4 as cuda_mxfp4  # noqa: E402
 from lowbit.backends.cuda import ptx  # noqa: E402
-from lowbit.backends.triton import fp8_group_packed, mxfp4, nvfp4, unified_attention  # noqa: E402
+from lowbit.backends.triton import fp8_group, fp8_group_packed, mxfp4, nvfp4, unified_attention  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.compiler.errors import CompilationError  # noqa: E402
@@ -406,6 +406,79 @@ def test_fp8_cuda_record_claims_only_archs_with_the_hardware_e4m3_cast():
     (kernel,) = CUDA_BACKEND.kernels_for("quantize_fp8_group_packed")
     archs = kernel.capability.archs["cuda"]
     assert 89 in archs and 90 in archs and 100 in archs and 120 in archs and 80 not in archs
+
+
+# --- FP8 with float32 scales -------------------------------------------------------------------------
+
+def compile_fp8_group(arch, *, hardware_e4m3, ue8m0=False, tile=False, dtype="*bf16", group=GROUP):
+    """quantize_fp8_kernel as a launch on contiguous input specialises it: column-major scales (row
+    stride 1) for groups, the transposed (Kb4, Nb) block scales (group stride 1) for TILE."""
+    signature = {"x_ptr": dtype, "q_ptr": "*u8", "s_ptr": "*fp32", "mn": "i32", "k": "i32", "groups": "i32",
+                 "q_rows": "i32", "s_rows": "i32", "tiles_per_batch": "i32", "stride_xb": "i32", "stride_xm": "i32",
+                 "stride_xk": "constexpr", "stride_qb": "i32", "stride_sb": "i32",
+                 "stride_sm": "i32" if tile else "constexpr", "stride_sg": "constexpr" if tile else "i32",
+                 "eps": "fp32", "UE8M0": "constexpr", "HARDWARE_E4M3": "constexpr", "TILE": "constexpr",
+                 "GROUP": "constexpr", "GROUPS": "constexpr", "BLOCK_M": "constexpr"}
+    constexprs = {"stride_xk": 1, ("stride_sg" if tile else "stride_sm"): 1, "UE8M0": ue8m0,
+                  "HARDWARE_E4M3": hardware_e4m3, "TILE": tile, "GROUP": group,
+                  "GROUPS": 1 if tile else 512 // group, "BLOCK_M": 128 if tile else 4}
+    return compile_kernel(fp8_group.quantize_fp8_kernel, signature, constexprs, arch,
+                          divisible=("x_ptr", "q_ptr", "s_ptr", "k", "stride_xb", "stride_xm", "stride_qb", "stride_sb"),
+                          num_warps=8 if tile else NUM_WARPS, enable_fp_fusion=False)
+
+
+def assert_one_ieee_division_per_group(compiled, arch):
+    """[F8-SCALE, F8-ELEMENT]: the scale and the reciprocal of its significand by div.rn.f32, the
+    elements by products and fma.rn (fp8_group.divide): never an approximate division or reciprocal."""
+    if isinstance(arch, int):
+        ops = ptx_ops(compiled)
+        assert "div.rn.f32" in ops and "fma.rn.f32" in ops, sorted(op for op in ops if op.startswith(("div", "fma")))
+        assert not [op for op in ops if op.startswith(("rcp.approx", "div.approx", "div.full"))]
+
+
+@pytest.mark.parametrize("arch", [*MATRIX_CUDA, *MATRIX_HIP], ids=ARCH_IDS)
+@pytest.mark.parametrize("ue8m0", [False, True], ids=["float", "ue8m0"])
+@pytest.mark.parametrize("tile", [False, True], ids=["group", "block"])
+def test_fp8_group_kernel_compiles_with_ieee_divisions_and_vector_loads(arch, ue8m0, tile):
+    hardware = isinstance(arch, int)
+    compiled = compile_fp8_group(arch, hardware_e4m3=hardware, ue8m0=ue8m0, tile=tile)
+    assert compiled.metadata.num_warps == (8 if tile else NUM_WARPS)
+    if hardware:
+        assert compiled.asm["cubin"] and not [op for op in ptx_ops(compiled) if ".ftz" in op]
+        assert E4M3_CVT in compiled.asm["ptx"]
+    else:
+        assert ".amdhsa_float_denorm_mode_32 3" in compiled.asm["amdgcn"], "float32 denormals are not preserved"
+    assert_vector_loads(compiled, arch)
+    assert_one_ieee_division_per_group(compiled, arch)
+
+
+@pytest.mark.parametrize("arch", [80, 90, "gfx942"], ids=ARCH_IDS)
+@pytest.mark.parametrize("dtype", ["*fp16", "*fp32"])
+def test_fp8_group_integer_e4m3_kernel_compiles_for_every_dtype_and_group_64(arch, dtype):
+    compiled = compile_fp8_group(arch, hardware_e4m3=False, dtype=dtype, group=64)
+    if isinstance(arch, int):
+        assert "e4m3" not in compiled.asm["ptx"] and not [op for op in ptx_ops(compiled) if ".ftz" in op]
+    assert_one_ieee_division_per_group(compiled, arch)
+
+
+@pytest.mark.parametrize("arch", [*MATRIX_CUDA, *MATRIX_HIP], ids=ARCH_IDS)
+@pytest.mark.parametrize("out_bits", [32, 16, 15])
+def test_fp8_group_dequantize_kernel_compiles(arch, out_bits):
+    signature = {"q_ptr": "*u8", "s_ptr": "*fp32", "out_ptr": "*i32" if out_bits == 32 else "*i16", "mn": "i32",
+                 "k": "i32", "tiles_per_batch": "i32", "stride_sb": "i32", "stride_sm": "constexpr",
+                 "stride_sg": "i32", "OUT": "constexpr", "GROUP": "constexpr", "SCALE_ROWS": "constexpr",
+                 "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
+    constexprs = {"stride_sm": 1, "OUT": out_bits, "GROUP": GROUP, "SCALE_ROWS": 1, "BLOCK_M": 4, "BLOCK_K": 1024}
+    compiled = compile_kernel(fp8_group.dequantize_fp8_kernel, signature, constexprs, arch,
+                              divisible=("q_ptr", "s_ptr", "out_ptr", "k"), enable_fp_fusion=False)
+    assert_compiled_without_flushing_subnormals(compiled, arch)
+
+
+def test_fp8_group_cuda_records_claim_only_archs_with_the_hardware_e4m3_cast():
+    for op in ("quantize_fp8_group", "dequantize_fp8_group", "quantize_fp8_block", "dequantize_fp8_block"):
+        (kernel,) = CUDA_BACKEND.kernels_for(op)
+        archs = kernel.capability.archs["cuda"]
+        assert 89 in archs and 90 in archs and 100 in archs and 120 in archs and 80 not in archs
 
 
 # --- unified attention ------------------------------------------------------------------------------
