@@ -111,13 +111,16 @@ def cases() -> dict:
     return found
 
 
-def run(out=sys.stdout, layers: bool = False) -> list[dict]:
+def run(out=sys.stdout, layers: bool = False, only: tuple[str, ...] = ()) -> list[dict]:
+    """Every case, or those whose name contains one of `only`."""
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}", file=out)
     print("\n| op | eager µs/call | x.abs() µs | ratio | bare Triton JIT launch µs | GPU µs (graph) | "
           "eager / GPU |", file=out)
     print("|---|---:|---:|---:|---:|---:|---:|", file=out)
     rows = []
     for name, (call, x) in cases().items():
+        if only and not any(part in name for part in only):
+            continue
         call()  # compile, resolve, remember
         launches = recorded_launches(call)
         eager = host_us(call)
@@ -209,5 +212,6 @@ def define_probe_ops(launch, grid, args) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lowbit bench overhead")
     parser.add_argument("--layers", action="store_true", help="also time each layer of a quantize_mxfp4 call")
+    parser.add_argument("--ops", nargs="*", default=(), help="only the cases whose name contains one of these")
     args = parser.parse_args(argv)
-    run(layers=args.layers)
+    run(layers=args.layers, only=tuple(args.ops))

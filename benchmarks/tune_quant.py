@@ -60,9 +60,9 @@ CANDIDATES = {
         (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
     "quantize_fp8_group_packed": (_fp8_runner, fp8_bytes, [LaunchConfig(m, 512, w) for m, w in itertools.product(
         (2, 4, 8, 16), (1, 2, 4, 8)) if _sensible(m, 512, w)]),
-    "quantize_fp8_group": (_fp8_group_runner, fp8_float_scale_bytes, [
-        LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8, 16), (128, 256, 512, 1024), (1, 2, 4, 8))
-        if _sensible(m, k, w)]),
+    "quantize_fp8_group": (_fp8_group_runner, fp8_float_scale_bytes, [  # up to 64 elements a thread
+        LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (256, 512, 1024, 2048), (1, 2, 4, 8))
+        if 1024 <= m * k <= 8192 and 8 <= m * k // (32 * w) <= 64]),
 }
 
 

@@ -91,9 +91,13 @@ def demo(out=sys.stdout) -> None:
     """Quantize a sample tensor on the best backend here, dequantize it, report the error and check
     the bits against the CPU reference."""
     from . import (
+        dequantize_fp8_block,
+        dequantize_fp8_group,
         dequantize_fp8_group_packed,
         dequantize_mxfp4,
         dequantize_nvfp4,
+        quantize_fp8_block,
+        quantize_fp8_group,
         quantize_fp8_group_packed,
         quantize_mxfp4,
         quantize_nvfp4,
@@ -109,6 +113,8 @@ def demo(out=sys.stdout) -> None:
         ("quantize_mxfp4", quantize_mxfp4, dequantize_mxfp4),
         ("quantize_nvfp4", quantize_nvfp4, dequantize_nvfp4),
         ("quantize_fp8_group_packed", quantize_fp8_group_packed, dequantize_fp8_group_packed),
+        ("quantize_fp8_group", quantize_fp8_group, dequantize_fp8_group),
+        ("quantize_fp8_block", quantize_fp8_block, dequantize_fp8_block),
     )
     for name, quantize, dequantize in cases:
         verdict = supports(name, xd)

@@ -132,3 +132,40 @@ def arrangements16(bits: np.ndarray, anchor_bits: list[int]) -> np.ndarray:
     for anchor in anchor_bits:
         rows.append(np.concatenate([padded, np.full((len(padded), 1), anchor, dtype=bits.dtype)], axis=1))
     return np.concatenate([r.reshape(-1) for r in rows]).reshape(-1, 16)
+
+
+# E4M3FN from its bit fields, ties decided against exact midpoints (the FP8 spec tests)
+
+def e4m3_value(code):
+    """Value of a non-negative E4M3FN code 0..127 from its fields (bias 7, no infinities)."""
+    e, m = code >> 3, code & 7
+    if e == 15 and m == 7:
+        return float("nan")
+    if e == 0:
+        return m * 2.0**-9
+    return (1 + m / 8) * 2.0 ** (e - 7)
+
+
+E4M3_POS = np.array([e4m3_value(c) for c in range(127)])  # codes 0..0x7E, increasing
+assert E4M3_POS[-1] == 448.0 and np.all(np.diff(E4M3_POS) > 0)
+
+
+def e4m3_bytes_np(v):
+    """E4M3FN(clamp(v, -448, 448)), nearest, ties to the even code; NaN -> 0x7F. v: float64."""
+    v = np.asarray(v, dtype=np.float64)
+    nan = np.isnan(v)
+    a = np.where(nan, 0.0, np.minimum(np.abs(v), 448.0))
+    hi = np.clip(np.searchsorted(E4M3_POS, a, side="left"), 0, 126)
+    lo = np.maximum(hi - 1, 0)
+    twice = 2.0 * a  # exact
+    mid = E4M3_POS[lo] + E4M3_POS[hi]  # exact (few significant bits)
+    tie_pick = np.where(lo % 2 == 0, lo, hi)
+    code = np.where(twice < mid, lo, np.where(twice > mid, hi, tie_pick))
+    out = code | (np.signbit(v).astype(np.int64) << 7)
+    return np.where(nan, 0x7F, out).astype(np.uint8)
+
+
+def ceil_log2_np(d):
+    """The exponent of the power-of-two ceiling of positive d."""
+    m, ex = np.frexp(d)
+    return np.where(m == 0.5, ex - 1, ex).astype(np.int64)
