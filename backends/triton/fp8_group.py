@@ -134,9 +134,8 @@ def dequantize_fp8_kernel(q_ptr, s_ptr, out_ptr, mn, k, tiles_per_batch, stride_
 # (max rows, max K, config): the first entry that fits wins; block_k is GROUPS * GROUP elements per
 # program. Tuned on an H100; see docs/benchmarks.md.
 GROUP_TABLE = (
-    (128, None, LaunchConfig(block_m=2, block_k=512, num_warps=4)),
-    (1024, None, LaunchConfig(block_m=2, block_k=512, num_warps=2)),
-    (None, None, LaunchConfig(block_m=4, block_k=512, num_warps=4)),
+    (128, None, LaunchConfig(block_m=1, block_k=1024, num_warps=4)),
+    (None, None, LaunchConfig(block_m=1, block_k=1024, num_warps=2)),
 )
 BLOCK_WARPS = 8  # quantize_fp8_block: one 128 x 128 block per program
 DEQUANTIZE_TABLE = ((None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),)
