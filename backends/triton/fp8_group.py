@@ -3,10 +3,11 @@ their launchers: quantize_fp8_group, quantize_fp8_block, and both dequantizes.
 
 - `quantize_fp8_kernel`: one pass. A program owns BLOCK_M rows x GROUPS groups of GROUP elements: it
   loads the tile, reduces each group's amax in registers (TILE: over all BLOCK_M rows too, one
-  scale per BLOCK_M x GROUP weight block), computes the scale with an IEEE division and divides
-  each element by it with another ([F8-ELEMENT]: `tl.math.div_rn`, div.rn.f32 on NVIDIA, never
-  Triton's default approximate `/`), converts to E4M3 and stores the elements and the float32
-  scales through the scales' strides: row-major, column-major and TMA-aligned are one kernel.
+  scale per BLOCK_M x GROUP weight block), computes the scale with an IEEE division
+  (`tl.math.div_rn`, div.rn.f32 on NVIDIA, never Triton's default approximate `/`), divides each
+  element by it correctly rounded (`divide`: one IEEE division per group, Markstein's correction
+  per element), converts to E4M3 and stores the elements and the float32 scales through the
+  scales' strides: row-major, column-major and TMA-aligned are one kernel.
   Rows from mn up to the buffers' row counts are written as zeros, so one launch also fills the
   TMA padding.
 - `dequantize_fp8_kernel`: element times its group's (or block's) scale, read through the scales'
@@ -33,29 +34,28 @@ from .launch import Launch, LaunchConfig, fitting, size_class
 SCALE_MIN = tl.constexpr(spec.F8_SCALE_MIN)
 SCALE_MAX = tl.constexpr(spec.F8_SCALE_MAX)
 FP8_MAX = tl.constexpr(spec.FP8_MAX)
-SIGN_BIT = tl.constexpr(-(2**31))  # 0x80000000 as an int32
 
 
 @triton.jit
-def divide(a, s):
-    """RN(a / s), the correctly rounded quotient [F8-ELEMENT], for magnitudes a = |x| (BLOCK_M, GROUPS,
-    GROUP) and scales s (BLOCK_M or 1, GROUPS) in [2^-126, 2^127], with one IEEE division per group,
-    not per element; quotients from 512 up come out as at least 512, which E4M3 saturates to 448
-    either way (the quantize kernel divides only where a / s <= 448 (1 + 2^-23), or a is infinite:
-    s >= amax / 448). NaN gives some value; the kernel writes its own NaN byte.
+def divide(x, s):
+    """fl32(x / s), correctly rounded [F8-ELEMENT], for float32 x (BLOCK_M, GROUPS, GROUP) and scales s
+    (BLOCK_M or 1, GROUPS) in [2^-126, 2^127], with one IEEE division per group, not per element. The
+    quantize kernel divides only where |x / s| <= 448 (1 + 2^-23), or x is infinite: s >= amax / 448.
 
     s = m * 2^e with e = min(exponent, 126) and m in [1, 2] (exact). Per group r = RN(1/m) (div_rn);
-    per element as = min(a * 2^-e, 1024) (exact unless it underflows), q0 = RN(as * r), the
-    remainder as - q0 * m (exact, one fma) and Markstein's correction q = RN(q0 + remainder * r),
-    which is RN(as / m) = RN(a / s) for every pair of significands: checked on the GPU for all 2^46
-    pairs (docs/benchmarks.md). Below a / s = 2^-100 the remainder may round (or as underflow);
-    such quotients are far below E4M3's smallest subnormal, 2^-9."""
+    per element xs = x * 2^-e (exact unless it underflows), q0 = RN(xs * r), the remainder
+    xs - q0 * m (exact, one fma) and Markstein's correction q = RN(q0 + remainder * r), which is
+    RN(xs / m) = RN(x / s) for every pair of significands: checked on the GPU for all 2^46 pairs
+    (docs/benchmarks.md). Below |x / s| = 2^-100 the remainder may round (or xs underflow); such
+    quotients are far below E4M3's smallest subnormal, 2^-9, and only their sign matters, which is
+    kept. Zeros keep their sign and infinities pass through, as a division would."""
     e = tl.minimum(exponent_field(s) - 127, 126)
     m = s * pow2(-e)
-    r = tl.math.div_rn(tl.full(m.shape, 1.0, tl.float32), m)[:, :, None]
-    scaled = tl.minimum(a * pow2(-e)[:, :, None], 1024.0)  # infinities too: 1024 * r saturates
-    q0 = scaled * r
-    return tl.fma(tl.fma(q0, -m[:, :, None], scaled), r, q0)
+    r = tl.math.div_rn(tl.full(m.shape, 1.0, tl.float32), m)
+    xs = x * pow2(-e)[:, :, None]
+    q0 = xs * r[:, :, None]
+    q = tl.fma(tl.fma(-q0, m[:, :, None], xs), r[:, :, None], q0)
+    return tl.where((q0 == 0) | (tl.abs(q0) == float("inf")), q0, q)
 
 
 @triton.jit
@@ -78,8 +78,7 @@ def quantize_fp8_kernel(
     x = tl.reshape(to_f32(x), (BLOCK_M, GROUPS, GROUP))
 
     nan = x != x  # [F8-NAN]: ignored by amax
-    magnitude = tl.abs(x)
-    amax = tl.max(tl.where(nan, 0.0, magnitude), axis=2)
+    amax = tl.max(tl.where(nan, 0.0, tl.abs(x)), axis=2)
     if TILE:
         amax = tl.max(amax, axis=0, keep_dims=True)
     a = tl.maximum(amax, eps)
@@ -88,9 +87,7 @@ def quantize_fp8_kernel(
     else:  # [F8-SCALE, F8-INF]: Inf / 448 = Inf, held to 2^127
         s = tl.math.div_rn(a, tl.full(a.shape, FP8_MAX, tl.float32))
         s = tl.minimum(tl.maximum(s, SCALE_MIN), SCALE_MAX)
-    # [F8-ELEMENT] on magnitudes, then x's sign (zeros keep theirs)
-    v = divide(magnitude, s).to(tl.int32, bitcast=True) | (x.to(tl.int32, bitcast=True) & SIGN_BIT)
-    v = v.to(tl.float32, bitcast=True)
+    v = divide(x, s)  # [F8-ELEMENT]
     if HARDWARE_E4M3:
         q = e4m3_hardware(v)
     else:
@@ -134,8 +131,9 @@ def dequantize_fp8_kernel(q_ptr, s_ptr, out_ptr, mn, k, tiles_per_batch, stride_
 # (max rows, max K, config): the first entry that fits wins; block_k is GROUPS * GROUP elements per
 # program. Tuned on an H100; see docs/benchmarks.md.
 GROUP_TABLE = (
-    (128, None, LaunchConfig(block_m=1, block_k=1024, num_warps=4)),
-    (None, None, LaunchConfig(block_m=1, block_k=1024, num_warps=2)),
+    (128, None, LaunchConfig(block_m=2, block_k=512, num_warps=4)),
+    (1024, None, LaunchConfig(block_m=2, block_k=512, num_warps=2)),
+    (None, None, LaunchConfig(block_m=4, block_k=512, num_warps=4)),
 )
 BLOCK_WARPS = 8  # quantize_fp8_block: one 128 x 128 block per program
 DEQUANTIZE_TABLE = ((None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),)

@@ -174,17 +174,14 @@ def _divide(x_ptr, s_ptr, out_ptr, BLOCK: tl.constexpr):
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     x = tl.reshape(tl.load(x_ptr + i), (1, 1, BLOCK))
     s = tl.load(s_ptr + tl.program_id(0) + tl.zeros((1, 1), tl.int32))
-    q = kernels.divide(tl.abs(x), s).to(tl.int32, bitcast=True) | (x.to(tl.int32, bitcast=True) & kernels.SIGN_BIT)
-    tl.store(out_ptr + i, tl.reshape(q.to(tl.float32, bitcast=True), (BLOCK,)))
+    tl.store(out_ptr + i, tl.reshape(kernels.divide(x, s), (BLOCK,)))
 
 
 def test_divide_is_numpys_float32_division():
-    """divide on |x| with x's sign put back, as the kernel runs it. One scale per 256 dividends: random
-    scales over [2^-126, 2^127] and near powers of two; dividends x = s * u with |u| up to 2^9 (the
-    kernel divides only where |x / s| <= 448 (1 + 2^-23)), zeros of both signs and infinities; against
-    the IEEE division. Quotients from 512 up (infinities too) only need to be at least 512 (E4M3
-    saturates them), and below |x / s| = 2^-100 only a zero's worth of E4M3 and the sign matter: there
-    a quotient of the right sign below 2^-99 will do."""
+    """One scale per 256 dividends: random scales over [2^-126, 2^127] and near powers of two; dividends
+    x = s * u with |u| up to 2^10 (the kernel divides only where |x / s| <= 448 (1 + 2^-23)), zeros of
+    both signs and infinities; against the IEEE division. Below |x / s| = 2^-100 [F8-ELEMENT] keeps
+    only a zero's worth of E4M3 and the sign: there a quotient of the right sign below 2^-99 will do."""
     g = np.random.default_rng(0)
     blocks = 512
     s_bits = g.integers(1 << 23, 254 << 23, blocks, dtype=np.int64)
@@ -193,7 +190,7 @@ def test_divide_is_numpys_float32_division():
     s_bits[65] = 1 << 23  # 2^-126, the floor
     s = s_bits.astype(np.uint32).view(np.float32)
     s_each = np.repeat(s, 256)
-    u = (g.random(blocks * 256) * 2 - 1) * np.exp2(g.integers(-130, 10, blocks * 256))
+    u = (g.random(blocks * 256) * 2 - 1) * np.exp2(g.integers(-130, 11, blocks * 256))
     u[4::7] = 448.0 * (1 + g.integers(-3, 4, len(u[4::7])) * 2.0**-23)  # quotients at the clamp
     x = (s_each.astype(np.float64) * u).astype(np.float32)
     x[::97] = 0.0
@@ -203,9 +200,7 @@ def test_divide_is_numpys_float32_division():
     out = torch.empty(blocks * 256)
     _divide[(blocks,)](torch.from_numpy(x), torch.from_numpy(s), out, BLOCK=256)
     got, want = out.numpy(), x / s_each
-    tiny, huge = np.abs(want) < 2.0**-100, np.abs(want) >= 512
-    exact = ~tiny & ~huge
-    assert np.array_equal(got[exact].view(np.uint32), want[exact].view(np.uint32))
+    tiny = np.abs(want) < 2.0**-100
+    assert np.array_equal(got[~tiny].view(np.uint32), want[~tiny].view(np.uint32))
     assert np.all(np.abs(got[tiny]) < 2.0**-99) and np.array_equal(np.signbit(got[tiny]), np.signbit(want[tiny]))
-    assert np.all(np.abs(got[huge]) >= 512) and np.array_equal(np.signbit(got[huge]), np.signbit(want[huge]))
-    assert exact.sum() > 0.6 * len(x) and np.isinf(want[huge]).sum() > 0
+    assert (~tiny).sum() > 0.6 * len(x)
