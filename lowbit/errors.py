@@ -1,4 +1,8 @@
-"""The one exception lowbit raises for calls it cannot take."""
+"""The one exception lowbit raises for calls it cannot take, and the argument checks every op shares."""
+
+import math
+
+from .spec import float32_value
 
 
 class UnsupportedError(ValueError):
@@ -18,3 +22,11 @@ def require_type(op: str, name: str, value, expected: type | tuple[type, ...], e
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         raise ValueError(f"lowbit.{op}: {name}={value!r} is of type {type(value).__name__}, not "
                          f"{' or '.join(t.__name__ for t in types)}; pass e.g. {name}={example}")
+
+
+def require_eps(op: str, eps: float, example: str) -> None:
+    """ValueError unless eps is >= 0 and finite as a float32 (the kernels take fl32(eps)): 1e39 would
+    overflow to inf inside the kernel instead of being refused here."""
+    if not (math.isfinite(eps) and eps >= 0 and math.isfinite(float32_value(eps))):
+        raise ValueError(f"lowbit.{op}: eps={eps} must be finite and >= 0, and finite as a float32 (at most "
+                         f"3.4028235e38); pass e.g. eps={example}")

@@ -11,14 +11,12 @@ storage, so the TMA padding rows come out zero without a second pass.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call, dtype_name
-from .errors import require_type
+from .errors import require_eps, require_type
 from .fp8_group_packed import out_buffer_problems
 
 QUANTIZE = "quantize_fp8_group"
@@ -153,11 +151,6 @@ def _check_out_pair(out) -> None:
                          f"{type(out).__name__}; pass out=(q_buf, s_buf) as docs/SPEC.md [F8-OUT] says, or drop out=")
 
 
-def _check_eps(op: str, eps: float, example: str) -> None:
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"lowbit.{op}: eps={eps} must be finite and >= 0; pass e.g. eps={example}")
-
-
 def _check_layout(scale_layout: str) -> None:
     if scale_layout not in spec.F8_SCALE_LAYOUTS:
         raise ValueError(f"lowbit.{QUANTIZE}: scale_layout={scale_layout!r} is not one of "
@@ -172,7 +165,7 @@ def describe_quantize(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP,
                       out=None) -> Call:
     """Also checks eps, the layout name and the out= buffers (ValueError)."""
     _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, dispatch.AUTO)
-    _check_eps(QUANTIZE, eps, "1e-10")
+    require_eps(QUANTIZE, eps, "1e-10")
     _check_layout(scale_layout)
     if out is not None:
         _check_out_pair(out)
@@ -192,7 +185,7 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, group_size: int =
 def describe_quantize_block(w: torch.Tensor, block: tuple[int, int] = spec.F8_DEFAULT_BLOCK, *,
                             eps: float = spec.F8_BLOCK_EPS, ue8m0: bool = False) -> Call:
     _check_block_types(w, block, eps, ue8m0, dispatch.AUTO)
-    _check_eps(QUANTIZE_BLOCK, eps, "1e-4")
+    require_eps(QUANTIZE_BLOCK, eps, "1e-4")
     return dispatch.call_for(QUANTIZE_BLOCK, w, weight_block=tuple(block))
 
 

@@ -9,14 +9,12 @@ come out zero without a second pass; caller buffers get exactly their logical wo
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call
-from .errors import require_type
+from .errors import require_eps, require_type
 
 OP = "quantize_fp8_group_packed"
 DEQUANTIZE = "dequantize_fp8_group_packed"
@@ -69,8 +67,7 @@ def dequantize_fp8_group_packed(q: torch.Tensor, packed_scales: torch.Tensor, *,
 
 def describe_quantize(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP,
                       eps: float = spec.FP8_DEFAULT_EPS, out_given: bool = False) -> Call:
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"lowbit.{OP}: eps={eps} must be finite and >= 0")
+    require_eps(OP, eps, "1e-10")
     return dispatch.call_for(OP, x, group_size=group_size, out_given=out_given)
 
 

@@ -6,16 +6,12 @@ Kernels live in backends/<name>/mxfp4.py with their capability records.
 
 from __future__ import annotations
 
-import functools
-import math
-import struct
-
 import torch
 
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call, dtype_name
-from .errors import UnsupportedError, require_type
+from .errors import UnsupportedError, require_eps, require_type
 
 QUANTIZE = "quantize_mxfp4"
 GROUP_QUANT = "per_token_group_quant_mxfp4"
@@ -98,23 +94,13 @@ def describe_group_quant(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, 
         raise UnsupportedError(f"{name}: group_size {group_size}: MXFP4 blocks are {spec.MX_BLOCK} elements on every "
                                f"backend (docs/SPEC.md [MX-BUFFERS]). Alternative: pass group_size={spec.MX_BLOCK}, "
                                "or use quantize_fp8_group_packed for other group sizes")
-    if not (math.isfinite(eps) and eps >= 0 and math.isfinite(float32_value(eps))):
-        raise ValueError(f"{name}: eps={eps} must be >= 0 and finite as a float32")
+    require_eps(GROUP_QUANT, eps, "1e-10")
     call = dispatch.call_for(GROUP_QUANT, x, out_given=True)
     if x.dim() >= 1 and x.shape[-1] % spec.MX_BLOCK == 0:  # else the capability check names the block size
         *lead, k = x.shape
         _check_buffer(name, "x_q", x_q, x, (*lead, k // 2), spec.MX_BUFFER_Q_DTYPES)
         _check_buffer(name, "x_s", x_s, x, (*lead, k // spec.MX_BLOCK), spec.MX_BUFFER_SCALE_DTYPES)
     return call
-
-
-@functools.lru_cache(maxsize=64)
-def float32_value(value: float) -> float:
-    """fl32(value) (round to nearest, ties to even) as a Python float; inf where it overflows."""
-    try:
-        return struct.unpack("<f", struct.pack("<f", value))[0]
-    except OverflowError:
-        return math.copysign(math.inf, value)
 
 
 def _check_buffer(name: str, arg: str, buf, x: torch.Tensor, shape: tuple, dtypes: tuple) -> None:
@@ -206,7 +192,7 @@ def _quantize(kernel: Kernel, x: torch.Tensor, scale_rule: str) -> tuple[torch.T
 
 
 def _group_quant(kernel: Kernel, x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, eps: float) -> None:
-    kernel.run(x, x_q, x_s, eps=float32_value(eps))  # [MX-EPS] uses fl32(eps): every kernel gets it exactly
+    kernel.run(x, x_q, x_s, eps=spec.float32_value(eps))  # [MX-EPS] uses fl32(eps): every kernel gets it exactly
 
 
 def _dequantize(kernel: Kernel, q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -1,5 +1,9 @@
 """Constants of docs/SPEC.md, named once so that every backend reads the same numbers."""
 
+import functools
+import math
+import struct
+
 import torch
 
 # MXFP4 [MX-*]
@@ -82,3 +86,12 @@ def round_up(a: int, b: int) -> int:
 def swizzled_scale_shape(rows: int, scale_cols: int) -> tuple[int, int]:
     """[NV-SWIZZLE]: the block-scale shape of R rows of C scales, padded to whole 128 x 4 tiles."""
     return round_up(rows, NV_SWIZZLE_ROWS), round_up(scale_cols, NV_SWIZZLE_COLS)
+
+
+@functools.lru_cache(maxsize=64)  # eager calls ask it for the same eps every time
+def float32_value(value: float) -> float:
+    """fl32(value) (round to nearest, ties to even) as a Python float; inf where it overflows."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)

@@ -228,7 +228,7 @@ FP8_CASES = [
     Case("fp8-default-group-k100", Unsupported, _divide(128, 100), _fp8(lambda: randn(2, 3, 100))),
     *[Case(f"fp8-eps-{eps}", ValueError, (f"lowbit.quantize_fp8_group_packed: eps={eps} must be finite and >= 0",),
            _fp8(lambda: randn(4, 128), eps=eps))
-      for eps in (float("nan"), float("inf"), float("-inf"), -1e-3, -1e-30)],
+      for eps in (float("nan"), float("inf"), float("-inf"), -1e-3, -1e-30, 1e39, 3.5e38)],
     Case("fp8-backend-nope", Unsupported, ("backend 'nope' (forced) cannot run it",
                                            "no backend is named 'nope' (known: cuda, xpu, cpu)",
                                            "Alternative: backend='cpu' can run this call"),

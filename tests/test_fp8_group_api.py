@@ -610,6 +610,9 @@ ERROR_CASES = [
               "pass e.g. eps=1e-10"),
     ErrorCase("qg-eps-nan", QG, lambda d: _qg(d, eps=float("nan")), VE, "eps=nan must be finite and >= 0", "pass e.g."),
     ErrorCase("qg-eps-inf", QG, lambda d: _qg(d, eps=float("inf")), VE, "eps=inf must be finite and >= 0", "pass e.g."),
+    # finite as a Python float, but infinite as the float32 the kernels take
+    ErrorCase("qg-eps-above-float32", QG, lambda d: _qg(d, eps=1e39), VE,
+              "eps=1e+39 must be finite and >= 0, and finite as a float32", "pass e.g. eps=1e-10"),
     ErrorCase("qg-ue8m0-int", QG, lambda d: _qg(d, ue8m0=1), VE, "ue8m0=1 is of type int, not bool",
               "pass e.g. ue8m0=True"),
     ErrorCase("qg-ue8m0-str", QG, lambda d: _qg(d, ue8m0="yes"), VE, "ue8m0='yes' is of type str, not bool",
@@ -681,6 +684,8 @@ ERROR_CASES = [
               "pass e.g. block=(128, 128)"),
     ErrorCase("qb-eps-negative", QB, lambda d: _qb(d, eps=-1.0), VE, "eps=-1.0 must be finite and >= 0", "pass e.g."),
     ErrorCase("qb-eps-nan", QB, lambda d: _qb(d, eps=float("nan")), VE, "eps=nan must be finite", "pass e.g."),
+    ErrorCase("qb-eps-above-float32", QB, lambda d: _qb(d, eps=1e39), VE,
+              "eps=1e+39 must be finite and >= 0, and finite as a float32", "pass e.g. eps=1e-4"),
     ErrorCase("qb-eps-str", QB, lambda d: _qb(d, eps="1e-4"), VE, "eps='1e-4' is of type str", "pass e.g. eps=1e-4"),
     ErrorCase("qb-ue8m0-int", QB, lambda d: _qb(d, ue8m0=1), VE, "ue8m0=1 is of type int, not bool",
               "pass e.g. ue8m0=True"),
