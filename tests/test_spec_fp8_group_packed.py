@@ -22,6 +22,7 @@ from oracles import (
     ceil_log2_np,
     dn32,
     e4m3_bytes_np,
+    e4m3_value,
     f32_bits_tensor,
     f32_tensor,
     fl32,
@@ -894,6 +895,22 @@ def test_fp8_dequant_hand_values_bfloat16_and_float16():
     eh[0][7] = INF  # 2^127 overflows fp16
     eh[0][8] = 0.0
     _same_floats(outh, torch.tensor(eh, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fp8_dequant_scale_byte_0xff_gives_nan_for_every_element_of_its_group(dtype):
+    """E8M0's NaN byte (quantize never writes it): NaN for q = 0, +-0 and every other code alike, with
+    the canonical NaN bits; the neighbouring group (byte 0x7F, scale 1) dequantizes as usual."""
+    q = torch.arange(256, dtype=torch.int32).to(torch.uint8).reshape(2, 128)
+    words = torch.tensor([[0x7FFF], [0x7FFF]], dtype=torch.int32)  # group 0: byte 0xFF, group 1: byte 0x7F
+    out = lowbit.dequantize_fp8_group_packed(q.reshape(1, 256), words[:1].as_strided((1, 1), (1, 4)),
+                                             group_size=128, dtype=dtype)
+    int_view, nan_bits = NAN_BITS[dtype]
+    assert torch.equal(out[0, :128].view(int_view), torch.full((128,), nan_bits, dtype=int_view))
+    want = torch.tensor([-e4m3_value(c & 0x7F) for c in range(128, 256)], dtype=torch.float64)  # codes 0x80..0xFF
+    got = out[0, 128:].double()
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    assert torch.equal(got[~torch.isnan(want)], want[~torch.isnan(want)].to(dtype).double())
 
 
 def test_fp8_dequant_3d():

@@ -52,12 +52,16 @@ def scale_byte(amax: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *, group_size: int) -> None:
-    """[FP8-DEQUANT] float32(q) * 2^(byte - 127), the byte read through the packed scales' strides."""
+    """[FP8-DEQUANT] float32(q) * 2^(byte - 127), the byte read through the packed scales' strides;
+    byte 0xFF gives NaN."""
     *lead, mn, k = q.shape
     groups = k // group_size
     word = scales.to(torch.int64) & 0xFFFFFFFF
     byte = torch.stack([(word >> (8 * j)) & 0xFF for j in range(4)], dim=-1).reshape(*lead, mn, 4 * scales.shape[-1])
-    factor = pow2(byte[..., :groups].to(torch.int32) - EXPONENT_BIAS)
+    byte = byte[..., :groups].to(torch.int32)
+    # byte 0xFF is E8M0's NaN: NaN for the whole group (2^128 would give Inf, and NaN only for q = 0)
+    factor = pow2(byte.clamp(max=spec.FP8_MAX_SCALE_BYTE) - EXPONENT_BIAS)
+    factor = torch.where(byte == spec.E8M0_NAN, torch.nan, factor)
     values = q.view(spec.FP8_Q_DTYPE).to(torch.float32).reshape(*lead, mn, groups, group_size)
     out.copy_((values * factor.unsqueeze(-1)).reshape(out.shape))
     write_canonical_nans(out)
