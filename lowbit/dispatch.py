@@ -166,6 +166,14 @@ def eager(*tensors) -> bool:
     return True
 
 
+def without_grad(op, *args):
+    """op(*args) (a lowbit torch.library op) with autograd off: quantized values, and buffers written
+    in place, have no gradient, so no output requires grad whatever the inputs do. torch.compile
+    traces the no_grad region like any other."""
+    with torch.no_grad():
+        return op(*args)
+
+
 _functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_modes = torch._C._is_torch_function_mode_enabled

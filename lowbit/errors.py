@@ -30,3 +30,12 @@ def require_eps(op: str, eps: float, example: str) -> None:
     if not (math.isfinite(eps) and eps >= 0 and math.isfinite(float32_value(eps))):
         raise ValueError(f"lowbit.{op}: eps={eps} must be finite and >= 0, and finite as a float32 (at most "
                          f"3.4028235e38); pass e.g. eps={example}")
+
+
+def written_in_place(arg: str, buf) -> str | None:
+    """Why `buf` may not be written in place (torch refuses it for a leaf that requires grad, and lowbit
+    writes no gradient for any buffer), or None."""
+    if buf.requires_grad:
+        return (f"{arg} requires grad, and lowbit writes it in place without a gradient; pass {arg}.detach(), "
+                "or allocate it under torch.no_grad()")
+    return None

@@ -46,7 +46,8 @@ def quantize_fp8_group(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP
             return _quantize(_quantize_kernel(x, group_size, eps, ue8m0, scale_layout, backend), x, group_size, eps,
                              ue8m0, scale_layout)
         _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, backend)
-        return torch.ops.lowbit.quantize_fp8_group(x, group_size, eps, ue8m0, scale_layout, backend)
+        return dispatch.without_grad(torch.ops.lowbit.quantize_fp8_group, x, group_size, eps, ue8m0, scale_layout,
+                                     backend)
     _check_out_pair(out)
     q_buf, s_buf = out
     if dispatch.eager(x, q_buf, s_buf):
@@ -54,7 +55,8 @@ def quantize_fp8_group(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP
             x, q_buf, s_buf, group_size=group_size, eps=eps, ue8m0=ue8m0)
     else:
         _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, backend)
-        torch.ops.lowbit.quantize_fp8_group_out(x, q_buf, s_buf, group_size, eps, ue8m0, scale_layout, backend)
+        dispatch.without_grad(torch.ops.lowbit.quantize_fp8_group_out, x, q_buf, s_buf, group_size, eps, ue8m0,
+                              scale_layout, backend)
     return q_buf, s_buf
 
 
@@ -65,7 +67,7 @@ def dequantize_fp8_group(q: torch.Tensor, scales: torch.Tensor, *, group_size: i
     if dispatch.eager(q, scales):
         return _dequantize(_dequantize_kernel(q, scales, group_size, dtype, backend), q, scales, group_size, dtype)
     _check_dequantize_types(DEQUANTIZE, q, scales, "group_size", group_size, dtype, backend)
-    return torch.ops.lowbit.dequantize_fp8_group(q, scales, group_size, dtype, backend)
+    return dispatch.without_grad(torch.ops.lowbit.dequantize_fp8_group, q, scales, group_size, dtype, backend)
 
 
 def quantize_fp8_block(w: torch.Tensor, block: tuple[int, int] = spec.F8_DEFAULT_BLOCK, *,
@@ -86,7 +88,7 @@ def quantize_fp8_block(w: torch.Tensor, block: tuple[int, int] = spec.F8_DEFAULT
     if dispatch.eager(w):
         return _quantize_block(_quantize_block_kernel(w, block, eps, ue8m0, backend), w, block, eps, ue8m0)
     _check_block_types(w, block, eps, ue8m0, backend)
-    return torch.ops.lowbit.quantize_fp8_block(w, block[0], block[1], eps, ue8m0, backend)
+    return dispatch.without_grad(torch.ops.lowbit.quantize_fp8_block, w, block[0], block[1], eps, ue8m0, backend)
 
 
 def dequantize_fp8_block(q: torch.Tensor, scales: torch.Tensor, *, block: tuple[int, int] = spec.F8_DEFAULT_BLOCK,
@@ -99,7 +101,7 @@ def dequantize_fp8_block(q: torch.Tensor, scales: torch.Tensor, *, block: tuple[
     if dispatch.eager(q, scales):
         return _dequantize_block(_dequantize_block_kernel(q, scales, block, dtype, backend), q, scales, block, dtype)
     _check_dequantize_types(DEQUANTIZE_BLOCK, q, scales, "block", block, dtype, backend)
-    return torch.ops.lowbit.dequantize_fp8_block(q, scales, block[0], block[1], dtype, backend)
+    return dispatch.without_grad(torch.ops.lowbit.dequantize_fp8_block, q, scales, block[0], block[1], dtype, backend)
 
 
 # --- argument checks: types first, then what the capability records do not say -----------------

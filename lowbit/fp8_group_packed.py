@@ -14,7 +14,7 @@ import torch
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call
-from .errors import require_eps, require_type
+from .errors import require_eps, require_type, written_in_place
 
 OP = "quantize_fp8_group_packed"
 DEQUANTIZE = "dequantize_fp8_group_packed"
@@ -38,14 +38,14 @@ def quantize_fp8_group_packed(x: torch.Tensor, *, group_size: int = spec.FP8_DEF
     if out is None:
         if dispatch.eager(x):
             return _quantize(_quantize_kernel(x, group_size, eps, backend), x, group_size, eps)
-        return torch.ops.lowbit.quantize_fp8_group_packed(x, group_size, eps, backend)
+        return dispatch.without_grad(torch.ops.lowbit.quantize_fp8_group_packed, x, group_size, eps, backend)
     if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
         raise ValueError(f"lowbit.{OP}: out= must be a pair of tensors (q_buf, s_buf), not {type(out).__name__}")
     q_buf, s_buf = out
     if dispatch.eager(x, q_buf, s_buf):
         _quantize_kernel(x, group_size, eps, backend, out=out).run(x, q_buf, s_buf, group_size=group_size, eps=eps)
     else:
-        torch.ops.lowbit.quantize_fp8_group_packed_out(x, q_buf, s_buf, group_size, eps, backend)
+        dispatch.without_grad(torch.ops.lowbit.quantize_fp8_group_packed_out, x, q_buf, s_buf, group_size, eps, backend)
     return q_buf, s_buf
 
 
@@ -60,7 +60,8 @@ def dequantize_fp8_group_packed(q: torch.Tensor, packed_scales: torch.Tensor, *,
     if dispatch.eager(q, packed_scales):
         return _dequantize(_dequantize_kernel(q, packed_scales, group_size, dtype, backend), q, packed_scales,
                            group_size, dtype)
-    return torch.ops.lowbit.dequantize_fp8_group_packed(q, packed_scales, group_size, dtype, backend)
+    return dispatch.without_grad(torch.ops.lowbit.dequantize_fp8_group_packed, q, packed_scales, group_size, dtype,
+                                 backend)
 
 
 # --- what dispatch sees of a call ---------------------------------------------------------------
@@ -167,6 +168,9 @@ def out_buffer_problems(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tenso
             problems.append(f"{what} dtype is {buf.dtype}, needs {dtype}")
         if buf.device != x.device:
             problems.append(f"{what} is on {buf.device}, the input on {x.device}")
+        refused = written_in_place(what, buf)
+        if refused:
+            problems.append(refused)
     if q_buf.dim() != x.dim() or tuple(q_buf.shape[:-2]) != lead or q_buf.shape[-1] != k \
             or not mn <= q_buf.shape[-2] <= rows:
         problems.append(f"q_buf shape is {tuple(q_buf.shape)}, needs {(*lead, 'R', k)} with {mn} <= R <= {rows}")

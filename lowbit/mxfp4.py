@@ -11,7 +11,7 @@ import torch
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call, dtype_name
-from .errors import UnsupportedError, require_eps, require_type
+from .errors import UnsupportedError, require_eps, require_type, written_in_place
 
 QUANTIZE = "quantize_mxfp4"
 GROUP_QUANT = "per_token_group_quant_mxfp4"
@@ -29,7 +29,7 @@ def quantize_mxfp4(x: torch.Tensor, *, scale_rule: str = spec.MX_DEFAULT_SCALE_R
     if dispatch.eager(x):
         return _quantize(_quantize_kernel(x, scale_rule, backend), x, scale_rule)
     _check_quantize_types(scale_rule, backend)
-    return torch.ops.lowbit.quantize_mxfp4(x, scale_rule, backend)
+    return dispatch.without_grad(torch.ops.lowbit.quantize_mxfp4, x, scale_rule, backend)
 
 
 def per_token_group_quant_mxfp4(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor,
@@ -51,7 +51,8 @@ def per_token_group_quant_mxfp4(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.T
     if dispatch.eager(x, x_q, x_s):
         _group_quant(_group_quant_kernel(x, x_q, x_s, group_size, eps, backend), x, x_q, x_s, eps)
     else:
-        torch.ops.lowbit.per_token_group_quant_mxfp4(x, x_q, x_s, group_size, float(eps), backend)
+        dispatch.without_grad(torch.ops.lowbit.per_token_group_quant_mxfp4, x, x_q, x_s, group_size, float(eps),
+                              backend)
 
 
 def dequantize_mxfp4(q: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16,
@@ -60,7 +61,7 @@ def dequantize_mxfp4(q: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtyp
     if dispatch.eager(q, scales):
         return _dequantize(_dequantize_kernel(q, scales, dtype, backend), q, scales, dtype)
     _check_dequantize_types(dtype, backend)
-    return torch.ops.lowbit.dequantize_mxfp4(q, scales, dtype, backend)
+    return dispatch.without_grad(torch.ops.lowbit.dequantize_mxfp4, q, scales, dtype, backend)
 
 
 def _check_quantize_types(scale_rule, backend) -> None:
@@ -116,6 +117,9 @@ def _check_buffer(name: str, arg: str, buf, x: torch.Tensor, shape: tuple, dtype
                          "torch.empty")
     if buf.device != x.device:
         raise ValueError(f"{name}: {arg} is on {buf.device} and x on {x.device}; put them on one device")
+    refused = written_in_place(arg, buf)
+    if refused:
+        raise ValueError(f"{name}: {refused}")
 
 
 def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> Call:

@@ -42,8 +42,8 @@ def quantize_nvfp4(x: torch.Tensor, global_scale: torch.Tensor | None = None, *,
                          scale_layout)
     _check_quantize_types(x, global_scale, per_row, scale_layout, backend)
     if global_scale is None:
-        return torch.ops.lowbit.quantize_nvfp4_dynamic(x, per_row, scale_layout, backend)
-    q, scales = torch.ops.lowbit.quantize_nvfp4(x, global_scale, per_row, scale_layout, backend)
+        return dispatch.without_grad(torch.ops.lowbit.quantize_nvfp4_dynamic, x, per_row, scale_layout, backend)
+    q, scales = dispatch.without_grad(torch.ops.lowbit.quantize_nvfp4, x, global_scale, per_row, scale_layout, backend)
     return q, scales, global_scale
 
 
@@ -53,7 +53,7 @@ def nvfp4_global_scale(x: torch.Tensor, *, per_row: bool = False, backend: str =
     if dispatch.eager(x):
         return _global_scale(_global_scale_kernel(x, per_row, backend), x, per_row)
     _check_global_scale_types(x, per_row, backend)
-    return torch.ops.lowbit.nvfp4_global_scale(x, per_row, backend)
+    return dispatch.without_grad(torch.ops.lowbit.nvfp4_global_scale, x, per_row, backend)
 
 
 def dequantize_nvfp4(q: torch.Tensor, block_scales: torch.Tensor, global_scale: torch.Tensor, *,
@@ -65,7 +65,8 @@ def dequantize_nvfp4(q: torch.Tensor, block_scales: torch.Tensor, global_scale: 
         return _dequantize(_dequantize_kernel(q, block_scales, global_scale, scale_layout, dtype, backend), q,
                            block_scales, global_scale, scale_layout, dtype)
     _check_dequantize_types(q, block_scales, global_scale, scale_layout, dtype, backend)
-    return torch.ops.lowbit.dequantize_nvfp4(q, block_scales, global_scale, scale_layout, dtype, backend)
+    return dispatch.without_grad(torch.ops.lowbit.dequantize_nvfp4, q, block_scales, global_scale, scale_layout, dtype,
+                                 backend)
 
 
 def scaled_fp4_quant(x: torch.Tensor, input_global_scale: torch.Tensor,
