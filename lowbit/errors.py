@@ -2,6 +2,8 @@
 
 import math
 
+import torch
+
 from .spec import float32_value
 
 
@@ -39,3 +41,10 @@ def written_in_place(arg: str, buf) -> str | None:
         return (f"{arg} requires grad, and lowbit writes it in place without a gradient; pass {arg}.detach(), "
                 "or allocate it under torch.no_grad()")
     return None
+
+
+def require_tensor(op: str, name: str, value, example: str) -> None:
+    """TypeError naming the argument when `value` is not a tensor, before torch.library's schema check
+    (or an attribute deep inside) would raise a less readable error."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"lowbit.{op}: {name} must be a tensor, not {type(value).__name__}; pass e.g. {example}")

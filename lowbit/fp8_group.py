@@ -16,7 +16,7 @@ import torch
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call, dtype_name
-from .errors import require_eps, require_type
+from .errors import require_eps, require_tensor, require_type
 from .fp8_group_packed import out_buffer_problems
 
 QUANTIZE = "quantize_fp8_group"
@@ -107,7 +107,7 @@ def dequantize_fp8_block(q: torch.Tensor, scales: torch.Tensor, *, block: tuple[
 # --- argument checks: types first, then what the capability records do not say -----------------
 
 def _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, backend) -> None:
-    _require_tensor(QUANTIZE, "x", x, "a (..., mn, K) bfloat16 tensor")
+    require_tensor(QUANTIZE, "x", x, "a (..., mn, K) bfloat16 tensor")
     require_type(QUANTIZE, "group_size", group_size, int, "128")
     require_type(QUANTIZE, "eps", eps, (float, int), "1e-10")
     require_type(QUANTIZE, "ue8m0", ue8m0, bool, "True")
@@ -116,7 +116,7 @@ def _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, backend) -> N
 
 
 def _check_block_types(w, block, eps, ue8m0, backend) -> None:
-    _require_tensor(QUANTIZE_BLOCK, "w", w, "a 2-D (N, K) bfloat16 weight")
+    require_tensor(QUANTIZE_BLOCK, "w", w, "a 2-D (N, K) bfloat16 weight")
     _check_block(QUANTIZE_BLOCK, block)
     require_type(QUANTIZE_BLOCK, "eps", eps, (float, int), "1e-4")
     require_type(QUANTIZE_BLOCK, "ue8m0", ue8m0, bool, "True")
@@ -125,19 +125,14 @@ def _check_block_types(w, block, eps, ue8m0, backend) -> None:
 
 def _check_dequantize_types(op, q, scales, size_name, size, dtype, backend) -> None:
     quantize = QUANTIZE if op == DEQUANTIZE else QUANTIZE_BLOCK
-    _require_tensor(op, "q", q, f"the q {quantize} returned")
-    _require_tensor(op, "scales", scales, f"the scales {quantize} returned")
+    require_tensor(op, "q", q, f"the q {quantize} returned")
+    require_tensor(op, "scales", scales, f"the scales {quantize} returned")
     if op == DEQUANTIZE:
         require_type(op, size_name, size, int, "128")
     else:
         _check_block(op, size)
     require_type(op, "dtype", dtype, torch.dtype, "torch.bfloat16")
     require_type(op, "backend", backend, str, '"auto"')
-
-
-def _require_tensor(op: str, name: str, value, example: str) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"lowbit.{op}: {name} must be a tensor, not {type(value).__name__}; pass e.g. {example}")
 
 
 def _check_block(op: str, block) -> None:

@@ -14,7 +14,7 @@ import torch
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call
-from .errors import require_eps, require_type, written_in_place
+from .errors import require_eps, require_tensor, require_type, written_in_place
 
 OP = "quantize_fp8_group_packed"
 DEQUANTIZE = "dequantize_fp8_group_packed"
@@ -32,9 +32,7 @@ def quantize_fp8_group_packed(x: torch.Tensor, *, group_size: int = spec.FP8_DEF
     results go into those buffers (no allocation: CUDA-graph safe on graph-safe backends), which
     are returned. For 2-D input this is vLLM's per_token_group_quant_fp8_packed_for_deepgemm.
     """
-    require_type(OP, "group_size", group_size, int, "128")
-    require_type(OP, "eps", eps, (float, int), "1e-10")
-    require_type(OP, "backend", backend, str, '"auto"')
+    _check_quantize_types(x, group_size, eps, backend)
     if out is None:
         if dispatch.eager(x):
             return _quantize(_quantize_kernel(x, group_size, eps, backend), x, group_size, eps)
@@ -54,9 +52,7 @@ def dequantize_fp8_group_packed(q: torch.Tensor, packed_scales: torch.Tensor, *,
                                 dtype: torch.dtype = torch.bfloat16,
                                 backend: str = dispatch.AUTO) -> torch.Tensor:
     """Expand `q` (..., mn, K) with its packed scales back to (..., mn, K) in `dtype`."""
-    require_type(DEQUANTIZE, "group_size", group_size, int, "128")
-    require_type(DEQUANTIZE, "dtype", dtype, torch.dtype, "torch.bfloat16")
-    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
+    _check_dequantize_types(q, packed_scales, group_size, dtype, backend)
     if dispatch.eager(q, packed_scales):
         return _dequantize(_dequantize_kernel(q, packed_scales, group_size, dtype, backend), q, packed_scales,
                            group_size, dtype)
@@ -64,10 +60,26 @@ def dequantize_fp8_group_packed(q: torch.Tensor, packed_scales: torch.Tensor, *,
                                  backend)
 
 
+def _check_quantize_types(x, group_size, eps, backend) -> None:
+    require_tensor(OP, "x", x, "a (..., mn, K) bfloat16 tensor")
+    require_type(OP, "group_size", group_size, int, "128")
+    require_type(OP, "eps", eps, (float, int), "1e-10")
+    require_type(OP, "backend", backend, str, '"auto"')
+
+
+def _check_dequantize_types(q, packed_scales, group_size, dtype, backend) -> None:
+    require_tensor(DEQUANTIZE, "q", q, f"the q {OP} returned")
+    require_tensor(DEQUANTIZE, "packed_scales", packed_scales, f"the packed scales {OP} returned")
+    require_type(DEQUANTIZE, "group_size", group_size, int, "128")
+    require_type(DEQUANTIZE, "dtype", dtype, torch.dtype, "torch.bfloat16")
+    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
+
+
 # --- what dispatch sees of a call ---------------------------------------------------------------
 
 def describe_quantize(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP,
                       eps: float = spec.FP8_DEFAULT_EPS, out_given: bool = False) -> Call:
+    _check_quantize_types(x, group_size, eps, dispatch.AUTO)
     require_eps(OP, eps, "1e-10")
     return dispatch.call_for(OP, x, group_size=group_size, out_given=out_given)
 
@@ -84,6 +96,7 @@ def describe_public_call(x: torch.Tensor, *, group_size: int = spec.FP8_DEFAULT_
 def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP,
                         dtype: torch.dtype = torch.bfloat16) -> Call:
     """Also checks that q and its packed scales belong together (ValueError otherwise)."""
+    _check_dequantize_types(q, scales, group_size, dtype, dispatch.AUTO)
     name = f"lowbit.{DEQUANTIZE}"
     if scales.dtype != spec.FP8_SCALE_DTYPE:
         raise ValueError(f"{name}: packed scales dtype {scales.dtype} is not int32; pass the scales "

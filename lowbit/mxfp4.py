@@ -11,7 +11,7 @@ import torch
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call, dtype_name
-from .errors import UnsupportedError, require_eps, require_type, written_in_place
+from .errors import UnsupportedError, require_eps, require_tensor, require_type, written_in_place
 
 QUANTIZE = "quantize_mxfp4"
 GROUP_QUANT = "per_token_group_quant_mxfp4"
@@ -28,7 +28,7 @@ def quantize_mxfp4(x: torch.Tensor, *, scale_rule: str = spec.MX_DEFAULT_SCALE_R
     """
     if dispatch.eager(x):
         return _quantize(_quantize_kernel(x, scale_rule, backend), x, scale_rule)
-    _check_quantize_types(scale_rule, backend)
+    _check_quantize_types(x, scale_rule, backend)
     return dispatch.without_grad(torch.ops.lowbit.quantize_mxfp4, x, scale_rule, backend)
 
 
@@ -47,7 +47,7 @@ def per_token_group_quant_mxfp4(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.T
     outside the compiled function: inductor (torch <= 2.13) does not lower a mutated E8M0 input
     (pytorch/pytorch#189522).
     """
-    _check_group_quant_types(group_size, eps, backend)
+    _check_group_quant_types(x, x_q, x_s, group_size, eps, backend)
     if dispatch.eager(x, x_q, x_s):
         _group_quant(_group_quant_kernel(x, x_q, x_s, group_size, eps, backend), x, x_q, x_s, eps)
     else:
@@ -60,22 +60,28 @@ def dequantize_mxfp4(q: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtyp
     """Expand MXFP4 `q` (..., K/2) with `scales` (..., K/32) back to (..., K) in `dtype`."""
     if dispatch.eager(q, scales):
         return _dequantize(_dequantize_kernel(q, scales, dtype, backend), q, scales, dtype)
-    _check_dequantize_types(dtype, backend)
+    _check_dequantize_types(q, scales, dtype, backend)
     return dispatch.without_grad(torch.ops.lowbit.dequantize_mxfp4, q, scales, dtype, backend)
 
 
-def _check_quantize_types(scale_rule, backend) -> None:
+def _check_quantize_types(x, scale_rule, backend) -> None:
+    require_tensor(QUANTIZE, "x", x, "a (..., K) bfloat16 tensor")
     require_type(QUANTIZE, "scale_rule", scale_rule, str, '"rceil"')
     require_type(QUANTIZE, "backend", backend, str, '"auto"')
 
 
-def _check_group_quant_types(group_size, eps, backend) -> None:
+def _check_group_quant_types(x, x_q, x_s, group_size, eps, backend) -> None:
+    require_tensor(GROUP_QUANT, "x", x, "a (..., K) bfloat16 tensor")
+    require_tensor(GROUP_QUANT, "x_q", x_q, "torch.empty(*x.shape[:-1], K // 2, dtype=torch.uint8)")
+    require_tensor(GROUP_QUANT, "x_s", x_s, "torch.empty(*x.shape[:-1], K // 32, dtype=torch.float32)")
     require_type(GROUP_QUANT, "group_size", group_size, int, str(spec.MX_BLOCK))
     require_type(GROUP_QUANT, "eps", eps, (float, int), "1e-10")
     require_type(GROUP_QUANT, "backend", backend, str, '"auto"')
 
 
-def _check_dequantize_types(dtype, backend) -> None:
+def _check_dequantize_types(q, scales, dtype, backend) -> None:
+    require_tensor(DEQUANTIZE, "q", q, "the q quantize_mxfp4 returned")
+    require_tensor(DEQUANTIZE, "scales", scales, "the scales quantize_mxfp4 returned")
     require_type(DEQUANTIZE, "dtype", dtype, torch.dtype, "torch.bfloat16")
     require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
 
@@ -83,12 +89,14 @@ def _check_dequantize_types(dtype, backend) -> None:
 # --- what dispatch sees of a call ---------------------------------------------------------------
 
 def describe_quantize(x: torch.Tensor, scale_rule: str = spec.MX_DEFAULT_SCALE_RULE) -> Call:
+    _check_quantize_types(x, scale_rule, dispatch.AUTO)
     return dispatch.call_for(QUANTIZE, x, scale_rule=scale_rule)
 
 
 def describe_group_quant(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, group_size: int = spec.MX_BLOCK,
                          eps: float = spec.MX_DEFAULT_EPS) -> Call:
     """Also checks the buffers, group_size and eps [MX-BUFFERS] (ValueError naming the argument)."""
+    _check_group_quant_types(x, x_q, x_s, group_size, eps, dispatch.AUTO)
     name = f"lowbit.{GROUP_QUANT}"
     eps = float(eps)  # as the op receives it, so explain() and the call say the same
     if group_size != spec.MX_BLOCK:
@@ -124,6 +132,7 @@ def _check_buffer(name: str, arg: str, buf, x: torch.Tensor, shape: tuple, dtype
 
 def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> Call:
     """Also checks that q and scales belong together (ValueError otherwise)."""
+    _check_dequantize_types(q, scales, dtype, dispatch.AUTO)
     if scales.dtype not in (spec.MX_SCALE_DTYPE, torch.uint8):
         raise ValueError(f"lowbit.dequantize_mxfp4: scales dtype {scales.dtype} is not float8_e8m0fnu or "
                          "uint8; pass the scales quantize_mxfp4 returned")
@@ -143,7 +152,7 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtyp
 
 def _quantize_kernel(x: torch.Tensor, scale_rule: str, backend: str) -> Kernel:
     def describe():
-        _check_quantize_types(scale_rule, backend)
+        _check_quantize_types(x, scale_rule, backend)
         return describe_quantize(x, scale_rule)
     return dispatch.kernel_for(dispatch.kind(QUANTIZE, x, scale_rule, backend), describe, backend)
 
@@ -165,7 +174,7 @@ def _buffers_fit(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor) -> bool:
 
 def _dequantize_kernel(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype, backend: str) -> Kernel:
     def describe():
-        _check_dequantize_types(dtype, backend)
+        _check_dequantize_types(q, scales, dtype, backend)
         return describe_dequantize(q, scales, dtype)
     fits = q.dim() >= 1 and q.shape[:-1] == scales.shape[:-1] and q.device == scales.device \
         and q.shape[-1] * 2 == scales.shape[-1] * spec.MX_BLOCK  # describe_dequantize's per-call checks

@@ -15,7 +15,7 @@ import torch
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call, dtype_name
-from .errors import require_type
+from .errors import require_tensor, require_type
 
 QUANTIZE = "quantize_nvfp4"
 GLOBAL_SCALE = "nvfp4_global_scale"
@@ -75,7 +75,7 @@ def scaled_fp4_quant(x: torch.Tensor, input_global_scale: torch.Tensor,
     global scale, and back `q` as uint8 (m, n/2) and the E4M3 block scales, swizzled
     (round_up(m, 128), round_up(n/16, 4)) or linear (m, n/16)."""
     require_type(VLLM, "is_sf_swizzled_layout", is_sf_swizzled_layout, bool, "True")
-    _require_tensor(VLLM, "x", x, "a 2-D (m, n) bfloat16 tensor")
+    require_tensor(VLLM, "x", x, "a 2-D (m, n) bfloat16 tensor")
     if x.dim() != 2:
         raise ValueError(f"lowbit.{VLLM}: x has {x.dim()} dims; vLLM's convention takes a 2-D (m, n) input. "
                          f"Alternative: x.reshape(-1, x.shape[-1]), or lowbit.quantize_nvfp4, which takes N-D input")
@@ -84,32 +84,27 @@ def scaled_fp4_quant(x: torch.Tensor, input_global_scale: torch.Tensor,
 
 
 def _check_quantize_types(x, global_scale, per_row, scale_layout, backend) -> None:
-    _require_tensor(QUANTIZE, "x", x, "a (..., K) bfloat16 tensor")
+    require_tensor(QUANTIZE, "x", x, "a (..., K) bfloat16 tensor")
     if global_scale is not None:
-        _require_tensor(QUANTIZE, "global_scale", global_scale, _SCALE_EXAMPLE)
+        require_tensor(QUANTIZE, "global_scale", global_scale, _SCALE_EXAMPLE)
     require_type(QUANTIZE, "per_row", per_row, bool, "True")
     require_type(QUANTIZE, "scale_layout", scale_layout, str, '"linear"')
     require_type(QUANTIZE, "backend", backend, str, '"auto"')
 
 
 def _check_global_scale_types(x, per_row, backend) -> None:
-    _require_tensor(GLOBAL_SCALE, "x", x, "a (..., K) bfloat16 tensor")
+    require_tensor(GLOBAL_SCALE, "x", x, "a (..., K) bfloat16 tensor")
     require_type(GLOBAL_SCALE, "per_row", per_row, bool, "True")
     require_type(GLOBAL_SCALE, "backend", backend, str, '"auto"')
 
 
 def _check_dequantize_types(q, block_scales, global_scale, scale_layout, dtype, backend) -> None:
-    _require_tensor(DEQUANTIZE, "q", q, "the q quantize_nvfp4 returned")
-    _require_tensor(DEQUANTIZE, "block_scales", block_scales, "the block_scales quantize_nvfp4 returned")
-    _require_tensor(DEQUANTIZE, "global_scale", global_scale, "the global_scale quantize_nvfp4 returned")
+    require_tensor(DEQUANTIZE, "q", q, "the q quantize_nvfp4 returned")
+    require_tensor(DEQUANTIZE, "block_scales", block_scales, "the block_scales quantize_nvfp4 returned")
+    require_tensor(DEQUANTIZE, "global_scale", global_scale, "the global_scale quantize_nvfp4 returned")
     require_type(DEQUANTIZE, "scale_layout", scale_layout, str, '"linear"')
     require_type(DEQUANTIZE, "dtype", dtype, torch.dtype, "torch.bfloat16")
     require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
-
-
-def _require_tensor(op: str, name: str, value, example: str) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"lowbit.{op}: {name} must be a tensor, not {type(value).__name__}; pass e.g. {example}")
 
 
 _SCALE_EXAMPLE = "torch.tensor(2688 / amax, dtype=torch.float32, device=x.device), or None to compute it"

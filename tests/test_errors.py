@@ -582,3 +582,46 @@ def test_err_unsupported_is_raised_before_anything_is_written():
     with pytest.raises(lowbit.UnsupportedError, match="input dtype float64"):
         lowbit.quantize_fp8_group_packed(x, group_size=32, out=(q_buf, s_buf))
     assert (q_buf.view(torch.uint8) == 0x11).all() and (s_buf == 0x22222222).all()
+
+
+# --- non-tensor arguments and wrongly typed options: the call and supports() say the same ----------
+
+_X = lambda: torch.randn(4, 64)  # noqa: E731
+_XQ = lambda: torch.empty(4, 32, dtype=torch.uint8)  # noqa: E731
+_XS = lambda: torch.empty(4, 2)  # noqa: E731
+ALIKE = {
+    # name: (op, args, kwargs, error type, text)
+    "mx-x-list": ("quantize_mxfp4", lambda: ([1.0] * 32,), {}, TypeError,
+                  "lowbit.quantize_mxfp4: x must be a tensor, not list"),
+    "mx-scale-rule-none": ("quantize_mxfp4", lambda: (_X(),), {"scale_rule": None}, ValueError,
+                           "lowbit.quantize_mxfp4: scale_rule=None is of type NoneType, not str"),
+    "gq-x-float": ("per_token_group_quant_mxfp4", lambda: (1.0, _XQ(), _XS()), {}, TypeError,
+                   "lowbit.per_token_group_quant_mxfp4: x must be a tensor, not float"),
+    "gq-xs-none": ("per_token_group_quant_mxfp4", lambda: (_X(), _XQ(), None), {}, TypeError,
+                   "lowbit.per_token_group_quant_mxfp4: x_s must be a tensor, not NoneType"),
+    "gq-group-float": ("per_token_group_quant_mxfp4", lambda: (_X(), _XQ(), _XS()), {"group_size": 32.0}, ValueError,
+                       "lowbit.per_token_group_quant_mxfp4: group_size=32.0 is of type float, not int"),
+    "gq-eps-str": ("per_token_group_quant_mxfp4", lambda: (_X(), _XQ(), _XS()), {"eps": "x"}, ValueError,
+                   "lowbit.per_token_group_quant_mxfp4: eps='x' is of type str, not float or int"),
+    "dmx-q-list": ("dequantize_mxfp4", lambda: ([0] * 32, torch.empty(1, 2, dtype=torch.uint8)), {}, TypeError,
+                   "lowbit.dequantize_mxfp4: q must be a tensor, not list"),
+    "fp8-x-tuple": ("quantize_fp8_group_packed", lambda: ((1.0,) * 128,), {}, TypeError,
+                    "lowbit.quantize_fp8_group_packed: x must be a tensor, not tuple"),
+    "fp8-group-float": ("quantize_fp8_group_packed", lambda: (torch.randn(4, 128),), {"group_size": 128.0}, ValueError,
+                        "lowbit.quantize_fp8_group_packed: group_size=128.0 is of type float, not int"),
+    "fp8-group-str": ("quantize_fp8_group_packed", lambda: (torch.randn(4, 128),), {"group_size": "128"}, ValueError,
+                      "lowbit.quantize_fp8_group_packed: group_size='128' is of type str, not int"),
+    "dfp8-scales-int": ("dequantize_fp8_group_packed", lambda: (torch.empty(4, 128, dtype=torch.uint8), 3), {},
+                        TypeError, "lowbit.dequantize_fp8_group_packed: packed_scales must be a tensor, not int"),
+}
+
+
+@pytest.mark.parametrize("name", ALIKE)
+def test_non_tensors_and_wrong_option_types_are_refused_by_the_call_and_supports_alike(name):
+    op, args, kwargs, error, text = ALIKE[name]
+    with pytest.raises(error) as real:
+        getattr(lowbit, op)(*args(), **kwargs)
+    assert str(real.value).startswith(text) and "pass e.g." in str(real.value)
+    with pytest.raises(error) as asked:
+        lowbit.supports(op, *args(), **kwargs)
+    assert str(asked.value) == str(real.value)
