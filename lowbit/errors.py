@@ -48,3 +48,27 @@ def require_tensor(op: str, name: str, value, example: str) -> None:
     (or an attribute deep inside) would raise a less readable error."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"lowbit.{op}: {name} must be a tensor, not {type(value).__name__}; pass e.g. {example}")
+
+
+def overlapping(named: dict) -> str | None:
+    """The first pair of `named` tensors whose views share storage bytes, as a refusal, or None. A
+    buffer written in place must not alias another output or the input: the kernels read and write
+    them concurrently. Byte ranges, not elements: interleaved views of one storage count as
+    overlapping."""
+    storages = [t.untyped_storage()._cdata for t in named.values()]
+    if len(set(storages)) == len(storages):  # the common case, first: it runs on every call with buffers
+        return None
+    spans = [(name, storage, *_byte_span(t)) for (name, t), storage in zip(named.items(), storages) if t.numel()]
+    for i, (a, storage_a, lo_a, hi_a) in enumerate(spans):
+        for b, storage_b, lo_b, hi_b in spans[i + 1:]:
+            if storage_a == storage_b and lo_a < hi_b and lo_b < hi_a:
+                return (f"{a} and {b} share storage (bytes {max(lo_a, lo_b)}..{min(hi_a, hi_b) - 1}); pass "
+                        "separate tensors")
+    return None
+
+
+def _byte_span(t) -> tuple[int, int]:
+    """[first, last + 1) bytes of its storage that a non-empty view spans."""
+    size = t.element_size()
+    start = t.storage_offset() * size
+    return start, start + size * (1 + sum((n - 1) * stride for n, stride in zip(t.shape, t.stride())))

@@ -14,7 +14,7 @@ import torch
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call
-from .errors import require_eps, require_tensor, require_type, written_in_place
+from .errors import overlapping, require_eps, require_tensor, require_type, written_in_place
 
 OP = "quantize_fp8_group_packed"
 DEQUANTIZE = "dequantize_fp8_group_packed"
@@ -193,6 +193,9 @@ def out_buffer_problems(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tenso
         problems.append(f"s_buf shape is {tuple(s_buf.shape)}, needs {scale_shape}")
     elif any(size > 1 and got != want for size, got, want in zip(s_buf.shape, s_buf.stride(), scale_strides)):
         problems.append(f"s_buf strides are {s_buf.stride()}, needs {scale_strides} ({layout})")
+    shared = overlapping({"q_buf": q_buf, "s_buf": s_buf, "x": x})
+    if shared:
+        problems.append(shared)
     for what, buf in (("q_buf", q_buf), ("s_buf", s_buf)):
         have = buf.untyped_storage().nbytes() // buf.element_size() - buf.storage_offset()
         if have < _extent(buf):

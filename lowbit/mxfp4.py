@@ -11,7 +11,7 @@ import torch
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call, dtype_name
-from .errors import UnsupportedError, require_eps, require_tensor, require_type, written_in_place
+from .errors import UnsupportedError, overlapping, require_eps, require_tensor, require_type, written_in_place
 
 QUANTIZE = "quantize_mxfp4"
 GROUP_QUANT = "per_token_group_quant_mxfp4"
@@ -109,6 +109,9 @@ def describe_group_quant(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, 
         *lead, k = x.shape
         _check_buffer(name, "x_q", x_q, x, (*lead, k // 2), spec.MX_BUFFER_Q_DTYPES)
         _check_buffer(name, "x_s", x_s, x, (*lead, k // spec.MX_BLOCK), spec.MX_BUFFER_SCALE_DTYPES)
+        shared = overlapping({"x_q": x_q, "x_s": x_s, "x": x})
+        if shared:
+            raise ValueError(f"{name}: {shared}")
     return call
 
 
@@ -165,11 +168,11 @@ def _group_quant_kernel(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, g
 
 
 def _buffers_fit(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor) -> bool:
-    """describe_group_quant's buffer checks bar the dtypes (part of the kind) [MX-BUFFERS]."""
+    """describe_group_quant's buffer checks bar the dtypes (part of the kind) [MX-BUFFERS, ERR-OVERLAP]."""
     lead = x.shape[:-1]
     return (x.dim() >= 1 and x_q.shape[:-1] == lead == x_s.shape[:-1] and x_q.shape[-1] * 2 == x.shape[-1]
             == x_s.shape[-1] * spec.MX_BLOCK and x_q.is_contiguous() and x_s.is_contiguous()
-            and x_q.device == x.device == x_s.device)
+            and x_q.device == x.device == x_s.device and overlapping({"x_q": x_q, "x_s": x_s, "x": x}) is None)
 
 
 def _dequantize_kernel(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype, backend: str) -> Kernel:

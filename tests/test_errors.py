@@ -625,3 +625,69 @@ def test_non_tensors_and_wrong_option_types_are_refused_by_the_call_and_supports
     with pytest.raises(error) as asked:
         lowbit.supports(op, *args(), **kwargs)
     assert str(asked.value) == str(real.value)
+
+
+# --- [ERR-OVERLAP]: buffers that share storage bytes with each other or the input -------------------
+
+def _workspace_buffers(op, overlap):
+    """(x, buffers carved from one uint8 workspace) for `op`; with `overlap` the scale buffer starts 16
+    bytes inside the element buffer, else right after it."""
+    x = torch.randn(4, 256, generator=torch.Generator().manual_seed(1))
+    q_bytes = 4 * 128 if op == "per_token_group_quant_mxfp4" else 4 * 256
+    s_shape, s_dtype = {"per_token_group_quant_mxfp4": ((4, 8), torch.float32),
+                        "quantize_fp8_group": ((4, 2), torch.float32)}.get(op, ((1, 4), torch.int32))
+    s_bytes = 4 * s_shape[0] * s_shape[1]
+    work = torch.full((q_bytes + s_bytes,), 0x5A, dtype=torch.uint8)
+    start = q_bytes - 16 if overlap else q_bytes
+    q = work[:q_bytes]
+    q = q.view(4, 128) if op == "per_token_group_quant_mxfp4" else q.view(torch.float8_e4m3fn).view(4, 256)
+    s = work[start:start + s_bytes].view(s_dtype).view(s_shape)
+    return x, work, q, s.t() if op == "quantize_fp8_group_packed" else s
+
+
+def _call_with_buffers(op, x, q, s):
+    if op == "per_token_group_quant_mxfp4":
+        return lambda: lowbit.per_token_group_quant_mxfp4(x, q, s)
+    return lambda: getattr(lowbit, op)(x, out=(q, s))
+
+
+def _supports_with_buffers(op, x, q, s):
+    if op == "per_token_group_quant_mxfp4":
+        return lambda: lowbit.supports(op, x, q, s)
+    return lambda: lowbit.supports(op, x, out=(q, s))
+
+
+OVERLAP_OPS = ["per_token_group_quant_mxfp4", "quantize_fp8_group_packed", "quantize_fp8_group"]
+
+
+@pytest.mark.parametrize("op", OVERLAP_OPS)
+def test_err_overlap_buffers_sharing_bytes_are_refused_alike_before_anything_is_written(op):
+    x, work, q, s = _workspace_buffers(op, overlap=True)
+    before = work.clone()
+    with pytest.raises(ValueError, match="q_buf and s_buf share storage|x_q and x_s share storage") as real:
+        _call_with_buffers(op, x, q, s)()
+    assert torch.equal(work, before)
+    with pytest.raises(ValueError) as asked:
+        _supports_with_buffers(op, x, q, s)()
+    assert str(asked.value) == str(real.value)
+
+
+@pytest.mark.parametrize("op", OVERLAP_OPS)
+def test_err_overlap_buffers_written_over_the_input_are_refused(op):
+    _, _, q, s = _workspace_buffers(op, overlap=False)
+    x = torch.randn(4, 256)
+    before = x.clone()
+    first_bytes = x.view(torch.uint8).reshape(-1)[:s.numel() * s.element_size()].view(s.dtype)
+    with pytest.raises(ValueError, match="and x share storage"):
+        _call_with_buffers(op, x, q, first_bytes.as_strided(s.shape, s.stride()))()
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("op", OVERLAP_OPS)
+def test_err_overlap_disjoint_buffers_of_one_workspace_are_taken(op):
+    x, _, q, s = _workspace_buffers(op, overlap=False)
+    _call_with_buffers(op, x, q, s)()
+    x2, _, q2, s2 = _workspace_buffers(op, overlap=False)
+    q2, s2 = torch.empty_like(q2), torch.empty_strided(s2.shape, s2.stride(), dtype=s2.dtype)
+    _call_with_buffers(op, x2, q2, s2)()
+    assert torch.equal(q.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s, s2)
