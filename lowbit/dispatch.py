@@ -131,16 +131,21 @@ _KERNELS: dict[tuple, Kernel] = {}  # kind -> the kernel resolved for it
 _KERNELS_MAX = 4096
 
 
-def kernel_for(key: tuple, describe: Callable[[], Call], backend: str = AUTO, fits: bool = True) -> Kernel:
+def kernel_for(key: tuple, describe: Callable[[], Call], backend: str = AUTO, fits: bool = True,
+               recheck: Callable[[], None] | None = None) -> Kernel:
     """The kernel for a call of kind `key` (see `kind`): the one remembered from an earlier call of the
-    kind when `fits` (the per-call checks the kind leaves open passed), else `resolve(describe(),
-    backend)`, remembered. `describe` runs every check of the call and raises for bad input."""
+    kind when `fits` (the per-call checks the kind leaves open passed) and `recheck` (those that raise,
+    such as the out= buffers' checks) returns, else `resolve(describe(), backend)`, remembered.
+    `describe` runs every check of the call, in the order a first call meets them, and raises for
+    bad input."""
     kernel = remembered(key) if fits else None
     if kernel is None:
         kernel = resolve(describe(), backend)
         if len(_KERNELS) >= _KERNELS_MAX:
             _KERNELS.clear()
         _KERNELS[key] = kernel
+    elif recheck is not None:
+        recheck()
     return kernel
 
 

@@ -17,7 +17,7 @@ from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call, dtype_name
 from .errors import require_eps, require_tensor, require_type
-from .fp8_group_packed import out_buffer_problems
+from .fp8_group_packed import batch_strides, check_out_pair, out_buffer_problems
 
 QUANTIZE = "quantize_fp8_group"
 DEQUANTIZE = "dequantize_fp8_group"
@@ -48,7 +48,7 @@ def quantize_fp8_group(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP
         _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, backend)
         return dispatch.without_grad(torch.ops.lowbit.quantize_fp8_group, x, group_size, eps, ue8m0, scale_layout,
                                      backend)
-    _check_out_pair(out)
+    check_out_pair(QUANTIZE, out, "F8-OUT")
     q_buf, s_buf = out
     if dispatch.eager(x, q_buf, s_buf):
         _quantize_kernel(x, group_size, eps, ue8m0, scale_layout, backend, out=out).run(
@@ -142,12 +142,6 @@ def _check_block(op: str, block) -> None:
                          f"block=(128, 128)")
 
 
-def _check_out_pair(out) -> None:
-    if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
-        raise ValueError(f"lowbit.{QUANTIZE}(out=...): out= must be a pair of tensors (q_buf, s_buf), not "
-                         f"{type(out).__name__}; pass out=(q_buf, s_buf) as docs/SPEC.md [F8-OUT] says, or drop out=")
-
-
 def _check_layout(scale_layout: str) -> None:
     if scale_layout not in spec.F8_SCALE_LAYOUTS:
         raise ValueError(f"lowbit.{QUANTIZE}: scale_layout={scale_layout!r} is not one of "
@@ -165,7 +159,7 @@ def describe_quantize(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP,
     require_eps(QUANTIZE, eps, "1e-10")
     _check_layout(scale_layout)
     if out is not None:
-        _check_out_pair(out)
+        check_out_pair(QUANTIZE, out, "F8-OUT")
         check_out_buffers(x, *out, group_size, scale_layout)
     return dispatch.call_for(QUANTIZE, x, group_size=group_size, out_given=out is not None)
 
@@ -222,13 +216,10 @@ def _quantize_kernel(x: torch.Tensor, group_size: int, eps: float, ue8m0: bool, 
         return describe_quantize(x, group_size, eps=eps, ue8m0=ue8m0, scale_layout=scale_layout, out=out)
     # the types too: 1 == True and 128.0 == 128, and a kind must not let through what a first call refuses
     fits = group_size.__class__ is int and ue8m0.__class__ is bool and eps.__class__ in (float, int)
-    key = dispatch.kind(QUANTIZE, x, group_size, eps, ue8m0, scale_layout, out is not None, backend)
-    if fits and out is not None:  # a remembered kind checks only the buffers; a first call checks them last
-        kernel = dispatch.remembered(key)
-        if kernel is not None:
-            check_out_buffers(x, *out, group_size, scale_layout)
-            return kernel
-    return dispatch.kernel_for(key, describe, backend, fits)
+    return dispatch.kernel_for(dispatch.kind(QUANTIZE, x, group_size, eps, ue8m0, scale_layout, out is not None,
+                                             backend), describe, backend, fits,
+                               recheck=None if out is None else lambda: check_out_buffers(x, *out, group_size,
+                                                                                          scale_layout))
 
 
 def _dequantize_kernel(q: torch.Tensor, scales: torch.Tensor, group_size: int, dtype: torch.dtype,
@@ -266,14 +257,9 @@ def scale_strides(lead, mn: int, groups: int, scale_layout: str) -> tuple[int, .
     """[F8-LAYOUT] strides of (..., mn, G) float32 scales: (..., G, 1), (..., G*mn, 1, mn) or
     (..., G*A, 1, A)."""
     if scale_layout == ROW_MAJOR:
-        strides, batch = [groups, 1], groups * mn
-    else:
-        rows = spec.tma_rows(mn) if scale_layout == COLUMN_MAJOR_TMA else mn
-        strides, batch = [1, rows], groups * rows
-    for size in reversed(lead):
-        strides.insert(0, batch)
-        batch *= size
-    return tuple(strides)
+        return batch_strides(lead, (groups, 1), groups * mn)
+    rows = spec.tma_rows(mn) if scale_layout == COLUMN_MAJOR_TMA else mn
+    return batch_strides(lead, (1, rows), groups * rows)
 
 
 def quantize_outputs(x: torch.Tensor, group_size: int,
@@ -323,8 +309,7 @@ def check_out_buffers(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor,
     *lead, mn, k = x.shape
     groups = k // group_size
     strides = scale_strides(lead, mn, groups, scale_layout)
-    problems = out_buffer_problems(x, q_buf, s_buf, spec.F8_SCALE_DTYPE, (*lead, mn, groups), strides,
-                                   f"{scale_layout}")
+    problems = out_buffer_problems(x, q_buf, s_buf, spec.F8_SCALE_DTYPE, (*lead, mn, groups), strides, scale_layout)
     if problems:
         raise ValueError(f"lowbit.{QUANTIZE}(out=...): the buffers do not fit this input ({tuple(x.shape)}, "
                          f"group_size {group_size}, {scale_layout} scales): " + "; ".join(problems) +

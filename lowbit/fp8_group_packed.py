@@ -37,8 +37,7 @@ def quantize_fp8_group_packed(x: torch.Tensor, *, group_size: int = spec.FP8_DEF
         if dispatch.eager(x):
             return _quantize(_quantize_kernel(x, group_size, eps, backend), x, group_size, eps)
         return dispatch.without_grad(torch.ops.lowbit.quantize_fp8_group_packed, x, group_size, eps, backend)
-    if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
-        raise ValueError(f"lowbit.{OP}: out= must be a pair of tensors (q_buf, s_buf), not {type(out).__name__}")
+    check_out_pair(OP, out, "FP8-OUT")
     q_buf, s_buf = out
     if dispatch.eager(x, q_buf, s_buf):
         _quantize_kernel(x, group_size, eps, backend, out=out).run(x, q_buf, s_buf, group_size=group_size, eps=eps)
@@ -89,6 +88,7 @@ def describe_public_call(x: torch.Tensor, *, group_size: int = spec.FP8_DEFAULT_
     """describe_quantize for quantize_fp8_group_packed's own arguments (out= buffers checked too)."""
     call = describe_quantize(x, group_size, eps, out_given=out is not None)
     if out is not None:
+        check_out_pair(OP, out, "FP8-OUT")
         check_out_buffers(x, *out, group_size)
     return call
 
@@ -116,10 +116,9 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, group_size: int =
 # scales' shape and device); anything else, or a first call, runs the full describe and resolve.
 
 def _quantize_kernel(x: torch.Tensor, group_size: int, eps: float, backend: str, out=None) -> Kernel:
-    if out is not None:
-        check_out_buffers(x, *out, group_size)
     return dispatch.kernel_for(dispatch.kind(OP, x, group_size, eps, out is not None, backend),
-                               lambda: describe_public_call(x, group_size=group_size, eps=eps, out=out), backend)
+                               lambda: describe_public_call(x, group_size=group_size, eps=eps, out=out), backend,
+                               recheck=None if out is None else lambda: check_out_buffers(x, *out, group_size))
 
 
 def _dequantize_kernel(q: torch.Tensor, scales: torch.Tensor, group_size: int, dtype: torch.dtype,
@@ -142,13 +141,21 @@ def quantize_outputs(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, to
     *lead, mn, k = x.shape
     words, rows = spec.scale_words(k // group_size), spec.tma_rows(mn)
     q = torch.empty(x.shape, dtype=spec.FP8_Q_DTYPE, device=x.device)
-    full = torch.empty_strided((*lead, rows, words), _packed_strides(lead, words, rows), dtype=spec.FP8_SCALE_DTYPE,
-                               device=x.device)
+    full = torch.empty_strided((*lead, rows, words), batch_strides(lead, (1, rows), words * rows),
+                               dtype=spec.FP8_SCALE_DTYPE, device=x.device)
     return q, full, full if rows == mn else full.narrow(-2, 0, mn)  # narrow, not [..., :mn]: fake cuda tensors
 
 
 def dequantize_output(q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(q.shape, dtype=dtype, device=q.device)
+
+
+def check_out_pair(op: str, out, clause: str) -> None:
+    """out= is a pair of tensors (q_buf, s_buf), or ValueError: the call, its fake and supports() ask it
+    before they look at the buffers."""
+    if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
+        raise ValueError(f"lowbit.{op}(out=...): out= must be a pair of tensors (q_buf, s_buf), not "
+                         f"{type(out).__name__}; pass out=(q_buf, s_buf) as docs/SPEC.md [{clause}] says, or drop out=")
 
 
 def check_out_buffers(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor, group_size: int) -> None:
@@ -160,7 +167,7 @@ def check_out_buffers(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor,
     *lead, mn, k = x.shape
     words, rows = spec.scale_words(k // group_size), spec.tma_rows(mn)
     problems = out_buffer_problems(x, q_buf, s_buf, spec.FP8_SCALE_DTYPE, (*lead, mn, words),
-                                   _packed_strides(lead, words, rows), f"word (r, c) at c*A + r, A = {rows}")
+                                   batch_strides(lead, (1, rows), words * rows), f"word (r, c) at c*A + r, A = {rows}")
     if problems:
         raise ValueError(f"lowbit.{OP}(out=...): the buffers do not fit this input ({tuple(x.shape)}, group_size "
                          f"{group_size}): " + "; ".join(problems) + ". Allocate them as docs/SPEC.md "
@@ -208,10 +215,10 @@ def _extent(t: torch.Tensor) -> int:
     return 0 if t.numel() == 0 else 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
 
 
-def _packed_strides(lead, words: int, rows: int) -> tuple[int, ...]:
-    """[FP8-PACK]: word (r, c) of a batch at c*A + r, batches of ceil(G/4)*A words, A = `rows`."""
-    strides = [1, rows]
-    batch = words * rows
+def batch_strides(lead, inner: tuple[int, int], batch: int) -> tuple[int, ...]:
+    """Strides of (..., R, C): `inner` within a batch, batches of `batch` elements one after another.
+    [FP8-PACK]: inner (1, A), batch ceil(G/4)*A; [F8-LAYOUT] the same for float32 scales."""
+    strides = list(inner)
     for size in reversed(lead):
         strides.insert(0, batch)
         batch *= size

@@ -28,7 +28,7 @@ import triton.language as tl
 from lowbit import spec
 
 from .float_bits import OUT_BITS, e4m3_integer, e4m3_value, exponent_field, output_bits, pow2, to_f32
-from .fp8_group_packed import FP8_NAN_BYTE, e4m3_hardware, fp8_scale_byte
+from .fp8_group_packed import FP8_NAN_BYTE, batched, e4m3_hardware, fp8_scale_byte
 from .launch import Launch, LaunchConfig, fitting, size_class
 
 SCALE_MIN = tl.constexpr(spec.F8_SCALE_MIN)
@@ -145,11 +145,9 @@ def quantize_group(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, gr
     (..., S, G), whatever their strides; rows >= mn of both are written as 0."""
     if q.numel() == 0 and scales.numel() == 0:
         return
-    x, batches, (mn, k), (stride_b, stride_m, stride_k) = _batched(x)
+    x, batches, (mn, k), (stride_b, stride_m, stride_k) = batched(x)
     q_rows, s_rows = q.shape[-2], scales.shape[-2]
-    stride_sb = scales.stride(-3) if scales.dim() > 2 else 0
-    if scales.dim() > 3 and batches > 1:  # the leading dims of the scales must merge into one batch stride
-        stride_sb = scales.reshape(batches, s_rows, scales.shape[-1]).stride(0)
+    stride_sb = _batch_stride(scales, batches)
     _, block_m, groups, launch = size_class(group_launches(k, group_size, ue8m0, hardware_e4m3, config), batches * mn)
     tiles = triton.cdiv(max(q_rows, s_rows), block_m)
     launch((batches * tiles, triton.cdiv(k // group_size, groups), 1), x, q.view(torch.uint8), scales, mn, k,
@@ -177,10 +175,18 @@ def dequantize_group(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *
         return
     *lead, mn, k = q.shape
     batches = math.prod(lead)
-    stride_sb = scales.stride(-3) if scales.dim() > 2 else 0
+    _dequantize(q, scales, out, batches, mn, k, _batch_stride(scales, batches), scales.stride(-2), scales.stride(-1),
+                group_size, 1, config)
+
+
+def _batch_stride(scales: torch.Tensor, batches: int) -> int:
+    """The one stride between batches of scales (..., S, G) whose leading dims merge, as every layout
+    lowbit allocates or accepts has them (0 for one batch)."""
+    if scales.dim() == 2:
+        return 0
     if scales.dim() > 3 and batches > 1:
-        stride_sb = scales.reshape(batches, mn, scales.shape[-1]).stride(0)
-    _dequantize(q, scales, out, batches, mn, k, stride_sb, scales.stride(-2), scales.stride(-1), group_size, 1, config)
+        return scales.reshape(batches, *scales.shape[-2:]).stride(0)
+    return scales.stride(-3)
 
 
 def dequantize_block(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *, block: tuple[int, int]) -> None:
@@ -198,15 +204,6 @@ def _dequantize(q, scales, out, batches, mn, k, stride_sb, stride_sm, stride_sg,
     tiles = triton.cdiv(mn, block_m)
     launch((batches * tiles, triton.cdiv(k, block_k), 1), q.view(torch.uint8), scales, out.view(int_dtype), mn, k,
            tiles, stride_sb, stride_sm, stride_sg)
-
-
-def _batched(x: torch.Tensor) -> tuple[torch.Tensor, int, tuple[int, int], tuple[int, int, int]]:
-    """(x as at most 3 dims, batches, (mn, k), (batch, row, column strides)) of x (..., mn, K) with one
-    batch dim: a view when the leading dims' strides merge, else one copy."""
-    if x.dim() == 2:  # one batch: its stride is never used
-        return x, 1, tuple(x.shape), (0, *x.stride())
-    x3 = x if x.dim() == 3 else x.reshape(math.prod(x.shape[:-2]), *x.shape[-2:])
-    return x3, x3.shape[0], tuple(x3.shape[1:]), x3.stride()
 
 
 # --- launch tables, resolved once per kind of call ----------------------------------------------------

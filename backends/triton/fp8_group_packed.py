@@ -105,17 +105,22 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, group_si
     `scales` (..., S, ceil(G/4)) with strides (..., 1, A); rows >= mn of both are written as 0."""
     if q.numel() == 0 and scales.numel() == 0:
         return
-    if x.dim() == 2:  # one batch: its stride is never used
-        batches, (mn, k), (stride_b, stride_m, stride_k) = 1, x.shape, (0, *x.stride())
-    else:
-        x = x if x.dim() == 3 else x.reshape(math.prod(x.shape[:-2]), *x.shape[-2:])  # a view, or a copy
-        (batches, mn, k), (stride_b, stride_m, stride_k) = x.shape, x.stride()
+    x, batches, (mn, k), (stride_b, stride_m, stride_k) = batched(x)
     q_rows, s_rows, words = q.shape[-2], scales.shape[-2], scales.shape[-1]
     stride_word = spec.tma_rows(mn)  # A: word (r, c) of a batch sits at c*A + r [FP8-PACK]
     _, block_m, launch = size_class(launches(k, group_size, hardware_e4m3, config), batches * mn)
     tiles = triton.cdiv(max(q_rows, s_rows), block_m)
     launch((batches * tiles, words, 1), x, q.view(torch.uint8), scales, mn, k, k // group_size, q_rows, s_rows, tiles,
            stride_b, stride_m, stride_k, q_rows * k, words * stride_word, stride_word, float(eps))
+
+
+def batched(x: torch.Tensor) -> tuple[torch.Tensor, int, tuple[int, int], tuple[int, int, int]]:
+    """(x as at most 3 dims, batches, (mn, k), (batch, row, column strides)) of x (..., mn, K) with one
+    batch dim: a view when the leading dims' strides merge, else one copy."""
+    if x.dim() == 2:  # one batch: its stride is never used
+        return x, 1, tuple(x.shape), (0, *x.stride())
+    x3 = x if x.dim() == 3 else x.reshape(math.prod(x.shape[:-2]), *x.shape[-2:])
+    return x3, x3.shape[0], tuple(x3.shape[1:]), x3.stride()
 
 
 @functools.lru_cache(maxsize=1024)
