@@ -16,7 +16,7 @@ import torch
 
 from . import dispatch
 from .capability import Call, dtype_name
-from .errors import UnsupportedError, require_type
+from .errors import UnsupportedError, require_tensor, require_type
 
 OP = "unified_attention"
 FP8_DTYPE = torch.float8_e4m3fn
@@ -25,6 +25,9 @@ INDEX_DTYPE = torch.int32
 DESCALE_DTYPE = torch.float32
 PER_HEAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # ALiBi slopes and sinks
 ENV_DEBUG = "LOWBIT_DEBUG"
+_CACHE = "a (num_blocks, block_size, num_kv_heads, head_size) tensor in q's dtype"
+_DESCALE = "a float32 tensor of one value or (num_seqs, num_kv_heads), or None"
+_REQUIRED = ("q", "k_cache", "v_cache", "cu_seqlens_q", "seqused_k", "block_table")
 
 
 def unified_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *,
@@ -47,7 +50,8 @@ def unified_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     (sequence, KV head). Returns `out` (num_tokens, num_heads, head_size) in q's dtype (bfloat16
     for an FP8 query unless `out` says otherwise); rows outside every sequence are not written.
     """
-    _check_host_arguments(max_seqlen_q, max_seqlen_k, softmax_scale, causal, softcap)
+    _check_types(q, k_cache, v_cache, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k, softmax_scale,
+                 causal, softcap, alibi_slopes, sinks, q_descale, k_descale, v_descale, out)
     require_type(OP, "backend", backend, str, '"auto"')
     left, right = _window(window_size)
     scale = resolve_softmax_scale(q, softmax_scale)
@@ -63,7 +67,25 @@ def unified_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     return out
 
 
-def _check_host_arguments(max_seqlen_q, max_seqlen_k, softmax_scale, causal, softcap) -> None:
+_TENSOR_EXAMPLES = {  # what each tensor argument holds, for a TypeError's "pass e.g."
+    "q": "a (num_tokens, num_heads, head_size) bfloat16 tensor", "k_cache": _CACHE, "v_cache": _CACHE,
+    "cu_seqlens_q": "an int32 tensor of num_seqs + 1 first query rows", "seqused_k": "an int32 tensor (num_seqs,)",
+    "block_table": "an int32 tensor (num_seqs, pages)", "alibi_slopes": "a (num_heads,) float32 tensor, or None",
+    "sinks": "a (num_heads,) float32 tensor, or None", "q_descale": _DESCALE, "k_descale": _DESCALE,
+    "v_descale": _DESCALE, "out": "a tensor of q's shape, or None",
+}
+
+
+def _check_types(q, k_cache, v_cache, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
+                 softmax_scale, causal, softcap, alibi_slopes, sinks, q_descale, k_descale, v_descale, out) -> None:
+    """TypeError for a non-tensor where a tensor goes, ValueError for a host argument of the wrong
+    type: the call and supports() run this first, so both refuse alike."""
+    for name, value in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("cu_seqlens_q", cu_seqlens_q),
+                        ("seqused_k", seqused_k), ("block_table", block_table), ("alibi_slopes", alibi_slopes),
+                        ("sinks", sinks), ("q_descale", q_descale), ("k_descale", k_descale),
+                        ("v_descale", v_descale), ("out", out)):
+        if value is not None or name in _REQUIRED:
+            require_tensor(OP, name, value, _TENSOR_EXAMPLES[name])
     for name, value, types, example in (
         ("max_seqlen_q", max_seqlen_q, int, "128"), ("max_seqlen_k", max_seqlen_k, int, "4096"),
         ("causal", causal, bool, "True"), ("softcap", softcap, (float, int), "0.0"),
@@ -142,7 +164,8 @@ def describe_public_call(q, k_cache, v_cache, *, cu_seqlens_q, seqused_k, block_
                          alibi_slopes=None, sinks=None, q_descale=None, k_descale=None, v_descale=None,
                          out=None) -> Call:
     """describe() for unified_attention's own arguments (what `lowbit.supports` asks)."""
-    _check_host_arguments(max_seqlen_q, max_seqlen_k, softmax_scale, causal, softcap)
+    _check_types(q, k_cache, v_cache, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k, softmax_scale,
+                 causal, softcap, alibi_slopes, sinks, q_descale, k_descale, v_descale, out)
     left, right = _window(window_size)
     return describe(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
                     resolve_softmax_scale(q, softmax_scale), left, right, softcap, alibi_slopes, sinks,
@@ -155,107 +178,128 @@ def _problems(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, ma
     """Every way the arguments do not fit together (empty: they do)."""
     found = []
     if q.dim() != 3:
-        return [f"q has shape {tuple(q.shape)}; needs (num_tokens, num_heads, head_size)"]
+        return [f"q has shape {tuple(q.shape)}; needs (num_tokens, num_heads, head_size); pass q.view(num_tokens, "
+                "num_heads, head_size)"]
     if k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
         return [f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} need one shape "
-                "(num_blocks, block_size, num_kv_heads, head_size)"]
+                "(num_blocks, block_size, num_kv_heads, head_size); pass both in that layout (vLLM's)"]
     tokens, heads, head_size = q.shape
     _, page_size, kv_heads, kv_head_size = k_cache.shape
     if kv_head_size != head_size:
-        found.append(f"q head size {head_size} differs from the cache's {kv_head_size}")
+        found.append(f"q head size {head_size} differs from the cache's {kv_head_size}; pass one head size")
     if heads == 0 or kv_heads == 0 or page_size == 0:
-        found.append("num_heads, num_kv_heads and block_size must be at least 1")
+        found.append("num_heads, num_kv_heads and block_size must be at least 1; pass at least one head and "
+                     "one slot per block")
     if v_cache.dtype != k_cache.dtype:
         found.append(f"k_cache is {dtype_name(k_cache.dtype)} and v_cache {dtype_name(v_cache.dtype)}; "
-                     "store both alike")
+                     "store both in one dtype")
     if out is not None:
         if tuple(out.shape) != tuple(q.shape):
-            found.append(f"out has shape {tuple(out.shape)}, needs q's {tuple(q.shape)}")
+            found.append(f"out has shape {tuple(out.shape)}, needs q's {tuple(q.shape)}; pass such an out, or "
+                         "out=None")
         if out.dtype not in OUT_DTYPES:
-            found.append(f"out dtype {dtype_name(out.dtype)} is not bfloat16 or float16")
+            found.append(f"out dtype {dtype_name(out.dtype)} is not bfloat16 or float16; pass one of those, or "
+                         "out=None")
         elif q.dtype in OUT_DTYPES and out.dtype != q.dtype:
-            found.append(f"out dtype {dtype_name(out.dtype)} differs from q's {dtype_name(q.dtype)}")
+            found.append(f"out dtype {dtype_name(out.dtype)} differs from q's {dtype_name(q.dtype)}; pass out in "
+                         "q's dtype, or out=None")
     for name, t, dim in (("cu_seqlens_q", cu_seqlens_q, 1), ("seqused_k", seqused_k, 1),
                          ("block_table", block_table, 2)):
         if t.dtype != INDEX_DTYPE or t.dim() != dim:
-            found.append(f"{name} must be a {dim}-D int32 tensor, not {t.dim()}-D {dtype_name(t.dtype)}")
+            found.append(f"{name} must be a {dim}-D int32 tensor, not {t.dim()}-D {dtype_name(t.dtype)}; pass "
+                         f"{name}.to(torch.int32) with {dim} dims")
     if found:
         return found
     seqs = int(cu_seqlens_q.shape[0]) - 1
     if seqs < 0:
-        found.append("cu_seqlens_q needs num_seqs + 1 >= 1 entries")
+        found.append("cu_seqlens_q needs num_seqs + 1 >= 1 entries; pass torch.zeros(1, dtype=torch.int32) for "
+                     "no sequence")
     if int(seqused_k.shape[0]) != seqs:
-        found.append(f"seqused_k has {seqused_k.shape[0]} entries, cu_seqlens_q says {seqs} sequences")
+        found.append(f"seqused_k has {seqused_k.shape[0]} entries, cu_seqlens_q says {seqs} sequences; pass one "
+                     "per sequence")
     if int(block_table.shape[0]) < seqs:
-        found.append(f"block_table has {block_table.shape[0]} rows for {seqs} sequences")
+        found.append(f"block_table has {block_table.shape[0]} rows for {seqs} sequences; pass one row per "
+                     "sequence")
     if max_seqlen_q < 0 or max_seqlen_k < 0:
-        found.append(f"max_seqlen_q={max_seqlen_q} and max_seqlen_k={max_seqlen_k} must be >= 0")
+        found.append(f"max_seqlen_q={max_seqlen_q} and max_seqlen_k={max_seqlen_k} must be >= 0; pass the "
+                     "longest query and key lengths")
     if not (math.isfinite(softmax_scale) and softmax_scale > 0):
-        found.append(f"softmax_scale={softmax_scale} must be finite and > 0")
+        found.append(f"softmax_scale={softmax_scale} must be finite and > 0; pass None for head_size ** -0.5")
     if not (math.isfinite(softcap) and softcap >= 0):
-        found.append(f"softcap={softcap} must be finite and >= 0 (0 turns it off)")
+        found.append(f"softcap={softcap} must be finite and >= 0; pass softcap=0.0 to turn it off")
     if window_left < -1 or window_right < -1:
-        found.append(f"window_size=({window_left}, {window_right}) needs values >= -1 (-1: unbounded)")
+        found.append(f"window_size=({window_left}, {window_right}) needs values >= -1; pass -1 for an "
+                     "unbounded side")
     for name, t in (("alibi_slopes", alibi_slopes), ("sinks", sinks)):
         if t is not None and (tuple(t.shape) != (heads,) or t.dtype not in PER_HEAD_DTYPES):
             found.append(f"{name} must be a float tensor of shape ({heads},) (one per query head), "
-                         f"not {tuple(t.shape)} {dtype_name(t.dtype)}")
+                         f"not {tuple(t.shape)} {dtype_name(t.dtype)}; pass such a tensor, or None")
     for name, t, owner in (("q_descale", q_descale, q), ("k_descale", k_descale, k_cache),
                            ("v_descale", v_descale, v_cache)):
         what = name[0] if name != "q_descale" else "q"
         if owner.dtype == FP8_DTYPE and t is None:
             found.append(f"{name} is required with a float8_e4m3fn {what if what == 'q' else what + '_cache'} "
-                         f"(pass torch.ones(1, device=...) for a unit scale)")
+                         f"; pass torch.ones(1, device=...) for a unit scale")
         elif owner.dtype != FP8_DTYPE and t is not None:
             found.append(f"{name} applies to float8_e4m3fn tensors only; this one is {dtype_name(owner.dtype)}, so "
-                         "drop it (or store the tensor as float8_e4m3fn)")
+                         "drop it, or store the tensor as float8_e4m3fn")
         elif t is not None and (t.dtype != DESCALE_DTYPE or (t.numel() != 1 and tuple(t.shape) != (seqs, kv_heads))):
             found.append(f"{name} must be float32 with one value (per tensor) or shape ({seqs}, {kv_heads}) "
-                         f"(per sequence and KV head), not {tuple(t.shape)} {dtype_name(t.dtype)}")
+                         f"(per sequence and KV head), not {tuple(t.shape)} {dtype_name(t.dtype)}; pass e.g. "
+                         "torch.ones(1, device=...)")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("out", out), ("cu_seqlens_q", cu_seqlens_q),
                     ("seqused_k", seqused_k), ("block_table", block_table), ("alibi_slopes", alibi_slopes),
                     ("sinks", sinks), ("q_descale", q_descale), ("k_descale", k_descale), ("v_descale", v_descale)):
         if t is not None and t.device != q.device:
-            found.append(f"{name} is on {t.device}, q on {q.device}; move them to one device")
+            found.append(f"{name} is on {t.device}, q on {q.device}; pass every tensor on q's device")
     return found
 
 
-# --- [ATTN-DEBUG]: checks that read device values, only when asked ------------------------------
+# --- [ATTN-METADATA]: checks that read the index tensors' values --------------------------------
 
 def debug_enabled() -> bool:
     return os.environ.get(ENV_DEBUG, "0") not in ("", "0")
 
 
-def check_device_values(q, k_cache, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
-                        descales=()) -> None:
-    """ValueError when the index tensors contradict the shapes or the declared maxima. Reads them
-    on the host (a sync), so it runs only under LOWBIT_DEBUG=1."""
-    cu = cu_seqlens_q.tolist()
-    used = seqused_k.tolist()
+def check_values(q, k_cache, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
+                 descales=()) -> None:
+    """ValueError naming each way the index tensors break [ATTN-METADATA] (and descales <= 0, which
+    [ATTN-FP8] forbids). Reads them on the host: free on CPU tensors, a sync on a GPU (so there only
+    under LOWBIT_DEBUG=1)."""
+    cu, used = cu_seqlens_q.tolist(), seqused_k.tolist()
+    tokens, blocks, page_size = q.shape[0], k_cache.shape[0], k_cache.shape[1]
     found = []
-    if cu and cu[0] != 0:
-        found.append(f"cu_seqlens_q[0] is {cu[0]}, not 0")
-    lens = [b - a for a, b in zip(cu, cu[1:])]
-    if any(n < 0 for n in lens):
-        found.append("cu_seqlens_q is not non-decreasing")
-    if cu and cu[-1] > q.shape[0]:
-        found.append(f"cu_seqlens_q[-1]={cu[-1]} exceeds q's {q.shape[0]} tokens")
-    if lens and max(lens) > max_seqlen_q:
-        found.append(f"a sequence has {max(lens)} query tokens, more than max_seqlen_q={max_seqlen_q}")
-    if any(n < 0 for n in used) or (used and max(used) > max_seqlen_k):
-        found.append(f"seqused_k must lie in 0..max_seqlen_k={max_seqlen_k}, got {min(used)}..{max(used)}")
-    page_size, blocks = k_cache.shape[1], k_cache.shape[0]
+    if cu[0] != 0:
+        found.append(f"cu_seqlens_q[0]={cu[0]} is not 0 (the first sequence starts at row 0)")
+    down = next((s for s in range(len(used)) if cu[s + 1] < cu[s]), None)
+    if down is not None:
+        found.append(f"cu_seqlens_q decreases from {cu[down]} to {cu[down + 1]} at entry {down + 1} "
+                     "(it holds each sequence's first row, in order)")
+    if cu[-1] > tokens:
+        found.append(f"cu_seqlens_q[{len(cu) - 1}]={cu[-1]} is past q's {tokens} rows")
+    longest = max(range(len(used)), key=lambda s: cu[s + 1] - cu[s], default=None)
+    if longest is not None and cu[longest + 1] - cu[longest] > max_seqlen_q:
+        n = cu[longest + 1] - cu[longest]
+        found.append(f"sequence {longest} has {n} query rows, more than max_seqlen_q={max_seqlen_q} (pass "
+                     f"max_seqlen_q={n})")
+    outside = next((s for s, n in enumerate(used) if not 0 <= n <= max_seqlen_k), None)
+    if outside is not None:
+        found.append(f"seqused_k[{outside}]={used[outside]} is outside 0..max_seqlen_k={max_seqlen_k}")
+    pages = (seqused_k.clamp(0, max_seqlen_k) + page_size - 1) // page_size
     table = block_table[: len(used)]
-    pages_used = (seqused_k.clamp(min=0) + page_size - 1) // page_size
-    in_use = torch.arange(table.shape[1], device=table.device)[None, :] < pages_used[:, None]
-    outside = (((table < 0) | (table >= blocks)) & in_use).any(1).nonzero().flatten().tolist()
-    if outside:
-        found.append(f"block_table[{outside[0]}] points outside the cache's {blocks} blocks")
+    in_use = torch.arange(table.shape[1], device=table.device)[None, :] < pages[:, None]
+    wrong = (((table < 0) | (table >= blocks)) & in_use).nonzero().tolist()
+    if wrong:
+        s, i = wrong[0]
+        found.append(f"block_table[{s}, {i}]={int(table[s, i])} is not a block of the cache (0..{blocks - 1})")
     for name, descale in zip(("q_descale", "k_descale", "v_descale"), descales):
         if descale is not None and not bool((descale > 0).all()):
             found.append(f"{name} holds a value <= 0 (or NaN); descales are positive")
     if found:
-        raise ValueError(f"lowbit.{OP} ({ENV_DEBUG}=1): " + "; ".join(found))
+        where = f" ({ENV_DEBUG}=1)" if q.device.type != "cpu" else ""
+        raise ValueError(f"lowbit.{OP}{where}: " + "; ".join(found) + ". Pass index tensors that docs/SPEC.md "
+                         "[ATTN-METADATA] calls well-formed (on a GPU without LOWBIT_DEBUG=1, a malformed "
+                         "sequence's rows are NaN)")
 
 
 # --- running a call: eager calls and the torch.library op share the checks and the kernel lookup ---
@@ -271,9 +315,9 @@ def _attend(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, max_
     last_dim_contiguous = q.stride(-1) == k_cache.stride(-1) == v_cache.stride(-1) == out.stride(-1) == 1
     key = dispatch.kind(OP, q, last_dim_contiguous, out.dtype, k_cache.dtype, q.shape[1], k_cache.shape[1:3], backend)
     kernel = dispatch.kernel_for(key, lambda: describe(*arguments), backend)
-    if debug_enabled():
-        check_device_values(q, k_cache, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
-                            (q_descale, k_descale, v_descale))
+    if q.device.type == "cpu" or debug_enabled():  # [ATTN-METADATA]: CPU values cost no sync to read
+        check_values(q, k_cache, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
+                     (q_descale, k_descale, v_descale))
     kernel.run(q, k_cache, v_cache, out, cu_seqlens_q=cu_seqlens_q, seqused_k=seqused_k, block_table=block_table,
                max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, softmax_scale=softmax_scale, causal=causal,
                window=(window_left, window_right), softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,

@@ -209,12 +209,22 @@ ERROR_CASES = {
     "zero-kv-heads": lambda d: build(d, cache=(6, 4, 0, 16)),
     "alibi-shape": lambda d: build(d, alibi_slopes=lambda d: E(2, d=d)),
     "sinks-int32": lambda d: build(d, sinks=lambda d: E(4, dtype=I32, d=d)),
+    # TypeError: a non-tensor where a tensor goes
+    "q-list": lambda d: _replace_q(build(d), [[[0.0] * 16] * 4] * 4),
+    "block-table-none": lambda d: build(d, block_table=None),
+    "cu-seqlens-tuple": lambda d: build(d, cu_seqlens_q=(0, 2, 3)),
+    "sinks-list": lambda d: build(d, sinks=[0.0] * 4),
+    "out-int": lambda d: build(d, out=3),
 }
+def _replace_q(call, q):
+    args, kwargs = call
+    return (q, *args[1:]), kwargs
+
+
 MIXED_DEVICE_CASES = {  # not expressible with meta tensors for a query
     "block-table-on-meta": lambda d: build(d, block_table=lambda d: E(2, 3, dtype=I32, d="meta")),
 }
-# Python types of host arguments, checked by lowbit.unified_attention itself (lowbit.supports does not)
-TYPE_CASES = {"softcap-str", "max-seqlen-q-float", "causal-int"}
+TYPE_ERRORS = {"q-list", "block-table-none", "cu-seqlens-tuple", "sinks-list", "out-int"}
 UNSUPPORTED = {"head-ratio-6-over-4", "table-too-short", "bf16-q-f16-cache", "f16-q-bf16-cache", "fp8-q-bf16-cache",
                "q-float32", "backend-nope"}
 
@@ -223,7 +233,7 @@ def _real_error(case):
     args, kwargs = {**ERROR_CASES, **MIXED_DEVICE_CASES}[case]("cpu")
     exc = caught(lambda: lowbit.unified_attention(*args, **kwargs))
     assert exc is not None, f"{case}: the real call did not raise"
-    want = lowbit.UnsupportedError if case in UNSUPPORTED else ValueError
+    want = lowbit.UnsupportedError if case in UNSUPPORTED else TypeError if case in TYPE_ERRORS else ValueError
     assert type(exc) is want, f"{case}: {type(exc).__name__}: {exc}"
     return exc
 
@@ -238,25 +248,31 @@ def test_fake_cpu_raises_what_real_raises(case):
     assert (type(fake), str(fake)) == (type(real_exc), str(real_exc))
 
 
+FAKE_ACCELERATORS = [pytest.param(d, marks=pytest.mark.skipif(bool(_fake_tensors_unavailable(d)),
+                                                               reason=_fake_tensors_unavailable(d) or "-"))
+                     for d in ("cuda", "xpu")]
+
+
+@pytest.mark.parametrize("device", FAKE_ACCELERATORS)
 @pytest.mark.parametrize("case", ERROR_CASES)
-def test_fake_cuda_raises_what_explain_says(case):
-    if _fake_tensors_unavailable("cuda"):
-        pytest.skip(_fake_tensors_unavailable("cuda"))
+def test_fake_accelerator_and_explain_refuse_as_the_call_does(case, device):
+    """Every refused input through the three: the real CPU call, the fake call on an accelerator,
+    and explain()/supports() on meta tensors for that accelerator."""
     real_exc = _real_error(case)
     with FakeTensorMode():
-        args, kwargs = ERROR_CASES[case]("cuda")
+        args, kwargs = ERROR_CASES[case](device)
         fake = caught(lambda: lowbit.unified_attention(*args, **kwargs))
     assert fake is not None and type(fake) is type(real_exc)
-    if case in TYPE_CASES:  # checked by the public function before the op: no query sees them
-        assert str(fake) == str(real_exc)
-        return
     margs, mkwargs = ERROR_CASES[case]("meta")
-    query = caught(lambda: lowbit.explain(OP, *margs, device="cuda", **mkwargs))
-    if query is not None:  # refused before dispatch: the same text on every device
+    query = caught(lambda: lowbit.explain(OP, *margs, device=device, **mkwargs))
+    if query is not None:  # refused before dispatch: the same text on every device, supports() too
         assert str(fake) == str(query) == str(real_exc)
-    else:  # a dispatch refusal: the fake raises the decision explain() describes for cuda
-        expected = lowbit.explain(OP, *margs, device="cuda", **mkwargs)
-        assert "on cuda" in expected and str(fake) == expected
+        asked = caught(lambda: lowbit.supports(OP, *margs, device=device, **mkwargs))
+        assert (type(asked), str(asked)) == (type(real_exc), str(real_exc))
+    else:  # a dispatch refusal: the fake raises the decision explain() describes for the device
+        expected = lowbit.explain(OP, *margs, device=device, **mkwargs)
+        assert f"on {device}" in expected and str(fake) == expected
+        assert not lowbit.supports(OP, *margs, device=device, **mkwargs).ok
         cpu_lines = [line for line in str(real_exc).splitlines() if line.startswith("  - ")]
         assert cpu_lines and all(line in str(fake).splitlines() for line in cpu_lines)
 
@@ -322,8 +338,21 @@ def test_value_error_names_the_argument(case, needs):
     assert needs in str(exc), str(exc)
 
 
+@pytest.mark.parametrize(("case", "needs"), [
+    ("q-list", "lowbit.unified_attention: q must be a tensor, not list; pass e.g. a (num_tokens, num_heads, "
+               "head_size) bfloat16 tensor"),
+    ("block-table-none", "block_table must be a tensor, not NoneType"),
+    ("cu-seqlens-tuple", "cu_seqlens_q must be a tensor, not tuple"),
+    ("sinks-list", "sinks must be a tensor, not list; pass e.g. a (num_heads,) float32 tensor, or None"),
+    ("out-int", "out must be a tensor, not int"),
+])
+def test_type_error_names_the_argument(case, needs):
+    assert needs in str(_real_error(case))
+
+
 def test_every_error_case_has_its_message_checked():
     checked = {p[0] for p in _params(test_unsupported_error_names_the_constraint)}
+    checked |= {p[0] for p in _params(test_type_error_names_the_argument)}
     checked |= {p[0] for p in _params(test_value_error_names_the_argument)}
     assert checked == set(ERROR_CASES) | set(MIXED_DEVICE_CASES)
 
@@ -331,12 +360,6 @@ def test_every_error_case_has_its_message_checked():
 def _params(fn):
     mark = next(m for m in fn.pytestmark if m.name == "parametrize")
     return mark.args[1]
-
-
-def test_supports_raises_the_value_error_of_the_call():
-    margs, mkwargs = ERROR_CASES["softcap-negative"]("meta")
-    with pytest.raises(ValueError, match="softcap=-1.0 must be finite and >= 0"):
-        lowbit.supports(OP, *margs, device="cpu", **mkwargs)
 
 
 # --- dispatch and capability records --------------------------------------------------------------

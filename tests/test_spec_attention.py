@@ -730,14 +730,15 @@ def test_attn_fp8_descale_needed_exactly_with_fp8_tensors(q_dtype, kv_dtype, des
 
 
 # --------------------------------------------------------------------------------------------
-# [ATTN-DEBUG]
+# [ATTN-METADATA] and [ATTN-DEBUG]
 # --------------------------------------------------------------------------------------------
 
 def _probe_backend(calls):
-    """A stand-in kernel that records its calls and writes nothing (never reads a value)."""
-    capability = Capability(op="unified_attention", backend="probe", devices=("cpu",), dtypes=(BF16, F16, E4M3),
-                            fidelity="test stand-in: writes nothing", graph_safe=True, compile_safe=True,
-                            min_ndim=3, max_ndim=3)
+    """A stand-in kernel that records its calls and writes nothing (never reads a value). It takes
+    meta tensors too: a device whose values the host cannot read, as a GPU's."""
+    capability = Capability(op="unified_attention", backend="probe", devices=("cpu", "meta"),
+                            dtypes=(BF16, F16, E4M3), fidelity="test stand-in: writes nothing", graph_safe=True,
+                            compile_safe=True, min_ndim=3, max_ndim=3)
 
     def run(q, k_cache, v_cache, out, **arguments):
         calls.append(tuple(q.shape))
@@ -759,60 +760,77 @@ def _debug_call(**changes):
 
 ints = lambda *v: torch.tensor(v, dtype=I32)
 
-DEBUG_CASES = {
-    "cu_seqlens_q_starts_at_1": ({"cu_seqlens_q": ints(1, 2, 3)}, r"cu_seqlens_q\[0\] is 1, not 0"),
-    "cu_seqlens_q_decreases": ({"cu_seqlens_q": ints(0, 3, 2)}, "cu_seqlens_q is not non-decreasing"),
-    "cu_seqlens_q_past_the_tokens": ({"cu_seqlens_q": ints(0, 2, 5), "max_seqlen_q": 3}, "exceeds q's 4 tokens"),
-    "q_len_above_max_seqlen_q": ({"max_seqlen_q": 1}, "2 query tokens, more than max_seqlen_q=1"),
-    "seqused_k_above_max_seqlen_k": ({"seqused_k": ints(3, 6), "max_seqlen_k": 5}, "seqused_k must lie in 0..max_seqlen_k=5"),
-    "seqused_k_negative": ({"seqused_k": ints(-1, 5)}, "seqused_k must lie in 0..max_seqlen_k=5"),
-    "page_past_the_cache": ({"block_table": ints([5, 6, 0], [0, 1, 2])}, r"block_table\[0\] points outside the cache's 6 blocks"),
-    "page_negative": ({"block_table": ints([5, 4, 0], [0, -1, 2])}, r"block_table\[1\] points outside"),
+# Each breaks one condition of [ATTN-METADATA] (block_table[0, 2] = 99 is past seq 0's 2 pages: unused)
+METADATA_CASES = {
+    "cu_seqlens_q_starts_at_1": ({"cu_seqlens_q": ints(1, 2, 3)}, r"cu_seqlens_q\[0\]=1 is not 0"),
+    "cu_seqlens_q_starts_below_0": ({"cu_seqlens_q": ints(-1, 2, 3), "max_seqlen_q": 3},
+                                    r"cu_seqlens_q\[0\]=-1 is not 0"),
+    "cu_seqlens_q_decreases": ({"cu_seqlens_q": ints(0, 3, 2)}, "cu_seqlens_q decreases from 3 to 2 at entry 2"),
+    "cu_seqlens_q_past_the_tokens": ({"cu_seqlens_q": ints(0, 2, 5), "max_seqlen_q": 3},
+                                     r"cu_seqlens_q\[2\]=5 is past q's 4 rows"),
+    "q_len_above_max_seqlen_q": ({"max_seqlen_q": 1},
+                                 r"sequence 0 has 2 query rows, more than max_seqlen_q=1 \(pass max_seqlen_q=2\)"),
+    "seqused_k_above_max_seqlen_k": ({"seqused_k": ints(3, 6), "max_seqlen_k": 5},
+                                     r"seqused_k\[1\]=6 is outside 0..max_seqlen_k=5"),
+    "seqused_k_negative": ({"seqused_k": ints(-1, 5)}, r"seqused_k\[0\]=-1 is outside 0..max_seqlen_k=5"),
+    "page_past_the_cache": ({"block_table": ints([5, 6, 0], [0, 1, 2])},
+                            r"block_table\[0, 1\]=6 is not a block of the cache \(0..5\)"),
+    "page_negative": ({"block_table": ints([5, 4, 0], [0, -1, 2])}, r"block_table\[1, 1\]=-1 is not a block"),
+    "page_int32_max": ({"block_table": ints([5, 4, 0], [0, 1, 2**31 - 1])}, r"block_table\[1, 2\]=2147483647"),
 }
+METADATA_FIX = "Pass index tensors that docs/SPEC.md [ATTN-METADATA] calls well-formed"
 
 
-@pytest.mark.parametrize("case", DEBUG_CASES)
-def test_attn_debug_device_value_checks_run_only_with_lowbit_debug(case, monkeypatch):
-    """Each bad device value: without LOWBIT_DEBUG the call goes through to the kernel (it is not
-    checked); with LOWBIT_DEBUG=1 it raises ValueError naming the problem, before any kernel."""
-    changes, message = DEBUG_CASES[case]
+@pytest.mark.parametrize("debug", ["", "1"])
+@pytest.mark.parametrize("case", METADATA_CASES)
+def test_attn_metadata_cpu_tensors_are_checked_on_every_call_before_anything_is_written(case, debug, monkeypatch):
+    """On CPU tensors the values are on the host: every call checks them, with or without
+    LOWBIT_DEBUG, and raises ValueError naming the entry and the fix before any kernel runs."""
+    changes, message = METADATA_CASES[case]
+    monkeypatch.setenv("LOWBIT_DEBUG", debug)
     calls = []
     registry.register(_probe_backend(calls))
     args, kwargs = _debug_call(**changes)
-    monkeypatch.delenv("LOWBIT_DEBUG", raising=False)
-    lowbit.unified_attention(*args, **kwargs, backend="probe")
-    monkeypatch.setenv("LOWBIT_DEBUG", "0")
-    lowbit.unified_attention(*args, **kwargs, backend="probe")
-    assert calls == [(4, 2, 4)] * 2
-    monkeypatch.setenv("LOWBIT_DEBUG", "1")
     for backend in ("probe", "cpu"):
+        out = torch.full(args[0].shape, -7.25, dtype=BF16)
         with pytest.raises(ValueError, match=message) as info:
-            lowbit.unified_attention(*args, **kwargs, backend=backend)
-        assert "LOWBIT_DEBUG=1" in str(info.value)
+            lowbit.unified_attention(*args, **kwargs, out=out, backend=backend)
+        assert str(info.value).startswith("lowbit.unified_attention: ") and METADATA_FIX in str(info.value)
         assert not isinstance(info.value, lowbit.UnsupportedError)
-    assert len(calls) == 2
+        assert torch.all(out == -7.25)
+    assert calls == []
+
+
+def test_attn_metadata_names_the_first_bad_entry_of_each_kind():
+    args, kwargs = _debug_call(cu_seqlens_q=ints(0, 3, 2), seqused_k=ints(-1, 9), max_seqlen_k=5,
+                               block_table=ints([5, 4, 0], [7, 8, 2]))
+    with pytest.raises(ValueError) as info:
+        lowbit.unified_attention(*args, **kwargs)
+    text = str(info.value)
+    for part in ("cu_seqlens_q decreases from 3 to 2 at entry 2", "seqused_k[0]=-1 is outside",
+                 "block_table[1, 0]=7 is not a block of the cache (0..5)"):
+        assert part in text
+    assert "seqused_k[1]" not in text and "block_table[1, 1]" not in text  # the first of each kind only
 
 
 @pytest.mark.parametrize("name", ["q_descale", "k_descale", "v_descale"])
 @pytest.mark.parametrize("value", [0.0, -0.5, float("nan")])
-def test_attn_debug_descales_must_be_positive(name, value, monkeypatch):
-    """[ATTN-FP8] descales are positive; a zero, negative or NaN one is caught under LOWBIT_DEBUG=1
-    (reading it needs the device value), and passes unchecked without it."""
+def test_attn_metadata_cpu_descales_must_be_positive(name, value):
+    """[ATTN-FP8] descales are positive; on CPU tensors every call reads them and refuses a zero,
+    negative or NaN one."""
     fp8 = torch.float8_e4m3fn
     (q, k, v), kwargs = _debug_call()
     descales = {"q_descale": torch.ones(1), "k_descale": torch.ones(1), "v_descale": torch.ones(2, 1)}
-    descales[name] = torch.full_like(descales[name], value)
     args = (q.to(fp8), k.to(fp8), v.to(fp8))
-    monkeypatch.delenv("LOWBIT_DEBUG", raising=False)
     lowbit.unified_attention(*args, **kwargs, **descales, backend="cpu")
-    monkeypatch.setenv("LOWBIT_DEBUG", "1")
+    descales[name] = torch.full_like(descales[name], value)
     with pytest.raises(ValueError, match=f"{name} holds a value <= 0"):
         lowbit.unified_attention(*args, **kwargs, **descales, backend="cpu")
 
 
-def test_attn_debug_accepts_valid_values_and_changes_nothing(monkeypatch):
+def test_attn_metadata_valid_values_pass_and_change_nothing(monkeypatch):
     """A valid call (including a kv_len 0 sequence, a q_len 0 one and unused table entries that
-    point nowhere) passes the debug checks and gives the same output."""
+    point nowhere) passes the checks and gives the same output with LOWBIT_DEBUG=1."""
     q, keys, values, want = _key_detector((3, 6, 1))
     keys.insert(1, zeros(0, 1, 8))
     values.insert(1, zeros(0, 1, 8))
@@ -823,16 +841,157 @@ def test_attn_debug_accepts_valid_values_and_changes_nothing(monkeypatch):
     assert torch.equal(outs[0].double(), want) and torch.equal(outs[1].double(), want)
 
 
+def _on_meta(args, kwargs):
+    """The call's tensors on the meta device."""
+    return tuple(a.to("meta") for a in args), {k: v.to("meta") if isinstance(v, torch.Tensor) else v
+                                               for k, v in kwargs.items()}
+
+
+# --- [ATTN-METADATA] off the CPU: the clause as a model of what a kernel may leave in each row -----
+
+METADATA_LENS = {  # (q_len, kv_len) per sequence: the 2-D launch, and decode (split-KV where it pays)
+    "prefill": [(1, 50), (5, 18), (0, 7), (17, 33)],
+    "decode": [(1, 40), (1, 70), (1, 9), (1, 33)],
+}
+METADATA_EXTRA_ROWS = 2  # q rows past cu_seqlens_q[-1]
+
+
+def metadata_call(lens, seed=0):
+    """A well-formed call on CPU tensors (4 query heads on 2 KV heads, head size 64, pages of 16,
+    blocks in random order, a spare one): (args, kwargs) for lowbit.unified_attention."""
+    g = torch.Generator().manual_seed(seed)
+    q_lens, kv_lens = [a for a, _ in lens], [b for _, b in lens]
+    pages = [-(-n // 16) for n in kv_lens]
+    blocks = sum(pages) + 1
+    order = torch.randperm(blocks, generator=g).tolist()
+    table = torch.full((len(lens), max(pages) + 1), order[-1], dtype=I32)
+    for s, row in enumerate(torch.tensor(order[:-1]).split(pages)):
+        table[s, : len(row)] = row
+    q = torch.randn(sum(q_lens) + METADATA_EXTRA_ROWS, 4, 64, generator=g).to(BF16)
+    k, v = (torch.randn(blocks, 16, 2, 64, generator=g).to(BF16) for _ in range(2))
+    cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=I32)
+    return (q, k, v), dict(cu_seqlens_q=cu, seqused_k=torch.tensor(kv_lens, dtype=I32), block_table=table,
+                           max_seqlen_q=max(q_lens), max_seqlen_k=max(kv_lens))
+
+
+def _set(name, index, value):
+    def change(kw, blocks, tokens):
+        kw[name] = kw[name].clone()
+        kw[name][index] = value(kw, blocks, tokens) if callable(value) else value
+    return change
+
+
+# Ways to break [ATTN-METADATA] for a call of metadata_call: change(kwargs, num_blocks, num_tokens)
+METADATA_BREAKS = {
+    "page-negative": _set("block_table", (1, 0), -1),
+    "page-past-the-cache": _set("block_table", (3, 1), lambda kw, blocks, tokens: blocks),
+    "page-int32-max": _set("block_table", (0, 0), 2**31 - 1),
+    "page-int32-min": _set("block_table", (3, 0), -(2**31)),
+    "seqused-k-negative": _set("seqused_k", 0, -5),
+    "seqused-k-past-max": _set("seqused_k", 3, lambda kw, blocks, tokens: kw["max_seqlen_k"] + 1),
+    "seqused-k-int32-max": _set("seqused_k", 1, 2**31 - 1),
+    "q-len-past-max": lambda kw, blocks, tokens: kw.update(max_seqlen_q=max(kw["max_seqlen_q"] - 1, 0)),
+    "cu-past-the-tokens": _set("cu_seqlens_q", 4, lambda kw, blocks, tokens: tokens + 40),
+    "cu-int32-max": _set("cu_seqlens_q", 4, 2**31 - 1),
+    "cu-first-not-0": _set("cu_seqlens_q", 0, 1),
+    "cu-decreasing": _set("cu_seqlens_q", 2, lambda kw, blocks, tokens: int(kw["cu_seqlens_q"][3]) + 1),
+    "cu-negative-start": _set("cu_seqlens_q", 0, -3),
+    "cu-int32-min": _set("cu_seqlens_q", 1, -(2**31)),
+}
+
+
+def broken_call(lens, breaks):
+    """metadata_call(lens) with each of `breaks` (names of METADATA_BREAKS) applied."""
+    args, kwargs = metadata_call(lens)
+    for name in breaks:
+        METADATA_BREAKS[name](kwargs, args[1].shape[0], args[0].shape[0])
+    return args, kwargs
+
+
+NAN_ROW = "NaN"
+
+
+def metadata_outcomes(q, k_cache, v_cache, *, cu_seqlens_q, seqused_k, block_table, max_seqlen_q, max_seqlen_k,
+                      out_dtype=BF16, **options) -> list[list]:
+    """Per row of `out`, the candidates [ATTN-METADATA] allows a GPU call to leave there, as the
+    clause reads: None (not written), NAN_ROW, or a (num_heads, head_size) float64 row, the
+    attention of a well-formed sequence that claims the row (the reference run on that sequence
+    alone). When cu_seqlens_q never decreases and starts at 0 or more, one candidate per row."""
+    cu, used, table = cu_seqlens_q.tolist(), seqused_k.tolist(), block_table.tolist()
+    tokens, blocks, page = q.shape[0], k_cache.shape[0], k_cache.shape[1]
+
+    def well_formed(s):
+        rows_in_order = 0 <= cu[s] <= cu[s + 1] <= tokens and (s > 0 or cu[0] == 0)
+        if not (rows_in_order and cu[s + 1] - cu[s] <= max_seqlen_q and 0 <= used[s] <= max_seqlen_k):
+            return False
+        return all(0 <= b < blocks for b in table[s][: -(-used[s] // page)])
+
+    def alone(s):  # the reference on sequence s by itself: a well-formed call
+        n = cu[s + 1] - cu[s]
+        per_seq = {name: (t[s:s + 1] if name.endswith("descale") and t is not None and t.dim() == 2 else t)
+                   for name, t in options.items()}
+        return lowbit.unified_attention(
+            q[cu[s]:cu[s + 1]], k_cache, v_cache, cu_seqlens_q=torch.tensor([0, n], dtype=I32),
+            seqused_k=seqused_k[s:s + 1], block_table=block_table[s:s + 1], max_seqlen_q=n, max_seqlen_k=used[s],
+            out=torch.empty(q[cu[s]:cu[s + 1]].shape, dtype=out_dtype), backend="cpu", **per_seq).double()
+
+    ordered = cu[0] >= 0 and all(a <= b for a, b in zip(cu, cu[1:]))
+    results = {s: alone(s) for s in range(len(used)) if well_formed(s)}
+    outcomes = [[None] for _ in range(tokens)]  # rows no sequence claims are not written
+    for s in range(len(used)):
+        for row in range(max(cu[s], 0), min(cu[s + 1], tokens)):
+            mine = results[s][row - cu[s]] if s in results else NAN_ROW
+            outcomes[row] = [mine] if ordered else [*outcomes[row], NAN_ROW, mine]
+    return outcomes
+
+
+def assert_metadata_outcomes(out, outcomes, tolerance, sentinel, what=""):
+    """Each row of `out` is one of its candidates: the sentinel it started with (None), all NaN, or
+    within [ATTN-TOLERANCE] of a candidate row."""
+    atol, rtol = tolerance
+
+    def matches(got, want):
+        if want is None:
+            return bool(torch.all(got == sentinel))
+        if isinstance(want, str):
+            return bool(torch.isnan(got).all())
+        return bool(torch.all((got - want).abs() <= atol + rtol * want.abs()))
+
+    for row, candidates in enumerate(outcomes):
+        got = out[row].double()
+        assert any(matches(got, w) for w in candidates), (
+            f"{what}: row {row} holds {got.flatten()[:4].tolist()}..., none of "
+            f"{[w if w is None or isinstance(w, str) else 'a result row' for w in candidates]}")
+
+
+@pytest.mark.parametrize("lens", METADATA_LENS)
+@pytest.mark.parametrize("name", METADATA_BREAKS)
+def test_attn_metadata_each_break_is_refused_on_cpu_and_changes_what_a_gpu_may_write(name, lens):
+    """The breaks the kernel tests use: each is one the CPU refuses, and each leaves the model of a
+    GPU call with a row that differs from the well-formed call's."""
+    args, kwargs = broken_call(METADATA_LENS[lens], [name])
+    with pytest.raises(ValueError, match=re.escape(METADATA_FIX)):
+        lowbit.unified_attention(*args, **kwargs)
+    good_args, good_kwargs = metadata_call(METADATA_LENS[lens])
+    good = metadata_outcomes(*good_args, **good_kwargs)
+    broken = metadata_outcomes(*args, **kwargs)
+    assert all(len(c) == 1 for c in good)
+    assert any(len(b) != 1 or (b[0] is None) != (g[0] is None) or isinstance(b[0], str) for b, g in zip(broken, good))
+
+
 class _HostRead(Exception):
     pass
 
 
-def test_attn_debug_off_reads_no_device_value_on_the_host(monkeypatch):
-    """Every way of bringing a tensor value to the host raises here. Without LOWBIT_DEBUG the
-    call (checks, dispatch, the stand-in kernel) reads none; with it, the checks are what read."""
+@pytest.mark.parametrize("case", ["valid", *METADATA_CASES])
+def test_attn_debug_off_the_cpu_a_call_reads_no_value(case, monkeypatch):
+    """Every way of bringing a tensor value to the host raises here. Off the CPU (meta tensors: a
+    device whose values the host cannot read, as a GPU's) and without LOWBIT_DEBUG, a call (checks,
+    dispatch, the op) reads none, whatever the metadata; tests/backends/cuda shows the same on a GPU
+    with torch's sync detection, and that LOWBIT_DEBUG=1 reads them there."""
     calls = []
     registry.register(_probe_backend(calls))
-    args, kwargs = _debug_call()
+    args, kwargs = _on_meta(*_debug_call(**(METADATA_CASES[case][0] if case != "valid" else {})))
 
     def refuse(*a, **k):
         raise _HostRead
@@ -841,11 +1000,9 @@ def test_attn_debug_off_reads_no_device_value_on_the_host(monkeypatch):
         for name in ("tolist", "item", "__int__", "__index__", "__float__", "__bool__", "numpy"):
             patch.setattr(torch.Tensor, name, refuse)
         patch.delenv("LOWBIT_DEBUG", raising=False)
-        out = lowbit.unified_attention(*args, **kwargs, backend="probe")
-        assert calls == [(4, 2, 4)] and out.shape == (4, 2, 4)
-        patch.setenv("LOWBIT_DEBUG", "1")
-        with pytest.raises(_HostRead):
-            lowbit.unified_attention(*args, **kwargs, backend="probe")
+        for backend in ("probe", "auto"):
+            out = lowbit.unified_attention(*args, **kwargs, backend=backend)
+            assert out.shape == (4, 2, 4) and out.device.type == "meta"
 
 
 @pytest.mark.parametrize("debug", ["", "1"])

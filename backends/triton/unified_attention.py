@@ -38,7 +38,9 @@ LOG2E = tl.constexpr(1.4426950408889634)
 @triton.jit
 def find_sequence(cu_seqlens_q, num_seqs, block_id, BLOCK_Q: tl.constexpr):
     """The sequence whose query blocks hold `block_id`: sequence s owns blocks from
-    cu_seqlens_q[s] // BLOCK_Q + s on (an upper bound on the blocks before it, so no two overlap)."""
+    cu_seqlens_q[s] // BLOCK_Q + s on (an upper bound on the blocks before it, so no two overlap).
+    -1 for a block before the first sequence's. Reads only cu_seqlens_q[0 .. num_seqs - 1], whatever
+    their values."""
     lo = 0
     hi = num_seqs
     while lo < hi:  # the first s whose first block lies past block_id, minus one
@@ -49,6 +51,33 @@ def find_sequence(cu_seqlens_q, num_seqs, block_id, BLOCK_Q: tl.constexpr):
         else:
             hi = mid
     return lo - 1
+
+
+@triton.jit
+def sequence_of(cu_seqlens_q, seqused_k, seq, num_tokens, max_seqlen_q, max_seqlen_k):
+    """(first query row, q_len, seqused_k, well-formed) of sequence `seq`, by [ATTN-METADATA] short of
+    its block ids (pages_in_cache checks those): its rows lie in order inside 0 .. num_tokens (the
+    first sequence's from row 0), at most max_seqlen_q of them, and 0 <= seqused_k <= max_seqlen_k."""
+    q_start = tl.load(cu_seqlens_q + seq)
+    q_end = tl.load(cu_seqlens_q + seq + 1)
+    used = tl.load(seqused_k + seq)
+    ok = (q_start >= 0) & (q_start <= q_end) & (q_end <= num_tokens) & (q_end - q_start <= max_seqlen_q)
+    ok = ok & ((seq > 0) | (q_start == 0)) & (used >= 0) & (used <= max_seqlen_k)
+    return q_start, q_end - q_start, used, ok
+
+
+@triton.jit
+def pages_in_cache(table_row, kv_len, num_blocks, PAGE: tl.constexpr):
+    """Whether the block ids of the pages that hold keys 0 .. kv_len - 1 all lie in 0 .. num_blocks - 1
+    ([ATTN-METADATA]). The launcher keeps those pages inside the table's width (max_seqlen_k)."""
+    CHUNK: tl.constexpr = 128
+    pages = tl.cdiv(kv_len, PAGE)
+    outside = tl.full((), 0, tl.int32)
+    for first in range(0, pages, CHUNK):
+        i = first + tl.arange(0, CHUNK)
+        ids = tl.load(table_row + i, mask=i < pages, other=0)
+        outside += tl.sum(((ids < 0) | (ids >= num_blocks)).to(tl.int32), 0)
+    return outside == 0
 
 
 @triton.jit
@@ -155,7 +184,8 @@ def masked_softmax_step(s, m_i, j, in_seq, pos, score_factor, cap_factor, cap_lo
 def unified_attention_kernel(
         q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q, seqused_k, block_table,
         alibi_ptr, sinks_ptr, q_descale, k_descale, v_descale, partials, parts,
-        num_seqs, max_seqlen_k, softmax_scale, softcap, left, right, tiles_per_split,
+        num_seqs, num_tokens, num_blocks, max_seqlen_q, max_seqlen_k, softmax_scale, softcap, left, right,
+        tiles_per_split,
         stride_q_token, stride_q_head, stride_k_block, stride_k_slot, stride_k_head,
         stride_v_block, stride_v_slot, stride_v_head, stride_o_token, stride_o_head, stride_table,
         stride_qd_seq, stride_qd_head, stride_kd_seq, stride_kd_head, stride_vd_seq, stride_vd_head,
@@ -170,22 +200,29 @@ def unified_attention_kernel(
     kv_head = tl.program_id(1) // CHUNKS
     chunk = tl.program_id(1) % CHUNKS
     seq = find_sequence(cu_seqlens_q, num_seqs, block_id, BLOCK_Q)
-    q_start = tl.load(cu_seqlens_q + seq)
-    q_len = tl.load(cu_seqlens_q + seq + 1) - q_start
+    if seq < 0:  # before cu_seqlens_q[0] > 0: no sequence's rows
+        return
+    q_start, q_len, used, ok = sequence_of(cu_seqlens_q, seqused_k, seq, num_tokens, max_seqlen_q, max_seqlen_k)
     q_block = block_id - (q_start // BLOCK_Q + seq)
     if q_block * BLOCK_Q >= q_len:
         return
-    kv_len = tl.minimum(tl.load(seqused_k + seq), max_seqlen_k)  # never past the table's width
+    table_row = block_table + seq.to(tl.int64) * stride_table
+    # [ATTN-METADATA]: a malformed sequence reads no key and writes NaN rows; only rows of q and out
+    # are touched, whatever the metadata
+    ok = ok & pages_in_cache(table_row, tl.where(ok, used, 0), num_blocks, PAGE)
+    kv_len = tl.where(ok, used, 0)
+
 
     rows = tl.arange(0, BLOCK_M)
     token = q_block * BLOCK_Q + rows // HEADS  # within the sequence
     g = chunk * HEADS + rows % HEADS  # query head within the KV head's group
-    row_ok = (token < q_len) & (g < GROUP)
+    row = q_start + token
+    row_ok = (token >= 0) & (token < q_len) & (row >= 0) & (row < num_tokens) & (g < GROUP)
     head = kv_head * GROUP + g
     pos = token + kv_len - q_len  # [ATTN-POSITION]
     offs_d = tl.arange(0, HEAD_PAD)
     d_ok = offs_d < HEAD
-    q_rows = (q_start + token).to(tl.int64) * stride_q_token + head * stride_q_head
+    q_rows = row.to(tl.int64) * stride_q_token + head * stride_q_head
     q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     # The dot operands' dtype (the sweep converts K, V and P to q's): the query's own, or float16
     # with an FP8 cache (E4M3 -> float16 is one instruction per pair; -> bfloat16 takes several)
@@ -237,7 +274,6 @@ def unified_attention_kernel(
 
     k_base = k_ptr + kv_head.to(tl.int64) * stride_k_head
     v_base = v_ptr + kv_head.to(tl.int64) * stride_v_head
-    table_row = block_table + seq.to(tl.int64) * stride_table
     score_factor = tl.full([BLOCK_M], 1.0, tl.float32) * (c * LOG2E) * q_scale
     cap_factor = tl.full([BLOCK_M], 1.0, tl.float32) * (c / softcap) * q_scale
     cap_log2 = softcap * LOG2E
@@ -259,11 +295,13 @@ def unified_attention_kernel(
         scale = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)
         if V_DESCALE:
             scale = scale * tl.load(v_descale + seq * stride_vd_seq + kv_head * stride_vd_head)
-        o_rows = (q_start + token).to(tl.int64) * stride_o_token + head * stride_o_head
-        tl.store(out_ptr + o_rows[:, None] + offs_d[None, :], (acc * scale[:, None]).to(out_ptr.dtype.element_ty),
+        o = tl.where(ok, acc * scale[:, None], float("nan"))
+        o_rows = row.to(tl.int64) * stride_o_token + head * stride_o_head
+        tl.store(out_ptr + o_rows[:, None] + offs_d[None, :], o.to(out_ptr.dtype.element_ty),
                  mask=row_ok[:, None] & d_ok[None, :])
-    else:  # partials, indexed ((token * NUM_HEADS + head) * SPLITS + split)
-        part = ((q_start + token).to(tl.int64) * NUM_HEADS + head) * SPLITS + tl.program_id(2)
+    else:  # partials, indexed ((token * NUM_HEADS + head) * SPLITS + split); NaN ones merge to NaN rows
+        acc = tl.where(ok, acc, float("nan"))
+        part = (row.to(tl.int64) * NUM_HEADS + head) * SPLITS + tl.program_id(2)
         part_max = partials + parts.to(tl.int64) * HEAD_PAD  # the workspace: rows of acc, then max, then sum
         tl.store(part_max + part, m_i, mask=row_ok)
         tl.store(part_max + parts + part, l_i, mask=row_ok)
@@ -271,16 +309,20 @@ def unified_attention_kernel(
 
 
 @triton.jit
-def reduce_splits_kernel(out_ptr, partials, parts, cu_seqlens_q, sinks_ptr, v_descale,
+def reduce_splits_kernel(out_ptr, partials, parts, cu_seqlens_q, seqused_k, sinks_ptr, v_descale,
+                         num_seqs, num_tokens, max_seqlen_q, max_seqlen_k,
                          stride_o_token, stride_o_head, stride_vd_seq, stride_vd_head,
                          NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD: tl.constexpr,
-                         HEAD_PAD: tl.constexpr, SPLITS: tl.constexpr, SINKS: tl.constexpr,
-                         V_DESCALE: tl.constexpr):
+                         HEAD_PAD: tl.constexpr, SPLITS: tl.constexpr, BLOCK_Q: tl.constexpr,
+                         SINKS: tl.constexpr, V_DESCALE: tl.constexpr):
     """One (sequence, query head): merge the splits of each of its query tokens."""
     seq = tl.program_id(0)
     head = tl.program_id(1)
-    q_start = tl.load(cu_seqlens_q + seq)
-    q_end = tl.load(cu_seqlens_q + seq + 1)
+    q_start, q_len, used, ok = sequence_of(cu_seqlens_q, seqused_k, seq, num_tokens, max_seqlen_q, max_seqlen_k)
+    # A well-formed sequence here has one query block. The program that wrote its partials found it
+    # by this search; with cu_seqlens_q out of order the search may find another sequence, whose
+    # partials these are not ([ATTN-METADATA]: NaN rows then, never stale workspace)
+    ok = ok & (find_sequence(cu_seqlens_q, num_seqs, q_start // BLOCK_Q + seq, BLOCK_Q) == seq)
     splits = tl.arange(0, SPLITS)
     offs_d = tl.arange(0, HEAD_PAD)
     sink = float("-inf")
@@ -291,8 +333,9 @@ def reduce_splits_kernel(out_ptr, partials, parts, cu_seqlens_q, sinks_ptr, v_de
         scale = tl.load(v_descale + seq * stride_vd_seq + (head // GROUP) * stride_vd_head)
     part_max = partials + parts.to(tl.int64) * HEAD_PAD
     part_sum = part_max + parts
-    for i in range(0, q_end - q_start):
-        token = q_start.to(tl.int64) + i
+    row_lo = tl.maximum(q_start, 0)  # rows of out only, whatever the metadata
+    for i in range(0, tl.minimum(q_start + q_len, num_tokens) - row_lo):
+        token = row_lo.to(tl.int64) + i
         part = (token * NUM_HEADS + head) * SPLITS + splits
         m = tl.load(part_max + part)
         m_all = tl.maximum(tl.max(m, 0), sink)
@@ -300,7 +343,7 @@ def reduce_splits_kernel(out_ptr, partials, parts, cu_seqlens_q, sinks_ptr, v_de
         w = tl.exp2(m - m_safe)
         total = tl.sum(tl.load(part_sum + part) * w, 0) + tl.exp2(sink - m_safe)
         acc = tl.sum(tl.load(partials + part[:, None] * HEAD_PAD + offs_d[None, :]) * w[:, None], 0)
-        o = acc * tl.where(total > 0, scale / tl.where(total > 0, total, 1.0), 0.0)
+        o = tl.where(ok, acc * tl.where(total > 0, scale / tl.where(total > 0, total, 1.0), 0.0), float("nan"))
         tl.store(out_ptr + token * stride_o_token + head * stride_o_head + offs_d,
                  o.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD)
 
@@ -420,12 +463,14 @@ def attend(q, k_cache, v_cache, out, *, cu_seqlens_q, seqused_k, block_table, ma
         absent if alibi_slopes is None else alibi_slopes, absent if sinks is None else sinks,
         absent if q_descale is None else q_descale, absent if k_descale is None else k_descale,
         absent if v_descale is None else v_descale, partials, parts,
-        num_seqs, max_seqlen_k, softmax_scale, softcap if softcap > 0 else 1.0, left, right, p.tiles_per_split,
+        num_seqs, num_tokens, k_cache.shape[0], max_seqlen_q, max_seqlen_k, softmax_scale,
+        softcap if softcap > 0 else 1.0, left, right, p.tiles_per_split,
         *q.stride()[:2], *k_cache.stride()[:3], *v_cache.stride()[:3], *out.stride()[:2], block_table.stride(0),
         *qd, *kd, *vd)
     if reduction is not None:
-        reduction((num_seqs, num_heads, 1), out, partials, parts, cu_seqlens_q, absent if sinks is None else sinks,
-                  absent if v_descale is None else v_descale, *out.stride()[:2], *vd)
+        reduction((num_seqs, num_heads, 1), out, partials, parts, cu_seqlens_q, seqused_k,
+                  absent if sinks is None else sinks, absent if v_descale is None else v_descale,
+                  num_seqs, num_tokens, max_seqlen_q, max_seqlen_k, *out.stride()[:2], *vd)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -445,8 +490,8 @@ def launches(num_heads: int, group: int, head_size: int, page: int, config: Atte
     if splits == 1:
         return attention, None
     reduction = Launch(reduce_splits_kernel, dict(
-        NUM_HEADS=num_heads, GROUP=group, HEAD=head_size, HEAD_PAD=head_pad, SPLITS=splits, SINKS=sinks,
-        V_DESCALE=v_descale), num_warps=4, enable_fp_fusion=True)
+        NUM_HEADS=num_heads, GROUP=group, HEAD=head_size, HEAD_PAD=head_pad, SPLITS=splits, BLOCK_Q=block_q,
+        SINKS=sinks, V_DESCALE=v_descale), num_warps=4, enable_fp_fusion=True)
     return attention, reduction
 
 

@@ -26,6 +26,15 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from test_spec_attention import (  # [ATTN-METADATA] as the clause reads
+    METADATA_BREAKS,
+    METADATA_LENS,
+    assert_metadata_outcomes,
+    attention_tolerance,
+    broken_call,
+    metadata_call,
+    metadata_outcomes,
+)
 
 import lowbit
 from lowbit import dispatch
@@ -613,14 +622,14 @@ def _set(name, index, value):
 
 
 BAD_VALUES = {
-    "cu_seqlens_q_not_from_0": (_set("cu_seqlens_q", 0, 1), r"cu_seqlens_q\[0\] is 1, not 0"),
-    "cu_seqlens_q_decreasing": (_set("cu_seqlens_q", 2, 0), r"cu_seqlens_q is not non-decreasing"),
-    "cu_seqlens_q_past_q": (_set("cu_seqlens_q", 3, 10_000), r"cu_seqlens_q\[-1\]=10000 exceeds q's"),
+    "cu_seqlens_q_not_from_0": (_set("cu_seqlens_q", 0, 1), r"cu_seqlens_q\[0\]=1 is not 0"),
+    "cu_seqlens_q_decreasing": (_set("cu_seqlens_q", 2, 0), r"cu_seqlens_q decreases from \d+ to 0 at entry 2"),
+    "cu_seqlens_q_past_q": (_set("cu_seqlens_q", 3, 10_000), r"cu_seqlens_q\[3\]=10000 is past q's"),
     "q_len_over_max_seqlen_q": (lambda kw: kw.update(max_seqlen_q=100), r"more than max_seqlen_q=100"),
-    "seqused_k_over_max": (_set("seqused_k", 1, 1329), r"seqused_k must lie in 0..max_seqlen_k=1328"),
-    "seqused_k_negative": (_set("seqused_k", 0, -1), r"seqused_k must lie in 0..max_seqlen_k"),
-    "page_past_the_cache": (_set("block_table", (2, 0), 100_000), r"block_table\[2\] points outside the cache"),
-    "negative_page": (_set("block_table", (0, 0), -1), r"block_table\[0\] points outside the cache"),
+    "seqused_k_over_max": (_set("seqused_k", 1, 1329), r"seqused_k\[1\]=1329 is outside 0..max_seqlen_k=1328"),
+    "seqused_k_negative": (_set("seqused_k", 0, -1), r"seqused_k\[0\]=-1 is outside 0..max_seqlen_k"),
+    "page_past_the_cache": (_set("block_table", (2, 0), 100_000), r"block_table\[2, 0\]=100000 is not a block"),
+    "negative_page": (_set("block_table", (0, 0), -1), r"block_table\[0, 0\]=-1 is not a block of the cache"),
 }
 
 
@@ -641,6 +650,65 @@ def test_debug_mode_passes_good_values(monkeypatch):
     monkeypatch.setenv(attention_op.ENV_DEBUG, "1")
     case = build(EDGE_MIXES["edges_2d"], (8, 2), 64, 16, mode="fp8kv/tensor", sinks=True, seed=92)
     assert_matches_reference(case, run_public(case), "LOWBIT_DEBUG=1, good values")
+
+
+# --- [ATTN-METADATA]: malformed index values without LOWBIT_DEBUG ---------------------------------
+
+GUARD = 3  # rows of out's buffer before and after it, which no call may write
+SENTINEL = -7.25
+
+
+def _guarded_out(q):
+    buffer = torch.full((q.shape[0] + 2 * GUARD, *q.shape[1:]), SENTINEL, dtype=BF16, device=q.device)
+    return buffer, buffer[GUARD:-GUARD]
+
+
+def _assert_guard_kept(buffer):
+    assert torch.all(buffer[:GUARD] == SENTINEL) and torch.all(buffer[-GUARD:] == SENTINEL), "wrote outside out"
+
+
+@pytest.mark.parametrize("lens", METADATA_LENS)
+@pytest.mark.parametrize("name", METADATA_BREAKS)
+def test_malformed_metadata_gives_nan_rows_and_touches_nothing_else(name, lens):
+    """Each break of [ATTN-METADATA] through the public call (no LOWBIT_DEBUG): the kernel stays in
+    its tensors (a fault would surface at the synchronize; run under compute-sanitizer to see every
+    access) and leaves each row as the clause allows."""
+    args, kwargs = broken_call(METADATA_LENS[lens], [name])
+    q, k, v = (t.cuda() for t in args)
+    on_gpu = {key: t.cuda() if isinstance(t, torch.Tensor) else t for key, t in kwargs.items()}
+    buffer, out = _guarded_out(q)
+    lowbit.unified_attention(q, k, v, out=out, **on_gpu)
+    torch.cuda.synchronize()
+    _assert_guard_kept(buffer)
+    assert_metadata_outcomes(out.cpu(), metadata_outcomes(*args, **kwargs), attention_tolerance(BF16, BF16),
+                             SENTINEL, f"{name} {lens}")
+
+
+def test_malformed_metadata_replayed_in_a_cuda_graph():
+    """A graph captured on well-formed metadata, replayed after each break is copied into the same
+    index tensors (a server's decode loop): the same rows as an eager call."""
+    args, kwargs = metadata_call(METADATA_LENS["decode"])
+    q, k, v = (t.cuda() for t in args)
+    index = {key: t.cuda() for key, t in kwargs.items() if isinstance(t, torch.Tensor)}
+    limits = {key: kwargs[key] for key in ("max_seqlen_q", "max_seqlen_k")}
+    buffer, out = _guarded_out(q)
+    lowbit.unified_attention(q, k, v, out=out, **index, **limits)  # warm-up: compiles
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        lowbit.unified_attention(q, k, v, out=out, **index, **limits)
+    for name in ["valid", *METADATA_BREAKS]:
+        bargs, bkwargs = broken_call(METADATA_LENS["decode"], [] if name == "valid" else [name])
+        if any(bkwargs[key] != limits[key] for key in limits):
+            continue  # the host ints are part of the graph
+        for key in index:
+            index[key].copy_(bkwargs[key])
+        buffer.fill_(SENTINEL)
+        graph.replay()
+        torch.cuda.synchronize()
+        _assert_guard_kept(buffer)
+        assert_metadata_outcomes(out.cpu(), metadata_outcomes(*bargs, **bkwargs), attention_tolerance(BF16, BF16),
+                                 SENTINEL, f"{name}, replayed")
 
 
 @pytest.mark.parametrize("mix", list(MIXES))

@@ -30,7 +30,14 @@ tl = pytest.importorskip("triton.language")
 
 from lowbit.backends.triton import unified_attention as kernels  # noqa: E402
 from lowbit.backends.triton.unified_attention import AttentionConfig, find_sequence, plan, to_float16  # noqa: E402
-from test_spec_attention import attention_tolerance  # noqa: E402  [ATTN-TOLERANCE], checked against the spec
+from test_spec_attention import (  # noqa: E402  [ATTN-TOLERANCE] and [ATTN-METADATA], checked against the spec
+    METADATA_BREAKS,
+    METADATA_LENS,
+    assert_metadata_outcomes,
+    attention_tolerance,
+    broken_call,
+    metadata_outcomes,
+)
 
 import lowbit  # noqa: E402
 
@@ -436,6 +443,30 @@ def test_calls_without_query_rows_write_nothing(lens):
     out = filled(batch, BF16)
     run_kernel(batch, out, options(batch, sinks=True))
     assert torch.all(out == SENTINEL)
+
+
+# --------------------------------------------------------------------------------------------
+# [ATTN-METADATA]: any index values, only the call's own memory; NaN rows for malformed sequences
+# --------------------------------------------------------------------------------------------
+# The launcher is called directly: the public call on CPU tensors refuses these before any kernel.
+
+GUARD = 3  # rows of `out`'s buffer before and after it, which no call may write
+
+
+@pytest.mark.parametrize("splits", [None, 1, 4], ids=["plan", "2d", "split4"])
+@pytest.mark.parametrize("lens", METADATA_LENS)
+@pytest.mark.parametrize("name", METADATA_BREAKS)
+def test_malformed_metadata_gives_nan_rows_and_touches_nothing_else(name, lens, splits):
+    args, kwargs = broken_call(METADATA_LENS[lens], [name])
+    q, k_cache, v_cache = args
+    buffer = torch.full((q.shape[0] + 2 * GUARD, *q.shape[1:]), SENTINEL, dtype=BF16)
+    out = buffer[GUARD:-GUARD]
+    opts = dict(softmax_scale=q.shape[2] ** -0.5, causal=True, window=(-1, -1), softcap=0.0, alibi_slopes=None,
+                sinks=None, q_descale=None, k_descale=None, v_descale=None)
+    kernels.attend(q, k_cache, v_cache, out, **kwargs, **opts, splits=splits, config=SMALL)
+    assert torch.all(buffer[:GUARD] == SENTINEL) and torch.all(buffer[-GUARD:] == SENTINEL)
+    outcomes = metadata_outcomes(q, k_cache, v_cache, **kwargs)
+    assert_metadata_outcomes(out, outcomes, attention_tolerance(BF16, BF16), SENTINEL, f"{name} {lens}")
 
 
 # --------------------------------------------------------------------------------------------
