@@ -2,6 +2,7 @@
 neighbouring floats, tensors built from bit patterns, the packed-scale strides. Independent of
 lowbit: nothing here imports it, so expectations built from these can disagree with the library."""
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -169,3 +170,238 @@ def ceil_log2_np(d):
     """The exponent of the power-of-two ceiling of positive d."""
     m, ex = np.frexp(d)
     return np.where(m == 0.5, ex - 1, ex).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole-op formulations of docs/SPEC.md, vectorised in float64 numpy (the fuzz tests' oracles).
+#
+# Float32 arithmetic is modelled exactly: the product of two float32 values is exact in float64, so
+# one rounding to float32 (f32_np) gives fl32(a * b); a float64 quotient of two float32 values,
+# rounded once more to float32, is the correctly rounded float32 quotient (53 >= 2*24 + 2 bits:
+# double rounding is innocuous). Exponents come from frexp, never from float bit fields, and
+# rounding onto E2M1 / E4M3 compares against the grid's exact midpoints.
+# --------------------------------------------------------------------------------------------
+
+F32_RECIP6 = float(fl32(Fraction(1, 6)))  # fl32(1/6) = 0x3E2AAAAB
+NV_GS_MIN, NV_GS_MAX = 2.0**-118, 2.0**118  # [NV-GLOBAL-GIVEN] usable range
+E4M3_ALL = np.array([(-1.0 if b & 0x80 else 1.0) * e4m3_value(b & 0x7F) for b in range(256)])  # NaN at 0x7F, 0xFF
+
+
+def f32_np(a):
+    """float64 values rounded to the nearest float32 (ties to even, overflow to +-inf), widened back."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(a, dtype=np.float64).astype(np.float32).astype(np.float64)
+
+
+def fl32_float(v) -> float:
+    """fl32 of a Python float (eps and the like), as a float; +-inf where it overflows."""
+    r = fl32(Fraction(v))
+    return float(r) if abs(r) <= Fraction(F32_MAX) else float(np.copysign(np.inf, v))
+
+
+def floor_log2_np(d):
+    """floor(log2 d) for positive finite float64 d."""
+    return (np.frexp(d)[1] - 1).astype(np.int64)
+
+
+def unpack_nibbles(packed):
+    """(..., n) uint8 -> (..., 2n) nibbles, the low nibble first ([MX-PACK])."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    nib = np.empty((*packed.shape[:-1], 2 * packed.shape[-1]), dtype=np.uint8)
+    nib[..., 0::2], nib[..., 1::2] = packed & 0xF, packed >> 4
+    return nib
+
+
+def pack_nibbles(nib):
+    """(..., 2n) nibbles -> (..., n) bytes, the even element in the low nibble ([MX-PACK])."""
+    nib = np.asarray(nib, dtype=np.uint8)
+    return (nib[..., 0::2] | (nib[..., 1::2] << 4)).astype(np.uint8)
+
+
+def e2m1_signed_values(nib):
+    """Values of E2M1 nibbles: bit 3 the sign, bits 0..2 the code."""
+    return np.where(nib & 8, -1.0, 1.0) * E2M1_GRID[nib & 7]
+
+
+def e2m1_nibbles(y, sign):
+    """Nibbles of y (float64, NaN-free) on the E2M1 grid, nearest-even, saturating; sign: bool array."""
+    return (nearest_even_e2m1_code(np.abs(y)) | (np.asarray(sign, dtype=np.int64) << 3)).astype(np.uint8)
+
+
+def raw_bytes(a) -> torch.Tensor:
+    """The bytes of numpy array `a` as a uint8 tensor shaped (..., n * itemsize), as a tensor's
+    .view(torch.uint8) shows them (empty arrays included)."""
+    a = np.ascontiguousarray(a)
+    flat = torch.from_numpy(a.reshape(-1).view(np.uint8).copy())
+    return flat.reshape(*a.shape[:-1], a.shape[-1] * a.itemsize) if a.ndim else flat
+
+
+def rounded_bits(v, dtype):
+    """The bit patterns of float64 values `v` (float32 values, or NaN) rounded to `dtype` (nearest,
+    ties to even, overflow to +-inf) with every NaN canonical ([NAN-BITS]): a uint8 tensor of the
+    raw bytes, shaped like out.view(torch.uint8)."""
+    v = np.asarray(v, dtype=np.float64)
+    nan = np.isnan(v)
+    with np.errstate(over="ignore", invalid="ignore"):
+        f = v.astype(np.float32)
+    bits32 = f.view(np.uint32).astype(np.uint64)
+    int_dtype, nan_bits = NAN_BITS[dtype]
+    if dtype == torch.float32:
+        bits = bits32
+    elif dtype == torch.float16:
+        with np.errstate(over="ignore", invalid="ignore"):
+            bits = f.astype(np.float16).view(np.uint16).astype(np.uint64)
+    else:  # bfloat16: round the float32 pattern to its top 16 bits, ties to even
+        bits = (bits32 + 0x7FFF + ((bits32 >> 16) & 1)) >> 16
+    bits = np.where(nan, nan_bits, bits)
+    return raw_bytes(bits.astype(np.uint32 if int_dtype == torch.int32 else np.uint16))
+
+
+def mxfp4_oracle(x, rule="rceil", eps=0.0):
+    """[MX-*] of exact input values x (float64 (..., K)): (packed bytes (..., K/2), scale bytes (..., K/32))."""
+    x = np.asarray(x, dtype=np.float64)
+    lead, k = x.shape[:-1], x.shape[-1]
+    b = x.reshape(math.prod(lead), k // 32, 32)
+    with np.errstate(all="ignore"):
+        nan_blk = np.isnan(b).any(-1)
+        amax = np.where(np.isnan(b), 0.0, np.abs(b)).max(-1, initial=0.0)
+        if rule == "rceil":
+            d = f32_np(np.maximum(amax, 6.0 * 2.0**-126) * F32_RECIP6)
+            d = np.maximum(d, fl32_float(eps))
+            e = ceil_log2_np(np.where(np.isfinite(d), d, 1.0))
+        else:  # zero and subnormal amax land below -127
+            e = np.where(amax > 0, floor_log2_np(np.where((amax > 0) & np.isfinite(amax), amax, 1.0)) - 2, -1000)
+        e = np.where(np.isinf(amax), 127, np.clip(e, -127, 127))
+        y = np.ldexp(np.where(np.isnan(b), 0.0, b), -e[..., None])  # exact in float64
+    nib = e2m1_nibbles(y, np.signbit(b))
+    nib = np.where(nan_blk[..., None], 7, nib).reshape(*lead, k)
+    scale = np.where(nan_blk, 255, e + 127).astype(np.uint8).reshape(*lead, k // 32)
+    return pack_nibbles(nib), scale
+
+
+def mxfp4_dequant_oracle(q, scale_bytes):
+    """[MX-DEQUANT] float32 values (float64; NaN for scale byte 0xFF) of packed q (..., K/2) and
+    scale bytes (..., K/32)."""
+    v = e2m1_signed_values(unpack_nibbles(q))
+    byte = np.repeat(np.asarray(scale_bytes, dtype=np.int64), 32, axis=-1)
+    return np.where(byte == 255, np.nan, f32_np(np.ldexp(v, byte - 127)))
+
+
+def nvfp4_global_scale_oracle(x, per_row=False):
+    """[NV-GLOBAL]: min(fl32(2688 / amax), 2^118), amax over the finite elements (of each row)."""
+    x = np.asarray(x, dtype=np.float64)
+    a = np.where(np.isfinite(x), np.abs(x), 0.0)
+    amax = a.max(-1, initial=0.0) if per_row else np.array(a.max(initial=0.0))
+    with np.errstate(divide="ignore"):
+        return np.minimum(f32_np(2688.0 / amax), NV_GS_MAX)
+
+
+def nvfp4_oracle(x, gs):
+    """[NV-*] of exact input values x (float64 (..., K)) under global scales gs (float64, one value or
+    one per row, any value): (packed bytes (..., K/2), linear scale bytes (..., K/16))."""
+    x = np.asarray(x, dtype=np.float64)
+    lead, k = x.shape[:-1], x.shape[-1]
+    b = x.reshape(math.prod(lead), k // 16, 16)
+    g = np.asarray(gs, dtype=np.float64).reshape(-1)
+    g = np.broadcast_to(g, (b.shape[0],)).reshape(-1, 1)  # one scale for every row, or one per row
+    with np.errstate(all="ignore"):
+        usable = (g >= NV_GS_MIN) & (g <= NV_GS_MAX)
+        bad = np.isnan(b).any(-1) | ~usable
+        g = np.where(usable, g, 1.0)
+        amax = np.where(np.isnan(b), 0.0, np.abs(b)).max(-1, initial=0.0)
+        t = f32_np(g * f32_np(amax * F32_RECIP6))  # two float32 products
+        sb = e4m3_bytes_np(t)  # t >= 0, saturating at 448 (+inf included)
+        sf = E4M3_ALL[sb]
+        p = f32_np(sf * f32_np(1.0 / g))
+        m = np.where(sf == 0, 0.0, f32_np(1.0 / np.where(sf == 0, 1.0, p)))
+        y = f32_np(np.where(np.isnan(b), 0.0, b) * m[..., None])
+    nib = e2m1_nibbles(y, np.signbit(y))
+    nib = np.where(bad[..., None], 7, nib).reshape(*lead, k)
+    sb = np.where(bad, 0x7F, sb).astype(np.uint8).reshape(*lead, k // 16)
+    return pack_nibbles(nib), sb
+
+
+def nv_swizzle(linear):
+    """[NV-SWIZZLE]: linear (R, C) scale bytes placed at their offsets in the zero-padded tiles."""
+    rows, cols = linear.shape
+    out = np.zeros((-(-rows // 128) * 128) * (-(-cols // 4) * 4), dtype=np.uint8)
+    r = np.arange(rows)[:, None]
+    c = np.arange(cols)[None, :]
+    offset = ((r // 128) * -(-cols // 4) + c // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + c % 4
+    out[offset.reshape(-1)] = linear.reshape(-1)
+    return out.reshape(-(-rows // 128) * 128, -(-cols // 4) * 4)
+
+
+def nvfp4_dequant_oracle(q, scale_bytes, gs):
+    """[NV-DEQUANT] float32 values (float64, NaN where the spec says NaN) of q (..., K/2), linear
+    scale bytes (..., K/16) and gs (one value or one per row)."""
+    v = e2m1_signed_values(unpack_nibbles(q))
+    sf = E4M3_ALL[np.asarray(scale_bytes, dtype=np.int64)]
+    g = np.asarray(gs, dtype=np.float64)
+    g = g.reshape(()) if g.size == 1 else g.reshape(*sf.shape[:-1], 1)
+    with np.errstate(all="ignore"):
+        usable = (g >= NV_GS_MIN) & (g <= NV_GS_MAX)
+        factor = np.where(usable, f32_np(sf / np.where(usable, g, 1.0)), np.nan)
+        return f32_np(v * np.repeat(factor, 16, axis=-1))
+
+
+def ue8m0_byte_oracle(amax, eps):
+    """[FP8-SCALE]: the UE8M0 byte of groups of float64 amax (NaNs left out, +inf allowed)."""
+    with np.errstate(invalid="ignore"):
+        a = np.maximum(np.asarray(amax, dtype=np.float64), fl32_float(eps))
+        y = np.maximum(f32_np(a / 448.0), fl32_float(1e-10))
+        byte = np.where(np.isfinite(y), ceil_log2_np(np.where(np.isfinite(y), y, 1.0)) + 127, 255)
+    return np.minimum(byte, 254)
+
+
+def f8_scale_oracle(amax, eps, ue8m0):
+    """[F8-SCALE] / [F8-UE8M0]: the float32 scale (as float64) of groups of float64 amax."""
+    if ue8m0:
+        return np.ldexp(1.0, ue8m0_byte_oracle(amax, eps) - 127)
+    a = np.maximum(np.asarray(amax, dtype=np.float64), fl32_float(eps))
+    return np.clip(f32_np(a / 448.0), 2.0**-126, 2.0**127)
+
+
+def f8_element_oracle(x, s):
+    """[F8-ELEMENT, F8-NAN, F8-INF]: E4M3 bytes of clamp(fl32(x / s)); x exact values, s float32 scales."""
+    with np.errstate(all="ignore"):
+        return e4m3_bytes_np(f32_np(np.asarray(x, dtype=np.float64) / s))
+
+
+def nan_masked_amax(x, axis):
+    """max |x| over `axis` with NaNs left out (0 for nothing left), float64."""
+    return np.where(np.isnan(x), 0.0, np.abs(x)).max(axis=axis, initial=0.0)
+
+
+def attention_oracle(q, keys, values, q_lens, *, scale, causal, window, softcap, alibi, sinks, dq, dk, dv):
+    """[ATTN-*] in float64 over each sequence's contiguous keys and values (the oracle never sees
+    pages). q (tokens, H, d); keys[s], values[s] (kv_len, KV, d); alibi, sinks (H,) or None; dq, dk,
+    dv (num_seqs, KV) descales. Returns the rows that belong to a sequence, (sum(q_lens), H, d)."""
+    heads, kv_heads, d = q.shape[1], keys[0].shape[1], q.shape[2]
+    group = heads // kv_heads
+    left, right = window
+    rows, first = [], 0
+    for s, q_len in enumerate(q_lens):
+        kv_len = keys[s].shape[0]
+        out = torch.zeros(q_len, heads, d, dtype=torch.float64)
+        for i in range(q_len):
+            p = i + kv_len - q_len  # [ATTN-POSITION]
+            seen = [j for j in range(kv_len) if (not causal or j <= p) and (left < 0 or j >= p - left)
+                    and (right < 0 or j <= p + right)]
+            for h in range(heads):
+                g = h // group
+                if not seen:
+                    continue  # no key: zeros, with or without a sink
+                k, v = keys[s][seen, g], values[s][seen, g]
+                score = (k @ q[first + i, h]) * (scale * dq[s, g] * dk[s, g])
+                if softcap > 0:
+                    score = softcap * torch.tanh(score / softcap)
+                if alibi is not None:
+                    score = score - alibi[h] * torch.tensor([abs(p - j) for j in seen], dtype=torch.float64)
+                top = score.max() if sinks is None else torch.maximum(score.max(), sinks[h])
+                e = torch.exp(score - top)
+                total = e.sum() + (0.0 if sinks is None else torch.exp(sinks[h] - top))
+                out[i, h] = (e / total) @ v * dv[s, g]
+        rows.append(out)
+        first += q_len
+    return torch.cat(rows) if rows else torch.zeros(0, heads, d, dtype=torch.float64)
