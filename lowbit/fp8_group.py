@@ -48,13 +48,12 @@ def quantize_fp8_group(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP
         _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, backend)
         return dispatch.without_grad(torch.ops.lowbit.quantize_fp8_group, x, group_size, eps, ue8m0, scale_layout,
                                      backend)
-    check_out_pair(QUANTIZE, out, "F8-OUT")
+    _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, backend, out)
     q_buf, s_buf = out
     if dispatch.eager(x, q_buf, s_buf):
         _quantize_kernel(x, group_size, eps, ue8m0, scale_layout, backend, out=out).run(
             x, q_buf, s_buf, group_size=group_size, eps=eps, ue8m0=ue8m0)
     else:
-        _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, backend)
         dispatch.without_grad(torch.ops.lowbit.quantize_fp8_group_out, x, q_buf, s_buf, group_size, eps, ue8m0,
                               scale_layout, backend)
     return q_buf, s_buf
@@ -83,6 +82,7 @@ def quantize_fp8_block(w: torch.Tensor, block: tuple[int, int] = spec.F8_DEFAULT
     DeepSeek-V3's `weight_scale_inv` (Nb, Kb). `eps` floors the amax (1e-4, as DeepGEMM's and vLLM's
     per_block_cast_to_fp8); `ue8m0=True` rounds each scale up to a power of two.
     """
+    require_type(QUANTIZE_BLOCK, "backend", backend, str, '"auto"')
     _check_block(QUANTIZE_BLOCK, block)
     block = tuple(block)
     if dispatch.eager(w):
@@ -96,6 +96,7 @@ def dequantize_fp8_block(q: torch.Tensor, scales: torch.Tensor, *, block: tuple[
     """Expand `q` (N, K) with the scales quantize_fp8_block returned ((Kb4, Nb), or (Kb, Nb) without the
     padding rows, such as DeepSeek-V3's weight_scale_inv.t()), any strides, back to (N, K) in `dtype`
     [F8-DEQUANT]."""
+    require_type(DEQUANTIZE_BLOCK, "backend", backend, str, '"auto"')
     _check_block(DEQUANTIZE_BLOCK, block)
     block = tuple(block)
     if dispatch.eager(q, scales):
@@ -104,35 +105,39 @@ def dequantize_fp8_block(q: torch.Tensor, scales: torch.Tensor, *, block: tuple[
     return dispatch.without_grad(torch.ops.lowbit.dequantize_fp8_block, q, scales, block[0], block[1], dtype, backend)
 
 
-# --- argument checks: types first, then what the capability records do not say -----------------
+# --- argument checks: types first (backend= first of all, as lowbit.supports checks it before an op's
+# describe), then what the capability records do not say ---------------------------------------
 
-def _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, backend) -> None:
+def _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, backend, out=None) -> None:
+    require_type(QUANTIZE, "backend", backend, str, '"auto"')
     require_tensor(QUANTIZE, "x", x, "a (..., mn, K) bfloat16 tensor")
     require_type(QUANTIZE, "group_size", group_size, int, "128")
     require_type(QUANTIZE, "eps", eps, (float, int), "1e-10")
     require_type(QUANTIZE, "ue8m0", ue8m0, bool, "True")
     require_type(QUANTIZE, "scale_layout", scale_layout, str, '"column_major"')
-    require_type(QUANTIZE, "backend", backend, str, '"auto"')
+    if out is not None:
+        check_out_pair(QUANTIZE, out, "F8-OUT")
 
 
+# block right after backend: the public functions check it before the rest (they need it as a tuple)
 def _check_block_types(w, block, eps, ue8m0, backend) -> None:
-    require_tensor(QUANTIZE_BLOCK, "w", w, "a 2-D (N, K) bfloat16 weight")
+    require_type(QUANTIZE_BLOCK, "backend", backend, str, '"auto"')
     _check_block(QUANTIZE_BLOCK, block)
+    require_tensor(QUANTIZE_BLOCK, "w", w, "a 2-D (N, K) bfloat16 weight")
     require_type(QUANTIZE_BLOCK, "eps", eps, (float, int), "1e-4")
     require_type(QUANTIZE_BLOCK, "ue8m0", ue8m0, bool, "True")
-    require_type(QUANTIZE_BLOCK, "backend", backend, str, '"auto"')
 
 
 def _check_dequantize_types(op, q, scales, size_name, size, dtype, backend) -> None:
+    require_type(op, "backend", backend, str, '"auto"')
     quantize = QUANTIZE if op == DEQUANTIZE else QUANTIZE_BLOCK
+    if op == DEQUANTIZE_BLOCK:
+        _check_block(op, size)
     require_tensor(op, "q", q, f"the q {quantize} returned")
     require_tensor(op, "scales", scales, f"the scales {quantize} returned")
     if op == DEQUANTIZE:
         require_type(op, size_name, size, int, "128")
-    else:
-        _check_block(op, size)
     require_type(op, "dtype", dtype, torch.dtype, "torch.bfloat16")
-    require_type(op, "backend", backend, str, '"auto"')
 
 
 def _check_block(op: str, block) -> None:
@@ -155,11 +160,10 @@ def describe_quantize(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP,
                       eps: float = spec.FP8_DEFAULT_EPS, ue8m0: bool = False, scale_layout: str = ROW_MAJOR,
                       out=None) -> Call:
     """Also checks eps, the layout name and the out= buffers (ValueError)."""
-    _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, dispatch.AUTO)
+    _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, dispatch.AUTO, out)
     require_eps(QUANTIZE, eps, "1e-10")
     _check_layout(scale_layout)
     if out is not None:
-        check_out_pair(QUANTIZE, out, "F8-OUT")
         check_out_buffers(x, *out, group_size, scale_layout)
     return dispatch.call_for(QUANTIZE, x, group_size=group_size, out_given=out is not None)
 

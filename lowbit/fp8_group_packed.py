@@ -32,12 +32,11 @@ def quantize_fp8_group_packed(x: torch.Tensor, *, group_size: int = spec.FP8_DEF
     results go into those buffers (no allocation: CUDA-graph safe on graph-safe backends), which
     are returned. For 2-D input this is vLLM's per_token_group_quant_fp8_packed_for_deepgemm.
     """
-    _check_quantize_types(x, group_size, eps, backend)
+    _check_quantize_types(x, group_size, eps, backend, out)
     if out is None:
         if dispatch.eager(x):
             return _quantize(_quantize_kernel(x, group_size, eps, backend), x, group_size, eps)
         return dispatch.without_grad(torch.ops.lowbit.quantize_fp8_group_packed, x, group_size, eps, backend)
-    check_out_pair(OP, out, "FP8-OUT")
     q_buf, s_buf = out
     if dispatch.eager(x, q_buf, s_buf):
         _quantize_kernel(x, group_size, eps, backend, out=out).run(x, q_buf, s_buf, group_size=group_size, eps=eps)
@@ -59,36 +58,37 @@ def dequantize_fp8_group_packed(q: torch.Tensor, packed_scales: torch.Tensor, *,
                                  backend)
 
 
-def _check_quantize_types(x, group_size, eps, backend) -> None:
+def _check_quantize_types(x, group_size, eps, backend, out=None) -> None:
+    require_type(OP, "backend", backend, str, '"auto"')
     require_tensor(OP, "x", x, "a (..., mn, K) bfloat16 tensor")
     require_type(OP, "group_size", group_size, int, "128")
     require_type(OP, "eps", eps, (float, int), "1e-10")
-    require_type(OP, "backend", backend, str, '"auto"')
+    if out is not None:
+        check_out_pair(OP, out, "FP8-OUT")
 
 
 def _check_dequantize_types(q, packed_scales, group_size, dtype, backend) -> None:
+    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
     require_tensor(DEQUANTIZE, "q", q, f"the q {OP} returned")
     require_tensor(DEQUANTIZE, "packed_scales", packed_scales, f"the packed scales {OP} returned")
     require_type(DEQUANTIZE, "group_size", group_size, int, "128")
     require_type(DEQUANTIZE, "dtype", dtype, torch.dtype, "torch.bfloat16")
-    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
 
 
 # --- what dispatch sees of a call ---------------------------------------------------------------
 
 def describe_quantize(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP,
-                      eps: float = spec.FP8_DEFAULT_EPS, out_given: bool = False) -> Call:
-    _check_quantize_types(x, group_size, eps, dispatch.AUTO)
+                      eps: float = spec.FP8_DEFAULT_EPS, out=None) -> Call:
+    _check_quantize_types(x, group_size, eps, dispatch.AUTO, out)
     require_eps(OP, eps, "1e-10")
-    return dispatch.call_for(OP, x, group_size=group_size, out_given=out_given)
+    return dispatch.call_for(OP, x, group_size=group_size, out_given=out is not None)
 
 
 def describe_public_call(x: torch.Tensor, *, group_size: int = spec.FP8_DEFAULT_GROUP,
                          eps: float = spec.FP8_DEFAULT_EPS, out=None) -> Call:
     """describe_quantize for quantize_fp8_group_packed's own arguments (out= buffers checked too)."""
-    call = describe_quantize(x, group_size, eps, out_given=out is not None)
+    call = describe_quantize(x, group_size, eps, out)
     if out is not None:
-        check_out_pair(OP, out, "FP8-OUT")
         check_out_buffers(x, *out, group_size)
     return call
 
@@ -151,11 +151,11 @@ def dequantize_output(q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def check_out_pair(op: str, out, clause: str) -> None:
-    """out= is a pair of tensors (q_buf, s_buf), or ValueError: the call, its fake and supports() ask it
-    before they look at the buffers."""
+    """out= is a pair of tensors (q_buf, s_buf), or ValueError; a type check, asked with the others."""
     if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
+        what = "Tensor" if isinstance(out, torch.Tensor) else type(out).__name__  # a fake tensor's type is FakeTensor
         raise ValueError(f"lowbit.{op}(out=...): out= must be a pair of tensors (q_buf, s_buf), not "
-                         f"{type(out).__name__}; pass out=(q_buf, s_buf) as docs/SPEC.md [{clause}] says, or drop out=")
+                         f"{what}; pass out=(q_buf, s_buf) as docs/SPEC.md [{clause}] says, or drop out=")
 
 
 def check_out_buffers(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor, group_size: int) -> None:

@@ -65,25 +65,25 @@ def dequantize_mxfp4(q: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtyp
 
 
 def _check_quantize_types(x, scale_rule, backend) -> None:
+    require_type(QUANTIZE, "backend", backend, str, '"auto"')
     require_tensor(QUANTIZE, "x", x, "a (..., K) bfloat16 tensor")
     require_type(QUANTIZE, "scale_rule", scale_rule, str, '"rceil"')
-    require_type(QUANTIZE, "backend", backend, str, '"auto"')
 
 
 def _check_group_quant_types(x, x_q, x_s, group_size, eps, backend) -> None:
+    require_type(GROUP_QUANT, "backend", backend, str, '"auto"')
     require_tensor(GROUP_QUANT, "x", x, "a (..., K) bfloat16 tensor")
     require_tensor(GROUP_QUANT, "x_q", x_q, "torch.empty(*x.shape[:-1], K // 2, dtype=torch.uint8)")
     require_tensor(GROUP_QUANT, "x_s", x_s, "torch.empty(*x.shape[:-1], K // 32, dtype=torch.float32)")
     require_type(GROUP_QUANT, "group_size", group_size, int, str(spec.MX_BLOCK))
     require_type(GROUP_QUANT, "eps", eps, (float, int), "1e-10")
-    require_type(GROUP_QUANT, "backend", backend, str, '"auto"')
 
 
 def _check_dequantize_types(q, scales, dtype, backend) -> None:
+    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
     require_tensor(DEQUANTIZE, "q", q, "the q quantize_mxfp4 returned")
     require_tensor(DEQUANTIZE, "scales", scales, "the scales quantize_mxfp4 returned")
     require_type(DEQUANTIZE, "dtype", dtype, torch.dtype, "torch.bfloat16")
-    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
 
 
 # --- what dispatch sees of a call ---------------------------------------------------------------

@@ -84,27 +84,27 @@ def scaled_fp4_quant(x: torch.Tensor, input_global_scale: torch.Tensor,
 
 
 def _check_quantize_types(x, global_scale, per_row, scale_layout, backend) -> None:
+    require_type(QUANTIZE, "backend", backend, str, '"auto"')
     require_tensor(QUANTIZE, "x", x, "a (..., K) bfloat16 tensor")
     if global_scale is not None:
         require_tensor(QUANTIZE, "global_scale", global_scale, _SCALE_EXAMPLE)
     require_type(QUANTIZE, "per_row", per_row, bool, "True")
     require_type(QUANTIZE, "scale_layout", scale_layout, str, '"linear"')
-    require_type(QUANTIZE, "backend", backend, str, '"auto"')
 
 
 def _check_global_scale_types(x, per_row, backend) -> None:
+    require_type(GLOBAL_SCALE, "backend", backend, str, '"auto"')
     require_tensor(GLOBAL_SCALE, "x", x, "a (..., K) bfloat16 tensor")
     require_type(GLOBAL_SCALE, "per_row", per_row, bool, "True")
-    require_type(GLOBAL_SCALE, "backend", backend, str, '"auto"')
 
 
 def _check_dequantize_types(q, block_scales, global_scale, scale_layout, dtype, backend) -> None:
+    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
     require_tensor(DEQUANTIZE, "q", q, "the q quantize_nvfp4 returned")
     require_tensor(DEQUANTIZE, "block_scales", block_scales, "the block_scales quantize_nvfp4 returned")
     require_tensor(DEQUANTIZE, "global_scale", global_scale, "the global_scale quantize_nvfp4 returned")
     require_type(DEQUANTIZE, "scale_layout", scale_layout, str, '"linear"')
     require_type(DEQUANTIZE, "dtype", dtype, torch.dtype, "torch.bfloat16")
-    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
 
 
 _SCALE_EXAMPLE = "torch.tensor(2688 / amax, dtype=torch.float32, device=x.device), or None to compute it"

@@ -11,6 +11,7 @@ from . import dispatch, registry
 from .capability import Capability, normalize_arch
 from .devices import device_arch
 from .dispatch import Verdict
+from .errors import require_type
 from .ops import OPS
 
 
@@ -37,6 +38,8 @@ def supports(op: str, *args, backend: str = dispatch.AUTO, device=None, arch=Non
     opdef = OPS.get(op)
     if opdef is None:
         raise ValueError(f"lowbit: unknown op {op!r}; ops: {', '.join(OPS)}")
+    # before describe, as every op's type checks do first (describe takes no backend)
+    require_type(op, "backend", backend, str, '"auto"')
     call = opdef.describe(*args, **kwargs)
     if device is not None:
         device = torch.device(device)
