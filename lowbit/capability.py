@@ -206,7 +206,7 @@ class Capability:
         if call.group_size is not None:
             if call.group_size < 1 or call.k % call.group_size != 0:
                 need(False, f"group_size {call.group_size} does not divide the last dim {call.k}",
-                     "pick a group size that divides the last dim, or pad it")
+                     "pass a group_size that divides the last dim, or pad the last dim")
             elif self.group_sizes not in (None, ANY_GROUP_SIZE):
                 need(call.group_size in self.group_sizes,
                      f"group_size {call.group_size} is not one of {_names(map(str, self.group_sizes))}",

@@ -16,8 +16,8 @@ import torch
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call, dtype_name
-from .errors import require_eps, require_tensor, require_type
-from .fp8_group_packed import batch_strides, check_out_pair, out_buffer_problems
+from .errors import require_eps, require_same_device, require_tensor, require_type
+from .fp8_group_packed import batch_strides, check_out_pair, out_buffer_problems, out_buffers_refused
 
 QUANTIZE = "quantize_fp8_group"
 DEQUANTIZE = "dequantize_fp8_group"
@@ -173,7 +173,8 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, group_size: int =
     """Also checks that q and its scales belong together (ValueError)."""
     _check_dequantize_types(DEQUANTIZE, q, scales, "group_size", group_size, dtype, dispatch.AUTO)
     if q.dim() >= 2 and group_size >= 1 and q.shape[-1] % group_size == 0:  # else the capability check says
-        _check_scales(DEQUANTIZE, q, scales, (*q.shape[:-1], q.shape[-1] // group_size), f"group_size {group_size}")
+        _check_scales(DEQUANTIZE, q, scales, (*q.shape[:-1], q.shape[-1] // group_size), f"group_size {group_size}",
+                      "group_size")
     return dispatch.call_for(DEQUANTIZE, q, group_size=group_size, out_dtype=dtype)
 
 
@@ -192,20 +193,19 @@ def describe_dequantize_block(q: torch.Tensor, scales: torch.Tensor, block: tupl
         what = "block {}x{} (or ({}, {}) without the padding rows)".format(
             *block, spec.ceil_div(q.shape[1], block[1]), row_blocks)
         fit = scales.dim() == 2 and block_scales_fit(q, scales, block)
-        _check_scales(DEQUANTIZE_BLOCK, q, scales, scales.shape if fit else (padded, row_blocks), what)
+        _check_scales(DEQUANTIZE_BLOCK, q, scales, scales.shape if fit else (padded, row_blocks), what, "block")
     return dispatch.call_for(DEQUANTIZE_BLOCK, q, weight_block=tuple(block), out_dtype=dtype)
 
 
-def _check_scales(op: str, q: torch.Tensor, scales: torch.Tensor, shape: tuple, what: str) -> None:
-    name = f"lowbit.{op}"
+def _check_scales(op: str, q: torch.Tensor, scales: torch.Tensor, shape: tuple, what: str, size_name: str) -> None:
+    name, quantize = f"lowbit.{op}", QUANTIZE if op == DEQUANTIZE else QUANTIZE_BLOCK
     if scales.dtype != spec.F8_SCALE_DTYPE:
-        raise ValueError(f"{name}: scales dtype {dtype_name(scales.dtype)} is not float32; pass the scales "
-                         f"{QUANTIZE if op == DEQUANTIZE else QUANTIZE_BLOCK} returned")
+        raise ValueError(f"{name}: scales dtype {dtype_name(scales.dtype)} is not float32; pass the scales {quantize} "
+                         "returned")
     if tuple(scales.shape) != tuple(shape):
         raise ValueError(f"{name}: q {tuple(q.shape)} with {what} needs scales of shape {tuple(shape)}, got "
-                         f"{tuple(scales.shape)}")
-    if q.device != scales.device:
-        raise ValueError(f"{name}: q is on {q.device} and scales on {scales.device}; move them to one device")
+                         f"{tuple(scales.shape)}; pass the scales {quantize} returned for this q and {size_name}")
+    require_same_device(op, "scales", scales, "q", q)
 
 
 # --- the kernel for a call: remembered per kind (lowbit/dispatch.py, `kind`) ---------------------
@@ -315,9 +315,8 @@ def check_out_buffers(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor,
     strides = scale_strides(lead, mn, groups, scale_layout)
     problems = out_buffer_problems(x, q_buf, s_buf, spec.F8_SCALE_DTYPE, (*lead, mn, groups), strides, scale_layout)
     if problems:
-        raise ValueError(f"lowbit.{QUANTIZE}(out=...): the buffers do not fit this input ({tuple(x.shape)}, "
-                         f"group_size {group_size}, {scale_layout} scales): " + "; ".join(problems) +
-                         ". Allocate them as docs/SPEC.md [F8-OUT] says, or drop out= to have lowbit allocate.")
+        options = f"group_size {group_size} and {scale_layout} scales"
+        raise ValueError(out_buffers_refused(QUANTIZE, x, options, problems, "F8-OUT"))
 
 
 # --- running a call: eager calls and the torch.library ops share the kernel lookup and the shapes ---

@@ -13,8 +13,8 @@ import torch
 
 from . import dispatch, spec
 from .backend import Kernel
-from .capability import Call
-from .errors import overlapping, require_eps, require_tensor, require_type, written_in_place
+from .capability import Call, dtype_name
+from .errors import overlapping, require_eps, require_same_device, require_tensor, require_type, written_in_place
 
 OP = "quantize_fp8_group_packed"
 DEQUANTIZE = "dequantize_fp8_group_packed"
@@ -99,15 +99,15 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, group_size: int =
     _check_dequantize_types(q, scales, group_size, dtype, dispatch.AUTO)
     name = f"lowbit.{DEQUANTIZE}"
     if scales.dtype != spec.FP8_SCALE_DTYPE:
-        raise ValueError(f"{name}: packed scales dtype {scales.dtype} is not int32; pass the scales "
-                         f"{OP} returned")
+        raise ValueError(f"{name}: packed_scales dtype {dtype_name(scales.dtype)} is not int32; pass the "
+                         f"packed_scales {OP} returned")
     if q.dim() >= 2 and group_size >= 1 and q.shape[-1] % group_size == 0:
         words = spec.scale_words(int(q.shape[-1]) // group_size)
         if scales.shape != (*q.shape[:-1], words):
-            raise ValueError(f"{name}: q {tuple(q.shape)} with group_size {group_size} needs packed scales "
-                             f"of shape {(*q.shape[:-1], words)}, got {tuple(scales.shape)}")
-    if q.device != scales.device:
-        raise ValueError(f"{name}: q is on {q.device} and scales on {scales.device}; move them to one device")
+            raise ValueError(f"{name}: q {tuple(q.shape)} with group_size {group_size} needs packed_scales of shape "
+                             f"{(*q.shape[:-1], words)}, got {tuple(scales.shape)}; pass the packed_scales {OP} "
+                             "returned for this q and group_size")
+    require_same_device(DEQUANTIZE, "packed_scales", scales, "q", q)
     return dispatch.call_for(DEQUANTIZE, q, group_size=group_size, out_dtype=dtype)
 
 
@@ -154,8 +154,8 @@ def check_out_pair(op: str, out, clause: str) -> None:
     """out= is a pair of tensors (q_buf, s_buf), or ValueError; a type check, asked with the others."""
     if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
         what = "Tensor" if isinstance(out, torch.Tensor) else type(out).__name__  # a fake tensor's type is FakeTensor
-        raise ValueError(f"lowbit.{op}(out=...): out= must be a pair of tensors (q_buf, s_buf), not "
-                         f"{what}; pass out=(q_buf, s_buf) as docs/SPEC.md [{clause}] says, or drop out=")
+        raise ValueError(f"lowbit.{op}: out= must be a pair of tensors (q_buf, s_buf), not {what}; pass "
+                         f"out=(q_buf, s_buf) as docs/SPEC.md [{clause}] says, or drop out=")
 
 
 def check_out_buffers(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor, group_size: int) -> None:
@@ -169,9 +169,13 @@ def check_out_buffers(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor,
     problems = out_buffer_problems(x, q_buf, s_buf, spec.FP8_SCALE_DTYPE, (*lead, mn, words),
                                    batch_strides(lead, (1, rows), words * rows), f"word (r, c) at c*A + r, A = {rows}")
     if problems:
-        raise ValueError(f"lowbit.{OP}(out=...): the buffers do not fit this input ({tuple(x.shape)}, group_size "
-                         f"{group_size}): " + "; ".join(problems) + ". Allocate them as docs/SPEC.md "
-                         "[FP8-OUT] says, or drop out= to have lowbit allocate.")
+        raise ValueError(out_buffers_refused(OP, x, f"group_size {group_size}", problems, "FP8-OUT"))
+
+
+def out_buffers_refused(op: str, x: torch.Tensor, options: str, problems: list[str], clause: str) -> str:
+    """The refusal of out= buffers that do not fit x, naming every problem."""
+    return (f"lowbit.{op}: out= buffers do not fit x {tuple(x.shape)} with {options}: " + "; ".join(problems) +
+            f"; pass buffers allocated as docs/SPEC.md [{clause}] says, or drop out= (lowbit then allocates them)")
 
 
 def out_buffer_problems(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor, scale_dtype: torch.dtype,
@@ -185,9 +189,9 @@ def out_buffer_problems(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tenso
     problems = []
     for what, buf, dtype in (("q_buf", q_buf, spec.FP8_Q_DTYPE), ("s_buf", s_buf, scale_dtype)):
         if buf.dtype != dtype:
-            problems.append(f"{what} dtype is {buf.dtype}, needs {dtype}")
+            problems.append(f"{what} dtype is {dtype_name(buf.dtype)}, needs {dtype_name(dtype)}")
         if buf.device != x.device:
-            problems.append(f"{what} is on {buf.device}, the input on {x.device}")
+            problems.append(f"{what} is on {buf.device}, x on {x.device}")
         refused = written_in_place(what, buf)
         if refused:
             problems.append(refused)
