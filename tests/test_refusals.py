@@ -14,7 +14,7 @@
 
 No op here refuses on tensor values (only unified_attention does, under LOWBIT_DEBUG=1; a given NVFP4
 global scale out of range is defined, [NV-GLOBAL-GIVEN]), so every refused input can be asked of the fake
-and of supports().
+and of supports(). Query functions' own arguments (op=, device=, arch=) are refused as QUERY_REFUSALS say.
 """
 
 from __future__ import annotations
@@ -151,6 +151,8 @@ QUANTIZE_MXFP4 = [
     R("backend-nope", QM, _qm(backend="nope"), UE, *FORCED_NOPE),
     R("backend-CPU", QM, _qm(backend="CPU"), UE, "no backend is named 'CPU' (known: cuda, xpu, cpu)"),
     R("env-backend-nope", QM, _qm(), UE, "backend 'nope' (forced) cannot run it", env={"LOWBIT_BACKEND": "nope"}),
+    R("env-provider-sycl", QM, _qm(), VE, "lowbit.quantize_mxfp4: LOWBIT_XPU_PROVIDER='sycl' is not one of "
+      "'triton', 'vendor'; use one of those, or unset LOWBIT_XPU_PROVIDER", env={"LOWBIT_XPU_PROVIDER": "sycl"}),
     R("forced-cpu-int32", QM, _qm(dtype=I32, backend="cpu"), UE, "backend 'cpu' (forced) cannot run it",
       dtype_line(I32, FLOATS)),
     R("forced-cpu-float64", QM, _qm(dtype=F64, backend="cpu"), UE, "backend 'cpu' (forced) cannot run it"),
@@ -892,9 +894,9 @@ def test_refusal_names_the_op_the_argument_and_a_fix(case, monkeypatch):
         head, *lines = text.splitlines()
         assert " input, " in head and lines[-1].startswith("Alternative: "), text
         assert any(re.match(r"  - [\w/()]+: \S", line) for line in lines), text
-    else:  # an argument check refused it: "lowbit.<op>: <argument> ..."
+    else:  # an argument check refused it: "lowbit.<op>: <argument> ..." (or the environment variable it reads)
         arguments = "|".join(inspect.signature(getattr(lowbit, case.op)).parameters)
-        assert re.match(rf"lowbit\.{case.op}: (?:{arguments})\b", text), text
+        assert re.match(rf"lowbit\.{case.op}: (?:{arguments}|LOWBIT_\w+)\b", text), text
 
 
 def ask(op, args, kwargs, where) -> tuple:
@@ -966,3 +968,42 @@ def test_the_calls_the_refusals_vary_are_taken(op, build):
     if op != VLLM:
         margs, mkwargs = build("meta")
         assert lowbit.supports(op, *margs, device="cpu", **mkwargs).ok
+
+
+# --- the query functions' own arguments ---------------------------------------------------------------------
+
+def _meta(*shape):
+    return torch.empty(shape, device="meta")
+
+
+QUERY_REFUSALS = {
+    # name: (query, call, needle)
+    "supports-unknown-op": ("supports", lambda: lowbit.supports("quantize_int3", _meta(2, 32)),
+                            "lowbit.supports: op='quantize_int3' is not a lowbit op; pass one of quantize_mxfp4, "),
+    "explain-unknown-op": ("explain", lambda: lowbit.explain("quantize_mxfp8", _meta(8, 64)),
+                           "lowbit.explain: op='quantize_mxfp8' is not a lowbit op; pass one of "),
+    "supports-meta-without-device": ("supports", lambda: lowbit.supports(QM, _meta(8, 64)),
+                                     "lowbit.supports: meta tensors carry no device; pass device= (and arch=)"),
+    "explain-meta-without-device": ("explain", lambda: lowbit.explain(QM, _meta(8, 64)),
+                                    "lowbit.explain: meta tensors carry no device; pass device="),
+    "supports-device-nope": ("supports", lambda: lowbit.supports(QM, _meta(8, 64), device="nope"),
+                             "lowbit.supports: device='nope' is not a torch device"),
+    "supports-arch-list": ("supports", lambda: lowbit.supports(QM, _meta(8, 64), device="cuda", arch=[9, 0]),
+                           "lowbit.supports: arch=[9, 0] is not an arch; pass e.g. arch=90, (9, 0), 'sm_90' or "
+                           "'gfx942'"),
+    "supports-arch-pair-of-str": ("supports", lambda: lowbit.supports(QM, _meta(8, 64), device="cuda", arch=("a", "b")),
+                                  "lowbit.supports: arch=('a', 'b') is not an arch"),
+    "explain-arch-float": ("explain", lambda: lowbit.explain(QM, _meta(8, 64), device="cuda", arch=9.0),
+                           "lowbit.explain: arch=9.0 is not an arch"),
+    "capabilities-device-nope": ("capabilities", lambda: lowbit.capabilities("nope"),
+                                 "lowbit.capabilities: device='nope' is not a torch device"),
+}
+
+
+@pytest.mark.parametrize("name", QUERY_REFUSALS)
+def test_query_refuses_its_own_arguments_naming_the_query_the_argument_and_a_fix(name):
+    query, ask, needle = QUERY_REFUSALS[name]
+    error = caught(ask)
+    assert type(error) is ValueError, repr(error)
+    text = str(error)
+    assert text.startswith(f"lowbit.{query}: ") and needle in text and FIX.search(text), text
