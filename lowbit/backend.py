@@ -47,12 +47,14 @@ class Backend:
     def __post_init__(self) -> None:
         for k in self.kernels:
             if k.capability.backend != self.name:
-                raise ValueError(f"lowbit: kernel for {k.op} declares backend {k.capability.backend!r}, "
-                                 f"but is registered in backend {self.name!r}")
+                raise ValueError(f"lowbit.Backend: kernels= holds a kernel for {k.op} that declares backend "
+                                 f"{k.capability.backend!r}, not {self.name!r}; pass it to backend "
+                                 f"{k.capability.backend!r}, or declare Capability(backend={self.name!r})")
             name, _, value = k.capability.opt_in.partition("=")
             if k.capability.opt_in and value not in self.settings.get(name, ()):
-                raise ValueError(f"lowbit: {k.capability.label} opts in with {k.capability.opt_in!r}, "
-                                 f"which backend {self.name!r} does not declare in its settings")
+                raise ValueError(f"lowbit.Backend: {k.capability.label} opts in with {k.capability.opt_in!r}, which "
+                                 f"backend {self.name!r} does not declare in settings=; pass "
+                                 f"settings={{{name!r}: (..., {value!r})}}, or an opt_in it declares")
 
     def kernels_for(self, op: str) -> tuple[Kernel, ...]:
         """The backend's kernels for `op`, in the order it prefers them (a specialised variant

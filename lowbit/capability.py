@@ -9,6 +9,7 @@ reach it through `lowbit.dispatch.resolve`, so they accept and refuse exactly th
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,21 +23,25 @@ Arch = int | str
 _SM = re.compile(r"^(?:sm_?|compute_?)?(\d+)(?:\.(\d+))?[af]?$")
 
 
-def normalize_arch(arch) -> Arch | None:
-    """Accept 90, (9, 0), "sm_90", "sm_90a", "9.0", "gfx942" and return one canonical form."""
+def normalize_arch(arch, who: str = "lowbit") -> Arch | None:
+    """Accept 90, (9, 0), "sm_90", "sm_90a", "9.0", "gfx942" and return one canonical form; `who` names the
+    function whose arch= argument this is, for the refusal."""
     if arch is None or isinstance(arch, bool):
         return None
     if isinstance(arch, int):
         return arch
     if isinstance(arch, tuple) and len(arch) == 2:
-        return int(arch[0]) * 10 + int(arch[1])
+        try:
+            return operator.index(arch[0]) * 10 + operator.index(arch[1])  # ints, numpy's too; not "9" or 9.0
+        except TypeError:
+            pass
     if isinstance(arch, str):
         m = _SM.match(arch.strip().lower())
         if m:
             major, minor = m.groups()
             return int(major) * 10 + int(minor) if minor is not None else int(major)
         return arch.strip().lower()
-    raise ValueError(f"lowbit: cannot read arch {arch!r}; pass e.g. 90, (9, 0), 'sm_90' or 'gfx942'")
+    raise ValueError(f"{who}: arch={arch!r} is not an arch; pass e.g. arch=90, (9, 0), 'sm_90' or 'gfx942'")
 
 
 def arch_name(arch: Arch | None) -> str:
@@ -206,7 +211,7 @@ class Capability:
         if call.group_size is not None:
             if call.group_size < 1 or call.k % call.group_size != 0:
                 need(False, f"group_size {call.group_size} does not divide the last dim {call.k}",
-                     "pick a group size that divides the last dim, or pad it")
+                     "pass a group_size that divides the last dim, or pad the last dim")
             elif self.group_sizes not in (None, ANY_GROUP_SIZE):
                 need(call.group_size in self.group_sizes,
                      f"group_size {call.group_size} is not one of {_names(map(str, self.group_sizes))}",

@@ -36,7 +36,7 @@ def info(out=sys.stdout) -> None:
         if not kernels:  # the reference was replaced by a registered backend without it
             print("  no installed backend implements it", file=out)
             continue
-        opt_ins = dispatch.opted_in()
+        opt_ins = dispatch.opted_in("lowbit info")
         rows = [_row(k, archs, opt_ins) for k in kernels]
         _table(rows, out)
         for device_type in present:
@@ -70,7 +70,7 @@ def _arch_ok(cap, device_type: str, arch) -> bool:
 
 def _choice(op: str, device_type: str, arch) -> str:
     """The kernel auto-dispatch picks for a tensor on this device, before any input check."""
-    opt_ins = dispatch.opted_in()
+    opt_ins = dispatch.opted_in("lowbit info")
     for kernel, native in dispatch.candidates(op, device_type):
         cap = kernel.capability
         if cap.off_without_opt_in(opt_ins):

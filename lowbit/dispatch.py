@@ -232,16 +232,17 @@ def _watched() -> tuple:
     return tuple(map(os.environ.encodekey, names)) if _RAW_ENVIRON is not os.environ else names
 
 
-def opted_in() -> frozenset[str]:
+def opted_in(who: str = "lowbit") -> frozenset[str]:
     """The variant opt-ins the environment sets now ("LOWBIT_XPU_PROVIDER=vendor"), read per call
-    like LOWBIT_BACKEND. A value a backend does not declare is an error, not a silent default."""
+    like LOWBIT_BACKEND. A value a backend does not declare is an error, not a silent default; `who`
+    (the op a call or query dispatches) names it."""
     found = []
     for name, values in registry.settings().items():
         value = os.environ.get(name)
         if value:
             if value not in values:
-                raise ValueError(f"lowbit: {name}={value!r} is not one of {', '.join(map(repr, values))}; "
-                                 f"set one of those, or unset {name} for the default")
+                raise ValueError(f"{who}: {name}={value!r} is not one of {', '.join(map(repr, values))}; use one of "
+                                 f"those, or unset {name} for the default")
             found.append(f"{name}={value}")
     return frozenset(found)
 
@@ -312,7 +313,7 @@ def _auto_alternative(call: Call, opt_ins: frozenset[str]) -> str:
 
 def resolve(call: Call, backend: str = AUTO) -> Kernel:
     """The kernel that runs `call`, or UnsupportedError. Both the real op and its fake call this."""
-    verdict = select(call, requested_backend() if backend == AUTO else backend, opted_in())
+    verdict = select(call, requested_backend() if backend == AUTO else backend, opted_in(f"lowbit.{call.op}"))
     if not verdict.ok:
         raise verdict.error()
     if verdict.fallback:

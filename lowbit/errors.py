@@ -1,4 +1,10 @@
-"""The one exception lowbit raises for calls it cannot take, and the argument checks every op shares."""
+"""The one exception lowbit raises for calls it cannot take, and the argument checks every op shares.
+
+Every refusal says the op, the argument, the constraint and what would work, in one phrasing:
+"lowbit.<op>: <argument> <constraint>; pass <fix>" (or "; use <another op or option>"). A dispatch
+refusal (UnsupportedError) is `Verdict.explain()`: the call, each backend's unmet constraints, and
+"Alternative: ...". tests/test_refusals.py holds every refused input and checks both.
+"""
 
 import math
 
@@ -48,6 +54,13 @@ def require_tensor(op: str, name: str, value, example: str) -> None:
     (or an attribute deep inside) would raise a less readable error."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"lowbit.{op}: {name} must be a tensor, not {type(value).__name__}; pass e.g. {example}")
+
+
+def require_same_device(op: str, name: str, value, other: str, reference) -> None:
+    """ValueError unless tensor `value` is on the device of `reference` (the argument it goes with)."""
+    if value.device != reference.device:
+        raise ValueError(f"lowbit.{op}: {name} is on {value.device}, {other} on {reference.device}; pass {name} on "
+                         f"{reference.device}")
 
 
 def overlapping(named: dict) -> str | None:

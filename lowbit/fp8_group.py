@@ -16,8 +16,8 @@ import torch
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call, dtype_name
-from .errors import require_eps, require_tensor, require_type
-from .fp8_group_packed import batch_strides, check_out_pair, out_buffer_problems
+from .errors import require_eps, require_same_device, require_tensor, require_type
+from .fp8_group_packed import batch_strides, check_out_pair, out_buffer_problems, out_buffers_refused
 
 QUANTIZE = "quantize_fp8_group"
 DEQUANTIZE = "dequantize_fp8_group"
@@ -48,13 +48,12 @@ def quantize_fp8_group(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP
         _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, backend)
         return dispatch.without_grad(torch.ops.lowbit.quantize_fp8_group, x, group_size, eps, ue8m0, scale_layout,
                                      backend)
-    check_out_pair(QUANTIZE, out, "F8-OUT")
+    _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, backend, out)
     q_buf, s_buf = out
     if dispatch.eager(x, q_buf, s_buf):
         _quantize_kernel(x, group_size, eps, ue8m0, scale_layout, backend, out=out).run(
             x, q_buf, s_buf, group_size=group_size, eps=eps, ue8m0=ue8m0)
     else:
-        _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, backend)
         dispatch.without_grad(torch.ops.lowbit.quantize_fp8_group_out, x, q_buf, s_buf, group_size, eps, ue8m0,
                               scale_layout, backend)
     return q_buf, s_buf
@@ -83,6 +82,7 @@ def quantize_fp8_block(w: torch.Tensor, block: tuple[int, int] = spec.F8_DEFAULT
     DeepSeek-V3's `weight_scale_inv` (Nb, Kb). `eps` floors the amax (1e-4, as DeepGEMM's and vLLM's
     per_block_cast_to_fp8); `ue8m0=True` rounds each scale up to a power of two.
     """
+    require_type(QUANTIZE_BLOCK, "backend", backend, str, '"auto"')
     _check_block(QUANTIZE_BLOCK, block)
     block = tuple(block)
     if dispatch.eager(w):
@@ -96,6 +96,7 @@ def dequantize_fp8_block(q: torch.Tensor, scales: torch.Tensor, *, block: tuple[
     """Expand `q` (N, K) with the scales quantize_fp8_block returned ((Kb4, Nb), or (Kb, Nb) without the
     padding rows, such as DeepSeek-V3's weight_scale_inv.t()), any strides, back to (N, K) in `dtype`
     [F8-DEQUANT]."""
+    require_type(DEQUANTIZE_BLOCK, "backend", backend, str, '"auto"')
     _check_block(DEQUANTIZE_BLOCK, block)
     block = tuple(block)
     if dispatch.eager(q, scales):
@@ -104,35 +105,39 @@ def dequantize_fp8_block(q: torch.Tensor, scales: torch.Tensor, *, block: tuple[
     return dispatch.without_grad(torch.ops.lowbit.dequantize_fp8_block, q, scales, block[0], block[1], dtype, backend)
 
 
-# --- argument checks: types first, then what the capability records do not say -----------------
+# --- argument checks: types first (backend= first of all, as lowbit.supports checks it before an op's
+# describe), then what the capability records do not say ---------------------------------------
 
-def _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, backend) -> None:
+def _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, backend, out=None) -> None:
+    require_type(QUANTIZE, "backend", backend, str, '"auto"')
     require_tensor(QUANTIZE, "x", x, "a (..., mn, K) bfloat16 tensor")
     require_type(QUANTIZE, "group_size", group_size, int, "128")
     require_type(QUANTIZE, "eps", eps, (float, int), "1e-10")
     require_type(QUANTIZE, "ue8m0", ue8m0, bool, "True")
     require_type(QUANTIZE, "scale_layout", scale_layout, str, '"column_major"')
-    require_type(QUANTIZE, "backend", backend, str, '"auto"')
+    if out is not None:
+        check_out_pair(QUANTIZE, out, "F8-OUT")
 
 
+# block right after backend: the public functions check it before the rest (they need it as a tuple)
 def _check_block_types(w, block, eps, ue8m0, backend) -> None:
-    require_tensor(QUANTIZE_BLOCK, "w", w, "a 2-D (N, K) bfloat16 weight")
+    require_type(QUANTIZE_BLOCK, "backend", backend, str, '"auto"')
     _check_block(QUANTIZE_BLOCK, block)
+    require_tensor(QUANTIZE_BLOCK, "w", w, "a 2-D (N, K) bfloat16 weight")
     require_type(QUANTIZE_BLOCK, "eps", eps, (float, int), "1e-4")
     require_type(QUANTIZE_BLOCK, "ue8m0", ue8m0, bool, "True")
-    require_type(QUANTIZE_BLOCK, "backend", backend, str, '"auto"')
 
 
 def _check_dequantize_types(op, q, scales, size_name, size, dtype, backend) -> None:
+    require_type(op, "backend", backend, str, '"auto"')
     quantize = QUANTIZE if op == DEQUANTIZE else QUANTIZE_BLOCK
+    if op == DEQUANTIZE_BLOCK:
+        _check_block(op, size)
     require_tensor(op, "q", q, f"the q {quantize} returned")
     require_tensor(op, "scales", scales, f"the scales {quantize} returned")
     if op == DEQUANTIZE:
         require_type(op, size_name, size, int, "128")
-    else:
-        _check_block(op, size)
     require_type(op, "dtype", dtype, torch.dtype, "torch.bfloat16")
-    require_type(op, "backend", backend, str, '"auto"')
 
 
 def _check_block(op: str, block) -> None:
@@ -155,11 +160,10 @@ def describe_quantize(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP,
                       eps: float = spec.FP8_DEFAULT_EPS, ue8m0: bool = False, scale_layout: str = ROW_MAJOR,
                       out=None) -> Call:
     """Also checks eps, the layout name and the out= buffers (ValueError)."""
-    _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, dispatch.AUTO)
+    _check_quantize_types(x, group_size, eps, ue8m0, scale_layout, dispatch.AUTO, out)
     require_eps(QUANTIZE, eps, "1e-10")
     _check_layout(scale_layout)
     if out is not None:
-        check_out_pair(QUANTIZE, out, "F8-OUT")
         check_out_buffers(x, *out, group_size, scale_layout)
     return dispatch.call_for(QUANTIZE, x, group_size=group_size, out_given=out is not None)
 
@@ -169,7 +173,8 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, group_size: int =
     """Also checks that q and its scales belong together (ValueError)."""
     _check_dequantize_types(DEQUANTIZE, q, scales, "group_size", group_size, dtype, dispatch.AUTO)
     if q.dim() >= 2 and group_size >= 1 and q.shape[-1] % group_size == 0:  # else the capability check says
-        _check_scales(DEQUANTIZE, q, scales, (*q.shape[:-1], q.shape[-1] // group_size), f"group_size {group_size}")
+        _check_scales(DEQUANTIZE, q, scales, (*q.shape[:-1], q.shape[-1] // group_size), f"group_size {group_size}",
+                      "group_size")
     return dispatch.call_for(DEQUANTIZE, q, group_size=group_size, out_dtype=dtype)
 
 
@@ -188,20 +193,19 @@ def describe_dequantize_block(q: torch.Tensor, scales: torch.Tensor, block: tupl
         what = "block {}x{} (or ({}, {}) without the padding rows)".format(
             *block, spec.ceil_div(q.shape[1], block[1]), row_blocks)
         fit = scales.dim() == 2 and block_scales_fit(q, scales, block)
-        _check_scales(DEQUANTIZE_BLOCK, q, scales, scales.shape if fit else (padded, row_blocks), what)
+        _check_scales(DEQUANTIZE_BLOCK, q, scales, scales.shape if fit else (padded, row_blocks), what, "block")
     return dispatch.call_for(DEQUANTIZE_BLOCK, q, weight_block=tuple(block), out_dtype=dtype)
 
 
-def _check_scales(op: str, q: torch.Tensor, scales: torch.Tensor, shape: tuple, what: str) -> None:
-    name = f"lowbit.{op}"
+def _check_scales(op: str, q: torch.Tensor, scales: torch.Tensor, shape: tuple, what: str, size_name: str) -> None:
+    name, quantize = f"lowbit.{op}", QUANTIZE if op == DEQUANTIZE else QUANTIZE_BLOCK
     if scales.dtype != spec.F8_SCALE_DTYPE:
-        raise ValueError(f"{name}: scales dtype {dtype_name(scales.dtype)} is not float32; pass the scales "
-                         f"{QUANTIZE if op == DEQUANTIZE else QUANTIZE_BLOCK} returned")
+        raise ValueError(f"{name}: scales dtype {dtype_name(scales.dtype)} is not float32; pass the scales {quantize} "
+                         "returned")
     if tuple(scales.shape) != tuple(shape):
         raise ValueError(f"{name}: q {tuple(q.shape)} with {what} needs scales of shape {tuple(shape)}, got "
-                         f"{tuple(scales.shape)}")
-    if q.device != scales.device:
-        raise ValueError(f"{name}: q is on {q.device} and scales on {scales.device}; move them to one device")
+                         f"{tuple(scales.shape)}; pass the scales {quantize} returned for this q and {size_name}")
+    require_same_device(op, "scales", scales, "q", q)
 
 
 # --- the kernel for a call: remembered per kind (lowbit/dispatch.py, `kind`) ---------------------
@@ -311,9 +315,8 @@ def check_out_buffers(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor,
     strides = scale_strides(lead, mn, groups, scale_layout)
     problems = out_buffer_problems(x, q_buf, s_buf, spec.F8_SCALE_DTYPE, (*lead, mn, groups), strides, scale_layout)
     if problems:
-        raise ValueError(f"lowbit.{QUANTIZE}(out=...): the buffers do not fit this input ({tuple(x.shape)}, "
-                         f"group_size {group_size}, {scale_layout} scales): " + "; ".join(problems) +
-                         ". Allocate them as docs/SPEC.md [F8-OUT] says, or drop out= to have lowbit allocate.")
+        options = f"group_size {group_size} and {scale_layout} scales"
+        raise ValueError(out_buffers_refused(QUANTIZE, x, options, problems, "F8-OUT"))
 
 
 # --- running a call: eager calls and the torch.library ops share the kernel lookup and the shapes ---

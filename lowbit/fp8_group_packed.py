@@ -13,8 +13,8 @@ import torch
 
 from . import dispatch, spec
 from .backend import Kernel
-from .capability import Call
-from .errors import overlapping, require_eps, require_tensor, require_type, written_in_place
+from .capability import Call, dtype_name
+from .errors import overlapping, require_eps, require_same_device, require_tensor, require_type, written_in_place
 
 OP = "quantize_fp8_group_packed"
 DEQUANTIZE = "dequantize_fp8_group_packed"
@@ -32,12 +32,11 @@ def quantize_fp8_group_packed(x: torch.Tensor, *, group_size: int = spec.FP8_DEF
     results go into those buffers (no allocation: CUDA-graph safe on graph-safe backends), which
     are returned. For 2-D input this is vLLM's per_token_group_quant_fp8_packed_for_deepgemm.
     """
-    _check_quantize_types(x, group_size, eps, backend)
+    _check_quantize_types(x, group_size, eps, backend, out)
     if out is None:
         if dispatch.eager(x):
             return _quantize(_quantize_kernel(x, group_size, eps, backend), x, group_size, eps)
         return dispatch.without_grad(torch.ops.lowbit.quantize_fp8_group_packed, x, group_size, eps, backend)
-    check_out_pair(OP, out, "FP8-OUT")
     q_buf, s_buf = out
     if dispatch.eager(x, q_buf, s_buf):
         _quantize_kernel(x, group_size, eps, backend, out=out).run(x, q_buf, s_buf, group_size=group_size, eps=eps)
@@ -59,36 +58,37 @@ def dequantize_fp8_group_packed(q: torch.Tensor, packed_scales: torch.Tensor, *,
                                  backend)
 
 
-def _check_quantize_types(x, group_size, eps, backend) -> None:
+def _check_quantize_types(x, group_size, eps, backend, out=None) -> None:
+    require_type(OP, "backend", backend, str, '"auto"')
     require_tensor(OP, "x", x, "a (..., mn, K) bfloat16 tensor")
     require_type(OP, "group_size", group_size, int, "128")
     require_type(OP, "eps", eps, (float, int), "1e-10")
-    require_type(OP, "backend", backend, str, '"auto"')
+    if out is not None:
+        check_out_pair(OP, out, "FP8-OUT")
 
 
 def _check_dequantize_types(q, packed_scales, group_size, dtype, backend) -> None:
+    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
     require_tensor(DEQUANTIZE, "q", q, f"the q {OP} returned")
     require_tensor(DEQUANTIZE, "packed_scales", packed_scales, f"the packed scales {OP} returned")
     require_type(DEQUANTIZE, "group_size", group_size, int, "128")
     require_type(DEQUANTIZE, "dtype", dtype, torch.dtype, "torch.bfloat16")
-    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
 
 
 # --- what dispatch sees of a call ---------------------------------------------------------------
 
 def describe_quantize(x: torch.Tensor, group_size: int = spec.FP8_DEFAULT_GROUP,
-                      eps: float = spec.FP8_DEFAULT_EPS, out_given: bool = False) -> Call:
-    _check_quantize_types(x, group_size, eps, dispatch.AUTO)
+                      eps: float = spec.FP8_DEFAULT_EPS, out=None) -> Call:
+    _check_quantize_types(x, group_size, eps, dispatch.AUTO, out)
     require_eps(OP, eps, "1e-10")
-    return dispatch.call_for(OP, x, group_size=group_size, out_given=out_given)
+    return dispatch.call_for(OP, x, group_size=group_size, out_given=out is not None)
 
 
 def describe_public_call(x: torch.Tensor, *, group_size: int = spec.FP8_DEFAULT_GROUP,
                          eps: float = spec.FP8_DEFAULT_EPS, out=None) -> Call:
     """describe_quantize for quantize_fp8_group_packed's own arguments (out= buffers checked too)."""
-    call = describe_quantize(x, group_size, eps, out_given=out is not None)
+    call = describe_quantize(x, group_size, eps, out)
     if out is not None:
-        check_out_pair(OP, out, "FP8-OUT")
         check_out_buffers(x, *out, group_size)
     return call
 
@@ -99,15 +99,15 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, group_size: int =
     _check_dequantize_types(q, scales, group_size, dtype, dispatch.AUTO)
     name = f"lowbit.{DEQUANTIZE}"
     if scales.dtype != spec.FP8_SCALE_DTYPE:
-        raise ValueError(f"{name}: packed scales dtype {scales.dtype} is not int32; pass the scales "
-                         f"{OP} returned")
+        raise ValueError(f"{name}: packed_scales dtype {dtype_name(scales.dtype)} is not int32; pass the "
+                         f"packed_scales {OP} returned")
     if q.dim() >= 2 and group_size >= 1 and q.shape[-1] % group_size == 0:
         words = spec.scale_words(int(q.shape[-1]) // group_size)
         if scales.shape != (*q.shape[:-1], words):
-            raise ValueError(f"{name}: q {tuple(q.shape)} with group_size {group_size} needs packed scales "
-                             f"of shape {(*q.shape[:-1], words)}, got {tuple(scales.shape)}")
-    if q.device != scales.device:
-        raise ValueError(f"{name}: q is on {q.device} and scales on {scales.device}; move them to one device")
+            raise ValueError(f"{name}: q {tuple(q.shape)} with group_size {group_size} needs packed_scales of shape "
+                             f"{(*q.shape[:-1], words)}, got {tuple(scales.shape)}; pass the packed_scales {OP} "
+                             "returned for this q and group_size")
+    require_same_device(DEQUANTIZE, "packed_scales", scales, "q", q)
     return dispatch.call_for(DEQUANTIZE, q, group_size=group_size, out_dtype=dtype)
 
 
@@ -151,11 +151,11 @@ def dequantize_output(q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def check_out_pair(op: str, out, clause: str) -> None:
-    """out= is a pair of tensors (q_buf, s_buf), or ValueError: the call, its fake and supports() ask it
-    before they look at the buffers."""
+    """out= is a pair of tensors (q_buf, s_buf), or ValueError; a type check, asked with the others."""
     if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
-        raise ValueError(f"lowbit.{op}(out=...): out= must be a pair of tensors (q_buf, s_buf), not "
-                         f"{type(out).__name__}; pass out=(q_buf, s_buf) as docs/SPEC.md [{clause}] says, or drop out=")
+        what = "Tensor" if isinstance(out, torch.Tensor) else type(out).__name__  # a fake tensor's type is FakeTensor
+        raise ValueError(f"lowbit.{op}: out= must be a pair of tensors (q_buf, s_buf), not {what}; pass "
+                         f"out=(q_buf, s_buf) as docs/SPEC.md [{clause}] says, or drop out=")
 
 
 def check_out_buffers(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor, group_size: int) -> None:
@@ -169,9 +169,13 @@ def check_out_buffers(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor,
     problems = out_buffer_problems(x, q_buf, s_buf, spec.FP8_SCALE_DTYPE, (*lead, mn, words),
                                    batch_strides(lead, (1, rows), words * rows), f"word (r, c) at c*A + r, A = {rows}")
     if problems:
-        raise ValueError(f"lowbit.{OP}(out=...): the buffers do not fit this input ({tuple(x.shape)}, group_size "
-                         f"{group_size}): " + "; ".join(problems) + ". Allocate them as docs/SPEC.md "
-                         "[FP8-OUT] says, or drop out= to have lowbit allocate.")
+        raise ValueError(out_buffers_refused(OP, x, f"group_size {group_size}", problems, "FP8-OUT"))
+
+
+def out_buffers_refused(op: str, x: torch.Tensor, options: str, problems: list[str], clause: str) -> str:
+    """The refusal of out= buffers that do not fit x, naming every problem."""
+    return (f"lowbit.{op}: out= buffers do not fit x {tuple(x.shape)} with {options}: " + "; ".join(problems) +
+            f"; pass buffers allocated as docs/SPEC.md [{clause}] says, or drop out= (lowbit then allocates them)")
 
 
 def out_buffer_problems(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tensor, scale_dtype: torch.dtype,
@@ -185,9 +189,9 @@ def out_buffer_problems(x: torch.Tensor, q_buf: torch.Tensor, s_buf: torch.Tenso
     problems = []
     for what, buf, dtype in (("q_buf", q_buf, spec.FP8_Q_DTYPE), ("s_buf", s_buf, scale_dtype)):
         if buf.dtype != dtype:
-            problems.append(f"{what} dtype is {buf.dtype}, needs {dtype}")
+            problems.append(f"{what} dtype is {dtype_name(buf.dtype)}, needs {dtype_name(dtype)}")
         if buf.device != x.device:
-            problems.append(f"{what} is on {buf.device}, the input on {x.device}")
+            problems.append(f"{what} is on {buf.device}, x on {x.device}")
         refused = written_in_place(what, buf)
         if refused:
             problems.append(refused)

@@ -11,7 +11,15 @@ import torch
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call, dtype_name
-from .errors import UnsupportedError, overlapping, require_eps, require_tensor, require_type, written_in_place
+from .errors import (
+    UnsupportedError,
+    overlapping,
+    require_eps,
+    require_same_device,
+    require_tensor,
+    require_type,
+    written_in_place,
+)
 
 QUANTIZE = "quantize_mxfp4"
 GROUP_QUANT = "per_token_group_quant_mxfp4"
@@ -65,25 +73,25 @@ def dequantize_mxfp4(q: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtyp
 
 
 def _check_quantize_types(x, scale_rule, backend) -> None:
+    require_type(QUANTIZE, "backend", backend, str, '"auto"')
     require_tensor(QUANTIZE, "x", x, "a (..., K) bfloat16 tensor")
     require_type(QUANTIZE, "scale_rule", scale_rule, str, '"rceil"')
-    require_type(QUANTIZE, "backend", backend, str, '"auto"')
 
 
 def _check_group_quant_types(x, x_q, x_s, group_size, eps, backend) -> None:
+    require_type(GROUP_QUANT, "backend", backend, str, '"auto"')
     require_tensor(GROUP_QUANT, "x", x, "a (..., K) bfloat16 tensor")
     require_tensor(GROUP_QUANT, "x_q", x_q, "torch.empty(*x.shape[:-1], K // 2, dtype=torch.uint8)")
     require_tensor(GROUP_QUANT, "x_s", x_s, "torch.empty(*x.shape[:-1], K // 32, dtype=torch.float32)")
     require_type(GROUP_QUANT, "group_size", group_size, int, str(spec.MX_BLOCK))
     require_type(GROUP_QUANT, "eps", eps, (float, int), "1e-10")
-    require_type(GROUP_QUANT, "backend", backend, str, '"auto"')
 
 
 def _check_dequantize_types(q, scales, dtype, backend) -> None:
+    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
     require_tensor(DEQUANTIZE, "q", q, "the q quantize_mxfp4 returned")
     require_tensor(DEQUANTIZE, "scales", scales, "the scales quantize_mxfp4 returned")
     require_type(DEQUANTIZE, "dtype", dtype, torch.dtype, "torch.bfloat16")
-    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
 
 
 # --- what dispatch sees of a call ---------------------------------------------------------------
@@ -100,9 +108,10 @@ def describe_group_quant(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, 
     name = f"lowbit.{GROUP_QUANT}"
     eps = float(eps)  # as the op receives it, so explain() and the call say the same
     if group_size != spec.MX_BLOCK:
-        raise UnsupportedError(f"{name}: group_size {group_size}: MXFP4 blocks are {spec.MX_BLOCK} elements on every "
-                               f"backend (docs/SPEC.md [MX-BUFFERS]). Alternative: pass group_size={spec.MX_BLOCK}, "
-                               "or use quantize_fp8_group_packed for other group sizes")
+        raise UnsupportedError(f"{name}: group_size={group_size} is not {spec.MX_BLOCK}: MXFP4 blocks are "
+                               f"{spec.MX_BLOCK} elements on every backend (docs/SPEC.md [MX-BUFFERS]); pass "
+                               f"group_size={spec.MX_BLOCK}, or use lowbit.quantize_fp8_group_packed for other group "
+                               "sizes")
     require_eps(GROUP_QUANT, eps, "1e-10")
     call = dispatch.call_for(GROUP_QUANT, x, out_given=True)
     if x.dim() >= 1 and x.shape[-1] % spec.MX_BLOCK == 0:  # else the capability check names the block size
@@ -116,18 +125,16 @@ def describe_group_quant(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, 
 
 
 def _check_buffer(name: str, arg: str, buf, x: torch.Tensor, shape: tuple, dtypes: tuple) -> None:
-    if not isinstance(buf, torch.Tensor):
-        raise ValueError(f"{name}: {arg} must be a tensor, not {type(buf).__name__}")
-    wanted = ", ".join(dtype_name(d) for d in dtypes)
+    dtype = buf.dtype if buf.dtype in dtypes else dtypes[0]
+    fix = f"pass e.g. torch.empty({tuple(shape)}, dtype=torch.{dtype_name(dtype)})"
     if buf.dtype not in dtypes:
-        raise ValueError(f"{name}: {arg} dtype {dtype_name(buf.dtype)} is not one of {wanted}")
+        raise ValueError(f"{name}: {arg} dtype {dtype_name(buf.dtype)} is not one of "
+                         f"{', '.join(dtype_name(d) for d in dtypes)}; {fix}")
     if tuple(buf.shape) != tuple(shape):
-        raise ValueError(f"{name}: {arg} has shape {tuple(buf.shape)}; x {tuple(x.shape)} needs {tuple(shape)}")
+        raise ValueError(f"{name}: {arg} has shape {tuple(buf.shape)}, x {tuple(x.shape)} needs {tuple(shape)}; {fix}")
     if not buf.is_contiguous():
-        raise ValueError(f"{name}: {arg} must be contiguous (strides {tuple(buf.stride())}); allocate it with "
-                         "torch.empty")
-    if buf.device != x.device:
-        raise ValueError(f"{name}: {arg} is on {buf.device} and x on {x.device}; put them on one device")
+        raise ValueError(f"{name}: {arg} must be contiguous, not strides {tuple(buf.stride())}; {fix}")
+    require_same_device(GROUP_QUANT, arg, buf, "x", x)
     refused = written_in_place(arg, buf)
     if refused:
         raise ValueError(f"{name}: {refused}")
@@ -137,15 +144,14 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtyp
     """Also checks that q and scales belong together (ValueError otherwise)."""
     _check_dequantize_types(q, scales, dtype, dispatch.AUTO)
     if scales.dtype not in (spec.MX_SCALE_DTYPE, torch.uint8):
-        raise ValueError(f"lowbit.dequantize_mxfp4: scales dtype {scales.dtype} is not float8_e8m0fnu or "
-                         "uint8; pass the scales quantize_mxfp4 returned")
+        raise ValueError(f"lowbit.{DEQUANTIZE}: scales dtype {dtype_name(scales.dtype)} is not float8_e8m0fnu or "
+                         f"uint8; pass the scales {QUANTIZE} returned")
     if q.dim() < 1 or scales.dim() != q.dim() or q.shape[:-1] != scales.shape[:-1] \
             or q.shape[-1] * 2 != scales.shape[-1] * spec.MX_BLOCK:
-        raise ValueError(f"lowbit.dequantize_mxfp4: q {tuple(q.shape)} and scales {tuple(scales.shape)} do "
-                         f"not match; need q (..., K/2) and scales (..., K/{spec.MX_BLOCK})")
-    if q.device != scales.device:
-        raise ValueError(f"lowbit.dequantize_mxfp4: q is on {q.device} and scales on {scales.device}; "
-                         "move them to one device")
+        raise ValueError(f"lowbit.{DEQUANTIZE}: q {tuple(q.shape)} and scales {tuple(scales.shape)} do not match: "
+                         f"q (..., K/2) takes scales (..., K/{spec.MX_BLOCK}); pass the q and scales {QUANTIZE} "
+                         "returned")
+    require_same_device(DEQUANTIZE, "scales", scales, "q", q)
     return dispatch.call_for(DEQUANTIZE, q, k=int(q.shape[-1]) * 2, out_dtype=dtype)
 
 

@@ -15,7 +15,7 @@ import torch
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call, dtype_name
-from .errors import require_tensor, require_type
+from .errors import require_same_device, require_tensor, require_type
 
 QUANTIZE = "quantize_nvfp4"
 GLOBAL_SCALE = "nvfp4_global_scale"
@@ -77,37 +77,41 @@ def scaled_fp4_quant(x: torch.Tensor, input_global_scale: torch.Tensor,
     require_type(VLLM, "is_sf_swizzled_layout", is_sf_swizzled_layout, bool, "True")
     require_tensor(VLLM, "x", x, "a 2-D (m, n) bfloat16 tensor")
     if x.dim() != 2:
-        raise ValueError(f"lowbit.{VLLM}: x has {x.dim()} dims; vLLM's convention takes a 2-D (m, n) input. "
-                         f"Alternative: x.reshape(-1, x.shape[-1]), or lowbit.quantize_nvfp4, which takes N-D input")
+        raise ValueError(f"lowbit.{VLLM}: x has {x.dim()} dims, not the 2 (m, n) of vLLM's convention; pass "
+                         f"x.reshape(-1, x.shape[-1]), or use lowbit.{QUANTIZE}, which takes N-D input")
+    if input_global_scale is not None:  # by its own name, before quantize_nvfp4 checks it as global_scale
+        require_tensor(VLLM, "input_global_scale", input_global_scale, _SCALE)
+        _check_global_scale(VLLM, input_global_scale, x, per_row=False)
     q, scales, _ = quantize_nvfp4(x, input_global_scale, scale_layout="swizzled" if is_sf_swizzled_layout else "linear")
     return q.view(torch.uint8), scales
 
 
 def _check_quantize_types(x, global_scale, per_row, scale_layout, backend) -> None:
+    require_type(QUANTIZE, "backend", backend, str, '"auto"')
     require_tensor(QUANTIZE, "x", x, "a (..., K) bfloat16 tensor")
     if global_scale is not None:
         require_tensor(QUANTIZE, "global_scale", global_scale, _SCALE_EXAMPLE)
     require_type(QUANTIZE, "per_row", per_row, bool, "True")
     require_type(QUANTIZE, "scale_layout", scale_layout, str, '"linear"')
-    require_type(QUANTIZE, "backend", backend, str, '"auto"')
 
 
 def _check_global_scale_types(x, per_row, backend) -> None:
+    require_type(GLOBAL_SCALE, "backend", backend, str, '"auto"')
     require_tensor(GLOBAL_SCALE, "x", x, "a (..., K) bfloat16 tensor")
     require_type(GLOBAL_SCALE, "per_row", per_row, bool, "True")
-    require_type(GLOBAL_SCALE, "backend", backend, str, '"auto"')
 
 
 def _check_dequantize_types(q, block_scales, global_scale, scale_layout, dtype, backend) -> None:
+    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
     require_tensor(DEQUANTIZE, "q", q, "the q quantize_nvfp4 returned")
     require_tensor(DEQUANTIZE, "block_scales", block_scales, "the block_scales quantize_nvfp4 returned")
     require_tensor(DEQUANTIZE, "global_scale", global_scale, "the global_scale quantize_nvfp4 returned")
     require_type(DEQUANTIZE, "scale_layout", scale_layout, str, '"linear"')
     require_type(DEQUANTIZE, "dtype", dtype, torch.dtype, "torch.bfloat16")
-    require_type(DEQUANTIZE, "backend", backend, str, '"auto"')
 
 
-_SCALE_EXAMPLE = "torch.tensor(2688 / amax, dtype=torch.float32, device=x.device), or None to compute it"
+_SCALE = "torch.tensor(2688 / amax, dtype=torch.float32, device=x.device)"
+_SCALE_EXAMPLE = _SCALE + ", or None to compute it"
 
 
 # --- what dispatch sees of a call ---------------------------------------------------------------
@@ -135,16 +139,15 @@ def describe_dequantize(q: torch.Tensor, block_scales: torch.Tensor, global_scal
     name = f"lowbit.{DEQUANTIZE}"
     if block_scales.dtype not in (spec.NV_SCALE_DTYPE, torch.uint8):
         raise ValueError(f"{name}: block_scales dtype {dtype_name(block_scales.dtype)} is not float8_e4m3fn or "
-                         "uint8; pass the block scales quantize_nvfp4 returned")
+                         f"uint8; pass the block_scales {QUANTIZE} returned")
     if q.dim() >= 1 and (2 * q.shape[-1]) % spec.NV_BLOCK == 0:  # else the capability check names the block size
         want = _scale_shape(q.shape[:-1], 2 * q.shape[-1], scale_layout == "swizzled")
         if tuple(block_scales.shape) != want:
             raise ValueError(f"{name}: q {tuple(q.shape)} needs {scale_layout} block_scales of shape {want}, got "
-                             f"{tuple(block_scales.shape)}")
+                             f"{tuple(block_scales.shape)}; pass the block_scales {QUANTIZE} returned for this q and "
+                             "scale_layout")
         _check_global_scale(DEQUANTIZE, global_scale, q, per_row=False)
-    if q.device != block_scales.device:
-        raise ValueError(f"{name}: q is on {q.device} and block_scales on {block_scales.device}; move them to one "
-                         "device")
+    require_same_device(DEQUANTIZE, "block_scales", block_scales, "q", q)
     return dispatch.call_for(DEQUANTIZE, q, k=2 * int(q.shape[-1]) if q.dim() else 0, out_dtype=dtype)
 
 
@@ -160,9 +163,16 @@ def _check_global_scale(op: str, gs: torch.Tensor, x: torch.Tensor, per_row: boo
     if not _global_scale_fits(gs, x, per_row):
         rows = tuple(x.shape[:-1])
         shapes = f"{rows} (one per row)" if per_row else f"() or (1,) (one scale), or {rows} (one per row)"
-        raise ValueError(f"lowbit.{op}: global_scale ({dtype_name(gs.dtype)}, shape {tuple(gs.shape)}, on "
-                         f"{gs.device}) must be float32 on {x.device} with shape {shapes}. Alternative: "
-                         f"global_scale=None computes it on the device")
+        arg, fix = _GIVEN_SCALE[op]
+        raise ValueError(f"lowbit.{op}: {arg} ({dtype_name(gs.dtype)}, shape {tuple(gs.shape)}, on {gs.device}) must "
+                         f"be float32 on {x.device} with shape {shapes}; pass {fix}")
+
+
+_GIVEN_SCALE = {  # op: (its argument, what would work)
+    QUANTIZE: ("global_scale", "global_scale=None to compute it on the device"),
+    DEQUANTIZE: ("global_scale", f"the global_scale {QUANTIZE} returned"),
+    VLLM: ("input_global_scale", "e.g. " + _SCALE),
+}
 
 
 def _global_scale_fits(gs: torch.Tensor, x: torch.Tensor, per_row: bool) -> bool:

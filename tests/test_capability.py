@@ -23,8 +23,9 @@ def test_cuda_arch_spellings_normalize_to_the_compute_capability(spelling):
 def test_other_vendors_archs_are_names():
     assert normalize_arch("gfx942") == "gfx942"
     assert normalize_arch(None) is None
-    with pytest.raises(ValueError, match="cannot read arch"):
-        normalize_arch(9.0)
+    for bad in (9.0, [9, 0], ("9", "0")):
+        with pytest.raises(ValueError, match=r"lowbit: arch=.* is not an arch; pass e.g. arch=90"):
+            normalize_arch(bad)
 
 
 def test_arch_range_bounds_are_inclusive():

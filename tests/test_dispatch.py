@@ -286,8 +286,8 @@ def test_naming_the_variant_runs_it_without_the_setting(opt):
 @pytest.mark.parametrize("value", ["slow", "FAST", "fast "])
 def test_a_setting_value_no_backend_declares_is_a_value_error(opt, monkeypatch, value):
     monkeypatch.setenv(SETTING, value)
-    message = (f"lowbit: {SETTING}={value!r} is not one of 'exact', 'fast'; set one of those, or unset {SETTING} "
-               "for the default")
+    message = (f"lowbit.quantize_mxfp4: {SETTING}={value!r} is not one of 'exact', 'fast'; use one of those, or "
+               f"unset {SETTING} for the default")
     with pytest.raises(ValueError) as raised:
         lowbit.quantize_mxfp4(bf16(4, 64))
     assert str(raised.value) == message and not isinstance(raised.value, lowbit.UnsupportedError)
@@ -390,7 +390,8 @@ def _opt_in_kernel(opt_in):
 ], ids=["undeclared-setting", "undeclared-value", "other-setting", "no-value"])
 def test_a_backend_refuses_a_record_whose_opt_in_it_does_not_declare(opt_in, settings):
     with pytest.raises(ValueError, match=re.escape(
-            f"lowbit: opt/fast opts in with {opt_in!r}, which backend 'opt' does not declare in its settings")):
+            f"lowbit.Backend: opt/fast opts in with {opt_in!r}, which backend 'opt' does not declare in settings=; "
+            "pass settings=")):
         Backend(name="opt", priority=1, summary="", kernels=(_opt_in_kernel(opt_in),), settings=settings)
     Backend(name="opt", priority=1, summary="", kernels=(_opt_in_kernel("LOWBIT_TEST_PROVIDER=fast"),),
             settings={"LOWBIT_TEST_PROVIDER": ("exact", "fast")})  # declared: accepted
