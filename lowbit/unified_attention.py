@@ -148,13 +148,13 @@ def check(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, max_se
     page_size, pages = int(k_cache.shape[1]), int(block_table.shape[1])
     if heads % kv_heads:
         raise UnsupportedError(
-            f"lowbit.{OP}: {heads} query heads are not a multiple of {kv_heads} KV heads (every backend needs "
-            "num_heads % num_kv_heads == 0: each KV head serves an equal group of query heads). Alternative: "
-            "repeat KV heads in the cache until the ratio is whole")
+            f"lowbit.{OP}: q has {heads} heads, not a multiple of k_cache's {kv_heads} KV heads (every backend "
+            "needs num_heads % num_kv_heads == 0: each KV head serves an equal group of query heads).\n"
+            "Alternative: repeat KV heads in the cache until the ratio is whole")
     if pages * page_size < max_seqlen_k:
         raise UnsupportedError(
             f"lowbit.{OP}: block_table has {pages} pages per sequence of {page_size} tokens = {pages * page_size} "
-            f"tokens, fewer than max_seqlen_k={max_seqlen_k} (every backend reads keys only through the table). "
+            f"tokens, fewer than max_seqlen_k={max_seqlen_k} (every backend reads keys only through the table).\n"
             f"Alternative: give block_table at least ceil(max_seqlen_k / {page_size}) columns, or pass the "
             "true max_seqlen_k")
 
@@ -188,11 +188,11 @@ def _problems(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, ma
     if kv_head_size != head_size:
         found.append(f"q head size {head_size} differs from the cache's {kv_head_size}; pass one head size")
     if heads == 0 or kv_heads == 0 or page_size == 0:
-        found.append("num_heads, num_kv_heads and block_size must be at least 1; pass at least one head and "
+        found.append("q and k_cache need num_heads, num_kv_heads and block_size >= 1; pass at least one head and "
                      "one slot per block")
     if v_cache.dtype != k_cache.dtype:
         found.append(f"k_cache is {dtype_name(k_cache.dtype)} and v_cache {dtype_name(v_cache.dtype)}; "
-                     "store both in one dtype")
+                     "pass both in one dtype")
     if out is not None:
         if tuple(out.shape) != tuple(q.shape):
             found.append(f"out has shape {tuple(out.shape)}, needs q's {tuple(q.shape)}; pass such an out, or "
@@ -238,11 +238,11 @@ def _problems(q, k_cache, v_cache, out, cu_seqlens_q, seqused_k, block_table, ma
                            ("v_descale", v_descale, v_cache)):
         what = name[0] if name != "q_descale" else "q"
         if owner.dtype == FP8_DTYPE and t is None:
-            found.append(f"{name} is required with a float8_e4m3fn {what if what == 'q' else what + '_cache'} "
+            found.append(f"{name} is required with a float8_e4m3fn {what if what == 'q' else what + '_cache'}"
                          f"; pass torch.ones(1, device=...) for a unit scale")
         elif owner.dtype != FP8_DTYPE and t is not None:
-            found.append(f"{name} applies to float8_e4m3fn tensors only; this one is {dtype_name(owner.dtype)}, so "
-                         "drop it, or store the tensor as float8_e4m3fn")
+            found.append(f"{name} applies to float8_e4m3fn tensors only; this one is {dtype_name(owner.dtype)}; "
+                         "pass None, or store the tensor as float8_e4m3fn")
         elif t is not None and (t.dtype != DESCALE_DTYPE or (t.numel() != 1 and tuple(t.shape) != (seqs, kv_heads))):
             found.append(f"{name} must be float32 with one value (per tensor) or shape ({seqs}, {kv_heads}) "
                          f"(per sequence and KV head), not {tuple(t.shape)} {dtype_name(t.dtype)}; pass e.g. "
@@ -280,8 +280,8 @@ def check_values(q, k_cache, cu_seqlens_q, seqused_k, block_table, max_seqlen_q,
     longest = max(range(len(used)), key=lambda s: cu[s + 1] - cu[s], default=None)
     if longest is not None and cu[longest + 1] - cu[longest] > max_seqlen_q:
         n = cu[longest + 1] - cu[longest]
-        found.append(f"sequence {longest} has {n} query rows, more than max_seqlen_q={max_seqlen_q} (pass "
-                     f"max_seqlen_q={n})")
+        found.append(f"cu_seqlens_q gives sequence {longest} {n} query rows, more than "
+                     f"max_seqlen_q={max_seqlen_q} (pass max_seqlen_q={n})")
     outside = next((s for s, n in enumerate(used) if not 0 <= n <= max_seqlen_k), None)
     if outside is not None:
         found.append(f"seqused_k[{outside}]={used[outside]} is outside 0..max_seqlen_k={max_seqlen_k}")
@@ -297,7 +297,7 @@ def check_values(q, k_cache, cu_seqlens_q, seqused_k, block_table, max_seqlen_q,
             found.append(f"{name} holds a value <= 0 (or NaN); descales are positive")
     if found:
         where = f" ({ENV_DEBUG}=1)" if q.device.type != "cpu" else ""
-        raise ValueError(f"lowbit.{OP}{where}: " + "; ".join(found) + ". Pass index tensors that docs/SPEC.md "
+        raise ValueError(f"lowbit.{OP}{where}: " + "; ".join(found) + "; pass index tensors that docs/SPEC.md "
                          "[ATTN-METADATA] calls well-formed (on a GPU without LOWBIT_DEBUG=1, a malformed "
                          "sequence's rows are NaN)")
 

@@ -12,11 +12,14 @@ torch.compile, opcheck, supports/explain.
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
+import re
 
 import pytest
 import torch
+from test_refusals import FIX
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit
@@ -278,7 +281,7 @@ def test_fake_accelerator_and_explain_refuse_as_the_call_does(case, device):
 
 
 @pytest.mark.parametrize(("case", "needs"), [
-    ("head-ratio-6-over-4", "6 query heads are not a multiple of 4 KV heads"),
+    ("head-ratio-6-over-4", "q has 6 heads, not a multiple of k_cache's 4 KV heads"),
     ("table-too-short", "block_table has 2 pages per sequence of 4 tokens = 8 tokens, fewer than max_seqlen_k=9"),
     ("bf16-q-f16-cache", "cpu: a bfloat16 query takes a KV cache of bfloat16, float8_e4m3fn, not float16"),
     ("f16-q-bf16-cache", "cpu: a float16 query takes a KV cache of float16, float8_e4m3fn, not bfloat16"),
@@ -326,7 +329,7 @@ def test_unsupported_error_names_the_constraint(case, needs):
     ("k-v-dtypes-differ", "k_cache is float8_e4m3fn and v_cache bfloat16"),
     ("q-2d", "q has shape (4, 64); needs (num_tokens, num_heads, head_size)"),
     ("cache-3d", "need one shape (num_blocks, block_size, num_kv_heads, head_size)"),
-    ("zero-kv-heads", "must be at least 1"),
+    ("zero-kv-heads", "need num_heads, num_kv_heads and block_size >= 1"),
     ("alibi-shape", "alibi_slopes must be a float tensor of shape (4,)"),
     ("sinks-int32", "sinks must be a float tensor of shape (4,)"),
     ("block-table-on-meta", "block_table is on meta, q on cpu"),
@@ -348,6 +351,17 @@ def test_value_error_names_the_argument(case, needs):
 ])
 def test_type_error_names_the_argument(case, needs):
     assert needs in str(_real_error(case))
+
+
+@pytest.mark.parametrize("case", [*ERROR_CASES, *MIXED_DEVICE_CASES])
+def test_refusal_names_the_argument_and_a_fix(case):
+    """The convention of tests/test_refusals.py: "lowbit.unified_attention: <argument> ...; pass ..."
+    (or "; use ...", or an "Alternative: " line); a dispatch refusal names the call and each backend."""
+    text = str(_real_error(case))
+    assert FIX.search(text), f"no fix in:\n{text}"
+    if not text.startswith(f"lowbit.{OP} for "):
+        arguments = "|".join(inspect.signature(lowbit.unified_attention).parameters)
+        assert re.match(rf"lowbit\.{OP}: (?:{arguments})\b", text), text
 
 
 def test_every_error_case_has_its_message_checked():

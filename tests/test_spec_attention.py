@@ -244,7 +244,7 @@ def test_attn_input_index_tensors_are_int32():
 
 
 def test_attn_input_head_count_not_a_multiple_is_unsupported():
-    with pytest.raises(lowbit.UnsupportedError, match="6 query heads are not a multiple of 4 KV heads"):
+    with pytest.raises(lowbit.UnsupportedError, match="q has 6 heads, not a multiple of k_cache's 4 KV heads"):
         attend(heads([[1.0, 0, 0, 0]], 6), [torch.ones(1, 4, 4)], [torch.ones(1, 4, 4)])
 
 
@@ -769,7 +769,7 @@ METADATA_CASES = {
     "cu_seqlens_q_past_the_tokens": ({"cu_seqlens_q": ints(0, 2, 5), "max_seqlen_q": 3},
                                      r"cu_seqlens_q\[2\]=5 is past q's 4 rows"),
     "q_len_above_max_seqlen_q": ({"max_seqlen_q": 1},
-                                 r"sequence 0 has 2 query rows, more than max_seqlen_q=1 \(pass max_seqlen_q=2\)"),
+                                 r"cu_seqlens_q gives sequence 0 2 query rows, more than max_seqlen_q=1 \(pass max_seqlen_q=2\)"),
     "seqused_k_above_max_seqlen_k": ({"seqused_k": ints(3, 6), "max_seqlen_k": 5},
                                      r"seqused_k\[1\]=6 is outside 0..max_seqlen_k=5"),
     "seqused_k_negative": ({"seqused_k": ints(-1, 5)}, r"seqused_k\[0\]=-1 is outside 0..max_seqlen_k=5"),
@@ -778,7 +778,7 @@ METADATA_CASES = {
     "page_negative": ({"block_table": ints([5, 4, 0], [0, -1, 2])}, r"block_table\[1, 1\]=-1 is not a block"),
     "page_int32_max": ({"block_table": ints([5, 4, 0], [0, 1, 2**31 - 1])}, r"block_table\[1, 2\]=2147483647"),
 }
-METADATA_FIX = "Pass index tensors that docs/SPEC.md [ATTN-METADATA] calls well-formed"
+METADATA_FIX = "; pass index tensors that docs/SPEC.md [ATTN-METADATA] calls well-formed"
 
 
 @pytest.mark.parametrize("debug", ["", "1"])
@@ -1024,7 +1024,7 @@ def test_attn_debug_shape_checks_run_on_every_call(fake, monkeypatch):
     with mode:
         args, kwargs = _debug_call(q=torch.zeros(4, 3, 4, dtype=BF16), k_cache=torch.zeros(6, 2, 2, 4, dtype=BF16),
                                    v_cache=torch.zeros(6, 2, 2, 4, dtype=BF16))
-        with pytest.raises(lowbit.UnsupportedError, match="3 query heads are not a multiple of 2 KV heads"):
+        with pytest.raises(lowbit.UnsupportedError, match="q has 3 heads, not a multiple of k_cache's 2 KV heads"):
             lowbit.unified_attention(*args, **kwargs)
         args, kwargs = _debug_call(max_seqlen_k=7)
         with pytest.raises(lowbit.UnsupportedError, match="fewer than max_seqlen_k=7"):

@@ -465,7 +465,7 @@ def test_attention_mismatched_arguments_raise_value_error_before_dispatch():
     with pytest.raises(ValueError, match="k_descale applies to float8_e4m3fn tensors only"):
         lowbit.supports(ATTN, *tensors, device="cuda", arch="sm_90", k_descale=meta(1, dtype=torch.float32),
                         **options)
-    with pytest.raises(lowbit.UnsupportedError, match="not a multiple of 2 KV heads"):
+    with pytest.raises(lowbit.UnsupportedError, match="not a multiple of k_cache's 2 KV heads"):
         ask_attention(heads=(5, 2))
 
 
