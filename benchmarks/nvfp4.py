@@ -125,7 +125,7 @@ def _triton_version() -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lowbit bench nvfp4")
     parser.add_argument("--shapes", nargs="*", default=[f"{m}x{k}" for m, k in SHAPES], help="MxK")
-    parser.add_argument("--layouts", nargs="*", choices=spec.NV_SCALE_LAYOUTS, default=("swizzled", "linear"))
+    parser.add_argument("--layouts", nargs="*", choices=spec.SCALE_LAYOUTS, default=("swizzled", "linear"))
     parser.add_argument("--no-compare", action="store_true", help="skip torch.compile of the reference")
     args = parser.parse_args(argv)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]

@@ -152,9 +152,9 @@ def describe_dequantize(q: torch.Tensor, block_scales: torch.Tensor, global_scal
 
 
 def _check_layout(op: str, scale_layout: str) -> None:
-    if scale_layout not in spec.NV_SCALE_LAYOUTS:
+    if scale_layout not in spec.SCALE_LAYOUTS:
         raise ValueError(f"lowbit.{op}: scale_layout={scale_layout!r} is not one of "
-                         f"{', '.join(map(repr, spec.NV_SCALE_LAYOUTS))}; pass scale_layout=\"swizzled\" for the "
+                         f"{', '.join(map(repr, spec.SCALE_LAYOUTS))}; pass scale_layout=\"swizzled\" for the "
                          "128x4 tiles cuBLASLt, CUTLASS and FlashInfer read")
 
 

@@ -30,8 +30,8 @@ NV_GLOBAL_NUMERATOR = 448.0 * 6.0  # [NV-GLOBAL]: gs = 2688 / amax, the encode s
 NV_GS_MAX = 2.0**118  # [NV-GLOBAL] caps gs here; [NV-GLOBAL-GIVEN]: usable gs lie in [2^-118, 2^118]
 NV_GS_MIN = 2.0**-118
 NV_SCALE_NAN = 0x7F  # [NV-NAN, NV-GLOBAL-GIVEN]: the block scale byte of a NaN block
-NV_SCALE_LAYOUTS = ("linear", "swizzled")
-NV_SWIZZLE_ROWS, NV_SWIZZLE_COLS = 128, 4  # [NV-SWIZZLE]: 128 x 4 tiles of 512 bytes
+SCALE_LAYOUTS = ("linear", "swizzled")  # of MX and NVFP4 block scales
+SWIZZLE_ROWS, SWIZZLE_COLS = 128, 4  # [SCALE-SWIZZLE]: 128 x 4 tiles of 512 bytes
 NV_Q_DTYPE = torch.float4_e2m1fn_x2
 NV_SCALE_DTYPE = torch.float8_e4m3fn
 
@@ -84,8 +84,16 @@ def round_up(a: int, b: int) -> int:
 
 
 def swizzled_scale_shape(rows: int, scale_cols: int) -> tuple[int, int]:
-    """[NV-SWIZZLE]: the block-scale shape of R rows of C scales, padded to whole 128 x 4 tiles."""
-    return round_up(rows, NV_SWIZZLE_ROWS), round_up(scale_cols, NV_SWIZZLE_COLS)
+    """[SCALE-SWIZZLE]: the block-scale shape of R rows of C scales, padded to whole 128 x 4 tiles."""
+    return round_up(rows, SWIZZLE_ROWS), round_up(scale_cols, SWIZZLE_COLS)
+
+
+def swizzled_offsets(rows: int, cols: int, device) -> torch.Tensor:
+    """[SCALE-SWIZZLE]: the byte offset of each (row, scale column), row-major (rows, cols), flattened."""
+    r = torch.arange(rows, device=device).reshape(-1, 1)
+    c = torch.arange(cols, device=device).reshape(1, -1)
+    tiles_per_row = ceil_div(cols, SWIZZLE_COLS)
+    return (((r // 128) * tiles_per_row + c // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + c % 4).reshape(-1)
 
 
 @functools.lru_cache(maxsize=64)  # eager calls ask it for the same eps every time

@@ -322,7 +322,7 @@ def nvfp4_oracle(x, gs):
 
 
 def nv_swizzle(linear):
-    """[NV-SWIZZLE]: linear (R, C) scale bytes placed at their offsets in the zero-padded tiles."""
+    """[SCALE-SWIZZLE]: linear (R, C) scale bytes placed at their offsets in the zero-padded tiles."""
     rows, cols = linear.shape
     out = np.zeros((-(-rows // 128) * 128) * (-(-cols // 4) * 4), dtype=np.uint8)
     r = np.arange(rows)[:, None]

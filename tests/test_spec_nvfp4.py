@@ -41,6 +41,7 @@ from oracles import (
 )
 
 import lowbit
+from lowbit import spec
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -257,7 +258,7 @@ def ref_dequant(q, sb, gs):
 
 
 def swizzle_offset(r, c, C):
-    """[NV-SWIZZLE] byte offset of (row r, scale column c), written out from the SPEC text."""
+    """[SCALE-SWIZZLE] byte offset of (row r, scale column c), written out from the SPEC text."""
     return ((r // 128) * -(-C // 4) + c // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + c % 4
 
 
@@ -1258,6 +1259,22 @@ SWZ_256x8 = [
     ((200, 6), 1674),  # (2 + 1)*512 + (200%32 = 8)*16 + ((72)//32 = 2)*4 + 2 = 1536+128+8+2
     ((255, 7), 2047),  # 1536 + 31*16 + 3*4 + 3
 ]
+
+
+def test_scale_swizzle_offsets_literal_256x8_and_one_byte_each():
+    """[SCALE-SWIZZLE] as lowbit.spec computes it, against the literal offsets and the formula
+    written out from the SPEC text: a bijection onto the padded tiles."""
+    got = spec.swizzled_offsets(256, 8, "cpu").reshape(256, 8)
+    for (r, c), off in SWZ_256x8:
+        assert int(got[r, c]) == off
+    for rows, cols in [(1, 1), (130, 5), (256, 8), (300, 13)]:
+        got = spec.swizzled_offsets(rows, cols, "cpu").reshape(rows, cols)
+        want = [[swizzle_offset(r, c, cols) for c in range(cols)] for r in range(rows)]
+        assert got.tolist() == want
+        assert len(set(got.reshape(-1).tolist())) == rows * cols
+        assert spec.swizzled_scale_shape(rows, cols) == (-(-rows // 128) * 128, -(-cols // 4) * 4)
+        padded_rows, padded_cols = spec.swizzled_scale_shape(rows, cols)
+        assert int(got.max()) < padded_rows * padded_cols
 
 
 def test_nv_swizzle_offsets_literal_256x8():

@@ -52,7 +52,8 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, gs: torch.T
     sf_byte = sf.view(torch.uint8).masked_fill(block_nan, spec.NV_SCALE_NAN)
     if swizzled:
         scales.view(torch.uint8).zero_()
-        scales.view(torch.uint8).view(-1)[swizzled_offsets(rows, k // spec.NV_BLOCK, x.device)] = sf_byte.reshape(-1)
+        offsets = spec.swizzled_offsets(rows, k // spec.NV_BLOCK, x.device)
+        scales.view(torch.uint8).view(-1)[offsets] = sf_byte.reshape(-1)
     else:
         scales.view(torch.uint8).copy_(sf_byte.reshape(scales.shape))
 
@@ -67,21 +68,13 @@ def usable(gs: torch.Tensor) -> torch.Tensor:
     return (gs >= spec.NV_GS_MIN) & (gs <= spec.NV_GS_MAX)
 
 
-def swizzled_offsets(rows: int, cols: int, device) -> torch.Tensor:
-    """[NV-SWIZZLE]: the byte offset of each (row, scale column), row-major (rows, cols)."""
-    r = torch.arange(rows, device=device).reshape(-1, 1)
-    c = torch.arange(cols, device=device).reshape(1, -1)
-    tiles_per_row = spec.ceil_div(cols, spec.NV_SWIZZLE_COLS)
-    return (((r // 128) * tiles_per_row + c // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + c % 4).reshape(-1)
-
-
 def dequantize(q: torch.Tensor, scales: torch.Tensor, gs: torch.Tensor, out: torch.Tensor, *, swizzled: bool) -> None:
     """[NV-DEQUANT] v * fl32(float(SF) / gs) in float32, rounded to out's dtype."""
     rows, k = math.prod(out.shape[:-1]), out.shape[-1]
     values = e2m1_values(q, (rows, k))
     sf_byte = scales.view(torch.uint8).reshape(-1)
     if swizzled:
-        sf_byte = sf_byte[swizzled_offsets(rows, k // spec.NV_BLOCK, q.device)]
+        sf_byte = sf_byte[spec.swizzled_offsets(rows, k // spec.NV_BLOCK, q.device)]
     sf_value = sf_byte.reshape(rows, k // spec.NV_BLOCK).view(spec.NV_SCALE_DTYPE).to(torch.float32)
     g = row_scales(gs, rows)
     factor = torch.where(usable(g), sf_value / g, torch.nan)

@@ -49,6 +49,14 @@ def pack_pairs(nibbles):
 
 
 @triton.jit
+def swizzled_offset(row64, col, cols):
+    """[SCALE-SWIZZLE]: the byte offset of (row, scale column) for rows (BLOCK_M, 1) int64, columns (BLOCKS,)
+    and `cols` scale columns a row."""
+    tile = (row64 // 128) * ((cols + 3) // 4) + (col // 4)[None, :]
+    return tile * 512 + (row64 % 32) * 16 + ((row64 % 128) // 32) * 4 + (col % 4)[None, :]
+
+
+@triton.jit
 def encode_portable(y, half, nan):
     """[MX-ROUND, MX-SATURATE, MX-SIGN, MX-NAN] E2M1 nibbles of y (halved where `half`), packed.
 

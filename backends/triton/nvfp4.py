@@ -34,7 +34,7 @@ from lowbit import spec
 
 from .float_bits import OUT_BITS, e4m3_integer, e4m3_value, output_bits, to_f32
 from .launch import Launch, LaunchConfig, fitting, size_class
-from .mxfp4 import F32_INF_BITS, F32_NAN_BITS, ONE_SIXTH_BITS, pack_pairs
+from .mxfp4 import F32_INF_BITS, F32_NAN_BITS, ONE_SIXTH_BITS, pack_pairs, swizzled_offset
 
 BLOCK = tl.constexpr(spec.NV_BLOCK)
 GS_MIN = tl.constexpr(spec.NV_GS_MIN)
@@ -71,14 +71,6 @@ def finite_amax_bits(x):
 def global_scale_of(amax):
     """[NV-GLOBAL] min(fl32(2688 / amax), 2^118); amax = 0 divides to +Inf."""
     return tl.minimum(tl.math.div_rn(tl.full(amax.shape, NUMERATOR, tl.float32), amax), GS_MAX)
-
-
-@triton.jit
-def swizzled_offset(row64, col, cols):
-    """[NV-SWIZZLE]: the byte offset of (row, scale column) for rows (BLOCK_M, 1) int64, columns (BLOCKS,)
-    and `cols` scale columns a row."""
-    tile = (row64 // 128) * ((cols + 3) // 4) + (col // 4)[None, :]
-    return tile * 512 + (row64 % 32) * 16 + ((row64 % 128) // 32) * 4 + (col % 4)[None, :]
 
 
 @triton.jit

@@ -16,7 +16,7 @@ import torch
 from oracles import arrangements16, bits16
 
 import lowbit
-from lowbit import dispatch
+from lowbit import dispatch, spec
 
 ARCH = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
 
@@ -164,9 +164,8 @@ def test_dequantize_every_byte_and_scale(dtype, layout):
     linear[:256, 0] = torch.arange(256, dtype=torch.uint8)
     scales = lowbit.quantize_nvfp4(torch.zeros(rows, k), torch.tensor(1.0), scale_layout=layout)[1].view(torch.uint8)
     if layout == "swizzled":
-        from lowbit.backends.cpu.nvfp4 import swizzled_offsets
 
-        scales.view(-1)[swizzled_offsets(rows, k // 16, "cpu")] = linear.reshape(-1)
+        scales.view(-1)[spec.swizzled_offsets(rows, k // 16, "cpu")] = linear.reshape(-1)
     else:
         scales.copy_(linear)
     gs = torch.exp2(torch.linspace(-117, 117, rows))

@@ -21,6 +21,7 @@ from lowbit.backends.triton.float_bits import e4m3_value  # noqa: E402
 from lowbit.backends.triton.launch import LaunchConfig  # noqa: E402
 from oracles import ALL16, arrangements16, bf16_from_bits, bits16, nearest_even_e2m1_code  # noqa: E402
 
+from lowbit import spec  # noqa: E402
 from lowbit.nvfp4 import dequantize_output, global_scale_output, quantize_outputs  # noqa: E402
 
 pytestmark = [
@@ -250,7 +251,7 @@ def test_dequantize_matches_reference_for_every_byte_and_scale(dtype, layout):
     gs[5], gs[6], gs[7] = 0.0, NAN, -3.0
     if layout == "swizzled":
         scales = torch.zeros(rows * cols, dtype=torch.uint8)
-        scales[reference.swizzled_offsets(rows, cols, "cpu")] = linear.reshape(-1)
+        scales[spec.swizzled_offsets(rows, cols, "cpu")] = linear.reshape(-1)
         scales = scales.reshape(rows, cols)
     else:
         scales = linear
