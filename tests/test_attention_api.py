@@ -17,6 +17,7 @@ import logging
 
 import pytest
 import torch
+from preambles import FAKE_DEVICE, fake_tensors_unavailable
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit
@@ -26,21 +27,7 @@ from lowbit.capability import ArchRange, Capability
 
 BF16, F16, F32, E4M3, I32 = torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.int32
 OP = "unified_attention"
-
-
-def _fake_tensors_unavailable(device: str) -> str:
-    """Why this torch cannot make fake `device` tensors here ('' if it can); see tests/test_fakes.py."""
-    try:
-        with FakeTensorMode():
-            torch.empty(1, device=device)
-    except (AssertionError, RuntimeError) as error:
-        return f"this torch cannot make fake {device} tensors here: {error}"
-    return ""
-
-
-CUDA = pytest.param("cuda", marks=pytest.mark.skipif(bool(_fake_tensors_unavailable("cuda")),
-                                                     reason=_fake_tensors_unavailable("cuda")))
-DEVICES = ("cpu", CUDA)
+CPU_AND_CUDA = ("cpu", pytest.param("cuda", marks=FAKE_DEVICE["cuda"]))
 
 
 # --- calls ----------------------------------------------------------------------------------------
@@ -129,7 +116,7 @@ LAYOUT_CASES = {
 }
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", CPU_AND_CUDA)
 @pytest.mark.parametrize("case", LAYOUT_CASES)
 def test_fake_output_matches_real(case, device):
     args, kwargs = LAYOUT_CASES[case]()
@@ -240,8 +227,8 @@ def test_fake_cpu_raises_what_real_raises(case):
 
 @pytest.mark.parametrize("case", ERROR_CASES)
 def test_fake_cuda_raises_what_explain_says(case):
-    if _fake_tensors_unavailable("cuda"):
-        pytest.skip(_fake_tensors_unavailable("cuda"))
+    if fake_tensors_unavailable("cuda"):
+        pytest.skip(fake_tensors_unavailable("cuda"))
     real_exc = _real_error(case)
     with FakeTensorMode():
         args, kwargs = ERROR_CASES[case]("cuda")
@@ -509,8 +496,8 @@ def test_cuda_fp8_cache_below_sm89_falls_back():
 
 def test_fake_cuda_head_size_outside_the_record_falls_back_or_refuses_under_strict(monkeypatch, caplog):
     (_, high), _ = _cuda_limits()
-    if _fake_tensors_unavailable("cuda"):
-        pytest.skip(_fake_tensors_unavailable("cuda"))
+    if fake_tensors_unavailable("cuda"):
+        pytest.skip(fake_tensors_unavailable("cuda"))
     head_size = high * 2
     dispatch.clear_cache()
     with caplog.at_level(logging.WARNING, logger="lowbit"), FakeTensorMode():

@@ -25,27 +25,12 @@ from dataclasses import dataclass
 import pytest
 import torch
 from oracles import packed_strides
+from preambles import ACCELERATORS, DEVICES, FAKE_DEVICE
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit
 from lowbit import dispatch
 
-
-def _fake_tensors_unavailable(device: str) -> str:
-    """Why this torch cannot make fake tensors of `device` here ('' if it can). A CPU-only torch
-    makes fake cuda and xpu tensors; a CUDA build with a GPU present tries to initialise XPU."""
-    try:
-        with FakeTensorMode():
-            torch.empty(1, device=device)
-    except (AssertionError, RuntimeError) as error:
-        return f"this torch cannot make fake {device} tensors here: {error}"
-    return ""
-
-
-FAKE_DEVICE = {d: pytest.mark.skipif(bool(_fake_tensors_unavailable(d)), reason=_fake_tensors_unavailable(d) or "-")
-               for d in ("cuda", "xpu")}
-ACCELERATORS = tuple(pytest.param(d, marks=mark) for d, mark in FAKE_DEVICE.items())
-DEVICES = ("cpu", *ACCELERATORS)
 VENDOR_NOT_INSTALLED = pytest.mark.skipif(
     importlib.util.find_spec("vllm_xpu_kernels") is not None,
     reason="vllm_xpu_kernels is installed here: these tests are about a machine without it")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+from preambles import ACCELERATORS, DEVICES, FAKE_DEVICE
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit
@@ -36,22 +37,6 @@ FP8_OPS = (QG, DG, QB, DB)
 ROW, COL, TMA = "row_major", "column_major", "column_major_tma"
 LAYOUTS = (ROW, COL, TMA)
 POISON = 0xA5  # the byte every buffer holds before a call that must write nothing
-
-
-def _fake_tensors_unavailable(device: str) -> str:
-    """Why this torch cannot make fake `device` tensors here ('' if it can); see tests/test_fakes.py."""
-    try:
-        with FakeTensorMode():
-            torch.empty(1, device=device)
-    except (AssertionError, RuntimeError) as error:
-        return f"this torch cannot make fake {device} tensors here: {error}"
-    return ""
-
-
-FAKE_DEVICE = {d: pytest.mark.skipif(bool(_fake_tensors_unavailable(d)), reason=_fake_tensors_unavailable(d) or "-")
-               for d in ("cuda", "xpu")}
-ACCELERATORS = tuple(pytest.param(d, marks=mark) for d, mark in FAKE_DEVICE.items())
-DEVICES = ("cpu", *ACCELERATORS)
 NATIVE_LABEL = {"cpu": "cpu", "cuda": "cuda/triton", "xpu": "xpu/triton"}
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from preambles import ACCELERATORS, DEVICES, FAKE_DEVICE
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit
@@ -34,22 +35,6 @@ F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float6
 E2M1, E4M3, E8M0, U8 = torch.float4_e2m1fn_x2, torch.float8_e4m3fn, torch.float8_e8m0fnu, torch.uint8
 QUANTIZE, GLOBAL, DEQUANTIZE, VLLM = "quantize_nvfp4", "nvfp4_global_scale", "dequantize_nvfp4", "scaled_fp4_quant"
 NV_OPS = (QUANTIZE, GLOBAL, DEQUANTIZE)
-
-
-def _fake_tensors_unavailable(device: str) -> str:
-    """Why this torch cannot make fake `device` tensors here ('' if it can); see tests/test_fakes.py."""
-    try:
-        with FakeTensorMode():
-            torch.empty(1, device=device)
-    except (AssertionError, RuntimeError) as error:
-        return f"this torch cannot make fake {device} tensors here: {error}"
-    return ""
-
-
-FAKE_DEVICE = {d: pytest.mark.skipif(bool(_fake_tensors_unavailable(d)), reason=_fake_tensors_unavailable(d) or "-")
-               for d in ("cuda", "xpu")}
-ACCELERATORS = tuple(pytest.param(d, marks=mark) for d, mark in FAKE_DEVICE.items())
-DEVICES = ("cpu", *ACCELERATORS)
 
 
 # --- helpers --------------------------------------------------------------------------------------

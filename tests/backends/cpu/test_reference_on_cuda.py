@@ -3,13 +3,11 @@ answer there, until a faster backend exists) it writes the bits it writes on the
 
 import pytest
 import torch
+from preambles import on_cuda
 
 import lowbit
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-]
+pytestmark = on_cuda()
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

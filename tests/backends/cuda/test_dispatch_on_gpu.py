@@ -11,16 +11,12 @@ import logging
 
 import pytest
 import torch
+from preambles import ARCH, on_cuda
 
 import lowbit
 from lowbit import cli, dispatch
 
-ARCH = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
-
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-]
+pytestmark = on_cuda()
 
 MX, FP8 = "quantize_mxfp4", "quantize_fp8_group_packed"
 DEQUANTIZE = ("dequantize_mxfp4", "dequantize_fp8_group_packed")

@@ -8,16 +8,12 @@ import torch
 import triton
 from lowbit.backends.triton import launch as triton_launch
 from lowbit.backends.triton import mxfp4 as triton_mxfp4
+from preambles import on_cuda
 
 import lowbit
 from lowbit.capability import Capability
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-    pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 9),
-                       reason="the cuda FP8 and attention kernels used here need sm_89+"),
-]
+pytestmark = on_cuda(89, "the cuda FP8 and attention kernels used here need sm_89+")
 
 
 def raw(t: torch.Tensor) -> torch.Tensor:

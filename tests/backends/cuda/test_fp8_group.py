@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from oracles import bits16
+from preambles import ARCH, on_cuda
 
 import lowbit
 from lowbit import dispatch, spec
@@ -23,14 +24,7 @@ from lowbit import dispatch, spec
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
-ARCH = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
-
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-    pytest.mark.skipif(ARCH is not None and ARCH < 89,
-                       reason="the cuda backend's FP8 kernels need sm_89+ (the hardware E4M3 cast)"),
-]
+pytestmark = on_cuda(89, "the cuda backend's FP8 kernels need sm_89+ (the hardware E4M3 cast)")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LAYOUTS = spec.F8_SCALE_LAYOUTS

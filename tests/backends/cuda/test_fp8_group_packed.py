@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from oracles import fl32, packed_strides
+from preambles import on_cuda
 
 import lowbit
 from lowbit import dispatch
@@ -28,14 +29,7 @@ tl = pytest.importorskip("triton.language")
 triton_fp8 = pytest.importorskip("lowbit.backends.triton.fp8_group_packed")
 float_bits = pytest.importorskip("lowbit.backends.triton.float_bits")
 
-ARCH = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
-
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-    pytest.mark.skipif(ARCH is not None and ARCH < 89,
-                       reason="the cuda backend's FP8 kernel needs sm_89+ (the hardware E4M3 cast)"),
-]
+pytestmark = on_cuda(89, "the cuda backend's FP8 kernel needs sm_89+ (the hardware E4M3 cast)")
 
 OP = "quantize_fp8_group_packed"
 GROUP = 128

@@ -13,17 +13,12 @@ import numpy as np
 import pytest
 import torch
 from lowbit.backends.cuda import mxfp4 as cuda_mxfp4
+from preambles import ARCH, on_cuda
 
 import lowbit
 from lowbit import dispatch
 
-ARCH = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
-
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-    pytest.mark.skipif(ARCH is not None and ARCH < 80, reason="the cuda backend's MXFP4 kernels need sm_80+"),
-]
+pytestmark = on_cuda(80, "the cuda backend's MXFP4 kernels need sm_80+")
 
 OP = "quantize_mxfp4"
 BLOCK = 32

@@ -14,17 +14,12 @@ import numpy as np
 import pytest
 import torch
 from oracles import arrangements16, bits16
+from preambles import ARCH, on_cuda
 
 import lowbit
 from lowbit import dispatch
 
-ARCH = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
-
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-    pytest.mark.skipif(ARCH is not None and ARCH < 80, reason="the cuda backend's NVFP4 kernels need sm_80+"),
-]
+pytestmark = on_cuda(80, "the cuda backend's NVFP4 kernels need sm_80+")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LAYOUTS = ("linear", "swizzled")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from preambles import on_cuda
 
 import lowbit
 from lowbit import dispatch
@@ -35,13 +36,7 @@ attention_op = importlib.import_module("lowbit.unified_attention")
 triton = pytest.importorskip("triton")
 triton_attention = pytest.importorskip("lowbit.backends.triton.unified_attention")
 
-ARCH = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
-
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-    pytest.mark.skipif(ARCH is not None and ARCH < 80, reason="the cuda backend's attention kernel needs sm_80+"),
-]
+pytestmark = on_cuda(80, "the cuda backend's attention kernel needs sm_80+")
 
 OP = "unified_attention"
 FP8 = torch.float8_e4m3fn

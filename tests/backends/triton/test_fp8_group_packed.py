@@ -8,11 +8,11 @@ torch's float32 -> float8_e4m3fn cast and the spec's division formula in numpy f
 poisoned before every launch (q bytes 0xAA, scale words -7), so anything left unwritten shows."""
 
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
+from preambles import interpreted
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
@@ -25,14 +25,7 @@ from oracles import ALL16, packed_strides  # noqa: E402
 
 from lowbit.fp8_group_packed import check_out_buffers, quantize_outputs  # noqa: E402
 
-pytestmark = [
-    pytest.mark.interpret,
-    # the interpreter computes with numpy, which warns on signalling NaNs and overflows: both meant
-    pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                       reason="needs TRITON_INTERPRET=1 (CI row triton-interpret): without the interpreter the "
-                              "Triton kernels need a GPU"),
-]
+pytestmark = interpreted()
 
 GROUP = 128
 EPS = 1e-10

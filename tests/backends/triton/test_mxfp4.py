@@ -5,11 +5,10 @@ N-D and strided inputs, edge shapes, special blocks. The kernel's jit helpers ar
 own against independent numpy formulations. Outputs are poisoned with 0xAA before every launch, so
 a byte the kernel fails to write shows up as a mismatch."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
+from preambles import interpreted
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
@@ -22,14 +21,7 @@ from oracles import ALL16, bf16_from_bits, nearest_even_e2m1_code  # noqa: E402
 
 from lowbit.mxfp4 import quantize_outputs  # noqa: E402
 
-pytestmark = [
-    pytest.mark.interpret,
-    # the interpreter computes with numpy, which warns on signalling NaNs and overflows: both meant
-    pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                       reason="needs TRITON_INTERPRET=1 (CI row triton-interpret): without the interpreter the "
-                              "Triton kernels need a GPU"),
-]
+pytestmark = interpreted()
 
 RULES = ("rceil", "floor")
 POISON = 0xAA

@@ -6,11 +6,10 @@ global scale on its own and dequantize into every dtype. The jit helpers are che
 against independent numpy formulations. Outputs are poisoned before every launch, so a byte the
 kernel fails to write shows up as a mismatch."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
+from preambles import interpreted
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
@@ -23,14 +22,9 @@ from oracles import ALL16, arrangements16, bf16_from_bits, bits16, nearest_even_
 
 from lowbit.nvfp4 import dequantize_output, global_scale_output, quantize_outputs  # noqa: E402
 
-pytestmark = [
-    pytest.mark.interpret,
-    # the interpreter computes with numpy, which warns on signalling NaNs, overflows and x / 0: all meant
-    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                       reason="needs TRITON_INTERPRET=1 (CI row triton-interpret): without the interpreter the "
-                              "Triton kernels need a GPU"),
-]
+# the interpreter's numpy warns on signalling NaNs, overflows and x / 0 (all meant), and not only from
+# triton.runtime.interpreter: every RuntimeWarning is ignored here
+pytestmark = interpreted("ignore::RuntimeWarning")
 
 POISON = 0xAA
 WIDE = LaunchConfig(block_m=1024, block_k=64, num_warps=4)  # few, large programs: the interpreter pays per program

@@ -7,17 +7,12 @@ fallback an error)."""
 import numpy as np
 import pytest
 import torch
+from preambles import on_xpu
 
 import lowbit
 from lowbit import dispatch, spec
 
-HAS_XPU = hasattr(torch, "xpu") and torch.xpu.is_available()
-
-pytestmark = [
-    pytest.mark.xpu,
-    pytest.mark.skipif(not HAS_XPU, reason="needs an Intel GPU (torch XPU build); CI row xpu on a self-hosted "
-                                           "Intel runner"),
-]
+pytestmark = on_xpu()
 
 DEVICE, LABEL = "xpu", "xpu/triton"
 LAYOUTS = spec.F8_SCALE_LAYOUTS

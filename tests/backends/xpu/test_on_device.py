@@ -26,17 +26,12 @@ import numpy as np
 import pytest
 import torch
 from lowbit.backends.xpu import mxfp4 as xpu_mxfp4
+from preambles import on_xpu
 
 import lowbit
 from lowbit import dispatch
 
-HAS_XPU = hasattr(torch, "xpu") and torch.xpu.is_available()
-
-pytestmark = [
-    pytest.mark.xpu,
-    pytest.mark.skipif(not HAS_XPU, reason="needs an Intel GPU (torch XPU build); CI row xpu on a self-hosted "
-                                           "Intel runner"),
-]
+pytestmark = on_xpu()
 
 DEVICE = "xpu"
 MX, GROUP, FP8, ATTN = "quantize_mxfp4", "per_token_group_quant_mxfp4", "quantize_fp8_group_packed", "unified_attention"

@@ -9,11 +9,11 @@ binade edges, so the FP8 test puts values there: the xpu record must use the int
 """
 
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
+from preambles import interpreted
 
 pytest.importorskip("triton")
 
@@ -24,14 +24,7 @@ from test_spec_attention import attention_tolerance  # noqa: E402  [ATTN-TOLERAN
 import lowbit  # noqa: E402
 from lowbit import fp8_group_packed, mxfp4  # noqa: E402
 
-pytestmark = [
-    pytest.mark.interpret,
-    # the interpreter computes with numpy, which warns on signalling NaNs, overflows and -inf - -inf: all meant
-    pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                       reason="needs TRITON_INTERPRET=1 (CI row triton-interpret): without the interpreter the "
-                              "Triton kernels need a GPU"),
-]
+pytestmark = interpreted()
 
 BF16, F16, F32, E4M3, I32 = torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.int32
 DTYPES = [F32, F16, BF16]
