@@ -145,14 +145,6 @@ def expected_scales(x: torch.Tensor, group_size: int) -> torch.Tensor:
     return amax / torch.tensor(448.0)
 
 
-@pytest.fixture(name="fake_arch")
-def _fake_arch(monkeypatch):
-    """Set the arch dispatch sees for (fake) cuda tensors: this CPU-only machine cannot tell it."""
-    def set_arch(arch):
-        monkeypatch.setattr(dispatch, "device_arch", lambda device: arch if device.type == "cuda" else None)
-    return set_arch
-
-
 def _needs_backend(name: str) -> None:
     if registry.unavailable(name) is not None:
         pytest.skip(f"the {name} backend cannot load here: {registry.unavailable(name)}")

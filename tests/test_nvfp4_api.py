@@ -118,14 +118,6 @@ def spec_layouts(x_shape, *, per_row: bool, scale_layout: str, given=None) -> li
     return [dense((*lead, k // 2), E2M1), dense(scales, E4M3), gs]
 
 
-@pytest.fixture(name="fake_arch")
-def _fake_arch(monkeypatch):
-    """Set the arch dispatch sees for (fake) cuda tensors: this CPU-only machine cannot tell it."""
-    def set_arch(arch):
-        monkeypatch.setattr(dispatch, "device_arch", lambda device: arch if device.type == "cuda" else None)
-    return set_arch
-
-
 # --- fakes: outputs -------------------------------------------------------------------------------
 
 INPUTS = {

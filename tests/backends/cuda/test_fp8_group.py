@@ -19,21 +19,17 @@ from oracles import bits16
 from preambles import ARCH, on_cuda
 
 import lowbit
-from lowbit import dispatch, spec
+from lowbit import spec
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
-pytestmark = on_cuda(89, "the cuda backend's FP8 kernels need sm_89+ (the hardware E4M3 cast)")
+pytestmark = [*on_cuda(89, "the cuda backend's FP8 kernels need sm_89+ (the hardware E4M3 cast)"),
+              pytest.mark.usefixtures("strict_dispatch")]
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LAYOUTS = spec.F8_SCALE_LAYOUTS
 ALL16 = np.arange(65536, dtype=np.uint32)
-
-
-@pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:

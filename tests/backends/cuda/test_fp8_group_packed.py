@@ -21,7 +21,6 @@ from oracles import fl32, packed_strides
 from preambles import on_cuda
 
 import lowbit
-from lowbit import dispatch
 from lowbit import fp8_group_packed as fp8_op
 
 triton = pytest.importorskip("triton")
@@ -29,7 +28,8 @@ tl = pytest.importorskip("triton.language")
 triton_fp8 = pytest.importorskip("lowbit.backends.triton.fp8_group_packed")
 float_bits = pytest.importorskip("lowbit.backends.triton.float_bits")
 
-pytestmark = on_cuda(89, "the cuda backend's FP8 kernel needs sm_89+ (the hardware E4M3 cast)")
+pytestmark = [*on_cuda(89, "the cuda backend's FP8 kernel needs sm_89+ (the hardware E4M3 cast)"),
+              pytest.mark.usefixtures("strict_dispatch")]
 
 OP = "quantize_fp8_group_packed"
 GROUP = 128
@@ -51,12 +51,6 @@ def tma_rows(mn: int) -> int:
 
 def scale_words(k: int) -> int:
     return -(-(k // GROUP) // 4)
-
-
-@pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    """No silent fallback: a call auto-dispatch does not give to the cuda backend raises."""
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
 
 
 # --- comparison (module-scoped helpers) ------------------------------------------------------------
@@ -176,11 +170,6 @@ def randn_pow2(rows: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor
     row_scale = pow2(torch.randint(lo, hi, (rows, 1, 1), generator=g))
     group_scale = pow2(torch.randint(-8, 9, (rows, k // GROUP, 1), generator=g))
     return (x * row_scale * group_scale).reshape(rows, k).to(dtype)
-
-
-@pytest.fixture(scope="module")
-def big_inputs():
-    return {}
 
 
 def big_spicy(cache: dict, spicy, dtype: torch.dtype) -> torch.Tensor:

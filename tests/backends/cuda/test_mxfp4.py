@@ -16,9 +16,8 @@ from lowbit.backends.cuda import mxfp4 as cuda_mxfp4
 from preambles import ARCH, on_cuda
 
 import lowbit
-from lowbit import dispatch
 
-pytestmark = on_cuda(80, "the cuda backend's MXFP4 kernels need sm_80+")
+pytestmark = [*on_cuda(80, "the cuda backend's MXFP4 kernels need sm_80+"), pytest.mark.usefixtures("strict_dispatch")]
 
 OP = "quantize_mxfp4"
 BLOCK = 32
@@ -31,12 +30,6 @@ BIG_ROWS = 4096
 
 def dtype_id(d: torch.dtype) -> str:
     return str(d).removeprefix("torch.")
-
-
-@pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    """No silent fallback: a call auto-dispatch does not give to the cuda backend raises."""
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
 
 
 # --- comparison (module-scoped helpers) ------------------------------------------------------------
@@ -145,13 +138,6 @@ def randn_pow2(rows: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor
     row_scale = pow2(torch.randint(lo, hi, (rows, 1, 1), generator=g))
     block_scale = pow2(torch.randint(-8, 9, (rows, k // BLOCK, 1), generator=g))
     return (x * row_scale * block_scale).reshape(rows, k).to(dtype)
-
-
-@pytest.fixture(scope="module")
-def big_inputs():
-    """Per dtype, one (4096, 16384) spicy tensor (made from a (1024, 16384) one and three column
-    rotations by multiples of the exponent run, to keep the generation cheap); tests slice it."""
-    return {}
 
 
 def big_spicy(cache: dict, spicy, dtype: torch.dtype) -> torch.Tensor:

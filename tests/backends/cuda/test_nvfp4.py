@@ -17,19 +17,13 @@ from oracles import arrangements16, bits16
 from preambles import ARCH, on_cuda
 
 import lowbit
-from lowbit import dispatch
 
-pytestmark = on_cuda(80, "the cuda backend's NVFP4 kernels need sm_80+")
+pytestmark = [*on_cuda(80, "the cuda backend's NVFP4 kernels need sm_80+"), pytest.mark.usefixtures("strict_dispatch")]
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LAYOUTS = ("linear", "swizzled")
 MODES = ("tensor", "row", "given", "given_per_row")
 ALL16 = np.arange(65536, dtype=np.uint32)
-
-
-@pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
 
 
 def scale_for(mode: str, x: torch.Tensor):

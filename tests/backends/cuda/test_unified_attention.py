@@ -29,14 +29,14 @@ import torch
 from preambles import on_cuda
 
 import lowbit
-from lowbit import dispatch
 
 # the module: `lowbit.unified_attention` (and `import lowbit.unified_attention as m`) is the function
 attention_op = importlib.import_module("lowbit.unified_attention")
 triton = pytest.importorskip("triton")
 triton_attention = pytest.importorskip("lowbit.backends.triton.unified_attention")
 
-pytestmark = on_cuda(80, "the cuda backend's attention kernel needs sm_80+")
+pytestmark = [*on_cuda(80, "the cuda backend's attention kernel needs sm_80+"),
+              pytest.mark.usefixtures("strict_dispatch")]
 
 OP = "unified_attention"
 FP8 = torch.float8_e4m3fn
@@ -112,10 +112,8 @@ def case_id(c: dict) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    """No silent fallback: a call auto-dispatch does not give to the cuda backend raises. No
-    LOWBIT_DEBUG unless a test sets it."""
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
+def _no_debug(monkeypatch):
+    """No LOWBIT_DEBUG unless a test sets it."""
     monkeypatch.delenv(attention_op.ENV_DEBUG, raising=False)
 
 

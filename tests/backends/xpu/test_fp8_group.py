@@ -10,18 +10,13 @@ import torch
 from preambles import on_xpu
 
 import lowbit
-from lowbit import dispatch, spec
+from lowbit import spec
 
-pytestmark = on_xpu()
+pytestmark = [*on_xpu(), pytest.mark.usefixtures("strict_dispatch")]
 
 DEVICE, LABEL = "xpu", "xpu/triton"
 LAYOUTS = spec.F8_SCALE_LAYOUTS
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-@pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
 
 
 def same(got: torch.Tensor, want: torch.Tensor) -> bool:

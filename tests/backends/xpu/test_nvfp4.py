@@ -9,18 +9,12 @@ import torch
 from preambles import on_xpu
 
 import lowbit
-from lowbit import dispatch
 
-pytestmark = on_xpu()
+pytestmark = [*on_xpu(), pytest.mark.usefixtures("strict_dispatch")]
 
 DEVICE, LABEL = "xpu", "xpu/triton"
 LAYOUTS = ("linear", "swizzled")
 MODES = ("tensor", "row", "given", "given_per_row")
-
-
-@pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
 
 
 def same_bytes(got: torch.Tensor, want: torch.Tensor) -> bool:

@@ -29,9 +29,8 @@ from lowbit.backends.xpu import mxfp4 as xpu_mxfp4
 from preambles import on_xpu
 
 import lowbit
-from lowbit import dispatch
 
-pytestmark = on_xpu()
+pytestmark = [*on_xpu(), pytest.mark.usefixtures("strict_dispatch")]
 
 DEVICE = "xpu"
 MX, GROUP, FP8, ATTN = "quantize_mxfp4", "per_token_group_quant_mxfp4", "quantize_fp8_group_packed", "unified_attention"
@@ -44,12 +43,6 @@ BF16, FP16, E4M3 = torch.bfloat16, torch.float16, torch.float8_e4m3fn
 
 def dtype_id(d: torch.dtype) -> str:
     return str(d).removeprefix("torch.")
-
-
-@pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    """No silent fallback: a call auto-dispatch does not give to the xpu backend raises."""
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
 
 
 # --- comparison ------------------------------------------------------------------------------------
