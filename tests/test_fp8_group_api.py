@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+from oracles import bits
 from preambles import ACCELERATORS, DEVICES, FAKE_DEVICE
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -73,11 +74,6 @@ def caught(fn) -> BaseException | None:
     except Exception as exc:
         return exc
     return None
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    """The tensor's bits as integers of its element size (NaN-safe equality)."""
-    return t.view({1: U8, 2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
 def round_up(a: int, b: int) -> int:

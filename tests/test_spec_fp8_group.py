@@ -27,7 +27,6 @@ from oracles import (
     NAN_BITS,
     U8,
     assert_bytes,
-    bf16_from_bits,
     ceil_log2_np,
     dn32,
     e4m3_bytes_np,
@@ -35,6 +34,8 @@ from oracles import (
     f32_bits_tensor,
     f32_tensor,
     fl32,
+    from_bits16,
+    tma_rows,
     u8,
     up32,
 )
@@ -161,10 +162,6 @@ def check_group(x, gs=128, eps=1e-10, ue8m0=False, layout="row_major", what=""):
     assert_bytes(q.view(U8), torch.from_numpy(rq), f"{what} q")
     assert_f32_equal(s, rs, f"{what} scales")
     return q, s
-
-
-def tma_rows(mn):
-    return -(-mn // 4) * 4
 
 
 def layout_strides(lead, mn, g, layout):
@@ -516,7 +513,7 @@ def _mixed(bits):
 def test_f8_element_exhaustive_bfloat16(ue8m0):
     # all 65,536 patterns, as 512 groups of 128 in order and permuted (mixed magnitudes per group)
     for name, bits in (("in order", ALL16), ("mixed", _mixed(ALL16))):
-        x = bf16_from_bits(bits.reshape(64, 1024))
+        x = from_bits16(bits.reshape(64, 1024))
         q, s = check_group(x, 128, ue8m0=ue8m0, what=f"bf16 {name} ue8m0={ue8m0}")
         if ue8m0:  # [F8-UE8M0]: the packed op's bytes
             pq, ps = lowbit.quantize_fp8_group_packed(x)
@@ -549,7 +546,7 @@ def test_f8_element_exhaustive_bfloat16_pinned_non_power_of_two_scale():
     sel = np.concatenate([sel, np.zeros(-len(sel) % 31, dtype=np.uint32)]).reshape(-1, 31)
     bits = np.concatenate([np.full((len(sel), 1), 0x4396, dtype=np.uint32), sel], 1)
     assert bf16_values(0x4396) == 300.0
-    x = bf16_from_bits(bits)
+    x = from_bits16(bits)
     q, s = check_group(x, 32, what="pinned 300")
     assert torch.all(s == float(F32(300) / F32(448)))
 
@@ -582,7 +579,7 @@ def test_f8_nan_half_precision_both_signs(dtype):
     if dtype == torch.float16:
         x = f16_tensor([[0xFE00, 0x5F00, 0x7E01, 0xB800]])  # -NaN, 448, NaN, -0.5
     else:
-        x = bf16_from_bits([[0xFFC0, 0x43E0, 0x7FC1, 0xBF00]])
+        x = from_bits16([[0xFFC0, 0x43E0, 0x7FC1, 0xBF00]])
     q, s = quant(x, 4)
     assert s.item() == 1.0
     assert_bytes(q.view(U8), u8([[0x7F, 0x7E, 0x7F, 0xB0]]), "q")

@@ -18,7 +18,6 @@ from oracles import (
     F32_MAX,
     NAN_BITS,
     U8,
-    bf16_from_bits,
     ceil_log2_np,
     dn32,
     e4m3_bytes_np,
@@ -26,6 +25,8 @@ from oracles import (
     f32_bits_tensor,
     f32_tensor,
     fl32,
+    from_bits16,
+    tma_rows,
     u8,
     up32,
 )
@@ -124,10 +125,6 @@ def assert_bytes(got, exp, what=""):
         bad = (g != e).nonzero().reshape(-1)[:16].tolist()
         detail = ", ".join(f"[{i}] got {g[i].item():#04x} expected {e[i].item():#04x}" for i in bad)
         raise AssertionError(f"{what}: {(g != e).sum().item()} bytes differ: {detail}")
-
-
-def tma_rows(mn):
-    return -(-mn // 4) * 4
 
 
 def quant(x, gs=None, eps=None, out=None):
@@ -406,7 +403,7 @@ def test_fp8_element_exhaustive_bfloat16_pinned_scale(as_float32):
     assert len(sel) == 2 * (0x43E0 + 1) + 254
     bits = _pinned_groups(sel, 0x43E0)
     v = _bf16_values(bits)
-    x = bf16_from_bits(bits)
+    x = from_bits16(bits)
     if as_float32:
         x = torch.from_numpy(v.astype(np.float32))
     q, s = quant(x, gs=32)
@@ -427,7 +424,7 @@ def test_fp8_element_exhaustive_sorted_groups(dtype):
     order = np.argsort(np.abs(vals), kind="stable")
     bits = ALL16[order].reshape(64, 1024)
     if dtype == torch.bfloat16:
-        x = bf16_from_bits(bits)
+        x = from_bits16(bits)
     else:
         x = torch.from_numpy(bits.astype(np.uint16).view(np.float16).copy())
     q, s = check_against_ref(x, 128, what=f"sorted {dtype}")
@@ -468,7 +465,7 @@ def test_fp8_nan_half_precision(dtype):
         bits = np.array([0xFE00, 0x3C00, 0x7E01, 0xB800], dtype=np.uint16)  # -NaN, 1, NaN, -0.5
         x = torch.from_numpy(bits.view(np.float16)[None].copy())
     else:
-        x = bf16_from_bits([[0xFFC0, 0x3F80, 0x7FC1, 0xBF00]])
+        x = from_bits16([[0xFFC0, 0x3F80, 0x7FC1, 0xBF00]])
     q, s = quant(x, gs=4)
     assert_bytes(s.contiguous(), i32([[word(0x77)]]), "words")
     assert_bytes(q.view(U8), u8([[0x7F, 0x78, 0x7F, 0xF0]]), "q")  # -0.5*256 = -128 -> 0xF0

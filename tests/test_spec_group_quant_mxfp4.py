@@ -15,7 +15,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from oracles import ALL16, F32_MAX, U8, bf16_from_bits, f32_bits_tensor, f32_tensor, u8
+from oracles import ALL16, F32_MAX, U8, f32_bits_tensor, f32_tensor, from_bits16, u8
 
 import lowbit
 
@@ -284,7 +284,7 @@ def _all_bf16_arrangements():
 @pytest.mark.parametrize("eps", [0.0, 1e-10, 2.0**-20, 0.75, 3.0e38])
 def test_mx_eps_all_bfloat16_patterns_match_the_oracle(eps):
     for name, bits in _all_bf16_arrangements().items():
-        x = bf16_from_bits(bits.reshape(-1)).reshape(bits.shape)
+        x = from_bits16(bits.reshape(-1)).reshape(bits.shape)
         check_against_oracle(x, eps, name)
         check_against_oracle(x.float(), eps, f"{name} as float32")
 
@@ -298,7 +298,7 @@ def test_mx_eps_all_bfloat16_patterns_inf_block_is_covered():
 
 def test_mx_eps_all_bfloat16_patterns_eps_zero_equals_quantize_mxfp4():
     for name, bits in _all_bf16_arrangements().items():
-        x = bf16_from_bits(bits.reshape(-1)).reshape(bits.shape)
+        x = from_bits16(bits.reshape(-1)).reshape(bits.shape)
         q, s = lowbit.quantize_mxfp4(x)
         qb, sb = group_quant(x, 0.0)
         assert_bytes(qb, q.view(U8), f"{name} q")

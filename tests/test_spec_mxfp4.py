@@ -19,12 +19,12 @@ from oracles import (
     NAN_BITS,
     U8,
     assert_bytes,
-    bf16_from_bits,
     dn32,
     exact64,
     f32_bits_tensor,
     f32_tensor,
     fl32,
+    from_bits16,
     pack,
     u8,
     up32,
@@ -383,7 +383,7 @@ def test_mx_floor_bfloat16_subnormals_e_minus_127():
     neg_ks = [17, 1, 48]  # -> 9, 8, A
     bits = ks + [0x8000 | k for k in neg_ks]
     nibs = codes + [9, 8, 0xA]
-    x = bf16_from_bits([block(bits, fill=0)]).reshape(1, 32)
+    x = from_bits16([block(bits, fill=0)]).reshape(1, 32)
     qb, sb = quant(x, "floor")
     assert_bytes(sb, u8([[0x00]]), "scales")
     assert_bytes(qb, u8([pack(block(nibs, fill=0))]), "q")
@@ -553,7 +553,7 @@ def test_mx_round_every_tie_threshold_bfloat16(rule):
         codes += list(exp_codes[t])
     bits += [0x8000 | b for b in _neighbours_bf16(0.75)]  # -> 9, A, A
     codes += [9, 0xA, 0xA]
-    x = bf16_from_bits([block(bits, fill=0)])
+    x = from_bits16([block(bits, fill=0)])
     qb, sb = quant(x, rule)
     assert_bytes(sb, u8([[0x7F]]), "scales")
     assert_bytes(qb, u8([pack(block(codes, fill=0))]), "q")
@@ -605,7 +605,7 @@ def test_mx_round_exhaustive_bfloat16_pinned_scale(rule, as_float32):
     sel = ALL16[np.abs(vals) <= 6.0]  # NaN compares False -> excluded
     assert len(sel) == 2 * (0x40C0 + 1)
     blocks = _pinned_blocks(sel, 0x40C0)
-    x = bf16_from_bits(blocks)
+    x = from_bits16(blocks)
     if as_float32:
         x = torch.from_numpy(_bf16_values(blocks).astype(np.float32))
     qb, sb = quant(x, rule)
@@ -628,7 +628,7 @@ def test_mx_round_exhaustive_bfloat16_sorted_blocks(rule):
     vals = _bf16_values(ALL16)
     order = _sorted_patterns(vals)
     bits = ALL16[order].reshape(-1, 32)
-    x = bf16_from_bits(bits)
+    x = from_bits16(bits)
     qb, sb = quant(x, rule)
     rq, rs = ref_mxfp4(_bf16_values(bits), rule)
     assert (rs == 255).sum() == 8
@@ -718,7 +718,7 @@ def test_mx_sign_all_negative_zero_block(dtype):
 
 def test_mx_sign_negative_subnormal_bfloat16_in_anchored_block():
     # 0x40C0 = 6.0, 0x8001 = -2^-133, 0x0001 = +2^-133, 0x8000 = -0
-    x = bf16_from_bits([block([0x40C0, 0x8001, 0x0001, 0x8000], fill=0)])
+    x = from_bits16([block([0x40C0, 0x8001, 0x0001, 0x8000], fill=0)])
     qb, sb = quant(x, "rceil")
     assert_bytes(sb, u8([[0x7F]]), "scales")
     assert_bytes(qb, u8([[0x87, 0x80] + [0] * 14]), "q")  # 7,8 | 0,8
@@ -781,7 +781,7 @@ def test_mx_nan_float16_and_bfloat16(rule):
     hb = h.view(np.uint16).copy()
     hb[5] = 0xFE00  # -NaN
     xh = torch.from_numpy(hb.view(np.float16)[None].copy())
-    xb = bf16_from_bits([block([0xBF80, 0x4000, 0xFFC1], fill=0)])  # -1, 2, -NaN
+    xb = from_bits16([block([0xBF80, 0x4000, 0xFFC1], fill=0)])  # -1, 2, -NaN
     for x in (xh, xb):
         qb, sb = quant(x, rule)
         assert_bytes(sb, u8([[0xFF]]), f"{x.dtype} scales")
@@ -809,7 +809,7 @@ def test_mx_inf_bfloat16_block_and_neighbour(rule):
     # block 1: only finite: [4.0, -0.5] -> amax 4 -> e 0 -> 6, 9
     b0 = [0x7F80, 0xFF80, 0x7F7F, 0x7F00]
     b1 = [0x4080, 0xBF00]
-    x = bf16_from_bits([block(b0, fill=0) + block(b1, fill=0)])
+    x = from_bits16([block(b0, fill=0) + block(b1, fill=0)])
     qb, sb = quant(x, rule)
     assert_bytes(sb, u8([[0xFE, 0x7F]]), "scales")
     assert_bytes(qb, u8([[0xF7, 0x24] + [0] * 14 + [0x96] + [0] * 15]), "q")

@@ -29,12 +29,12 @@ from oracles import (
     NAN_BITS,
     U8,
     assert_bytes,
-    bf16_from_bits,
     dn32,
     exact64,
     f32_bits_tensor,
     f32_tensor,
     fl32,
+    from_bits16,
     pack,
     u8,
     up32,
@@ -597,7 +597,7 @@ def test_nv_global_value_is_fl32_of_2688_over_amax():
     x = f32_tensor([block([0.1])])
     assert lowbit.nvfp4_global_scale(x).item() == exact_global_scale([f32_from_bits(0x3DCCCCCD)])
     # bf16 max (2 - 2^-7) * 2^127 converts exactly first
-    xb = bf16_from_bits([block([0x7F7F, 0x3F80], fill=0)])
+    xb = from_bits16([block([0x7F7F, 0x3F80], fill=0)])
     assert lowbit.nvfp4_global_scale(xb).item() == exact_global_scale([f32_from_bits(0x7F7F0000)])
 
 
@@ -1009,7 +1009,7 @@ def test_nv_element_exhaustive_bfloat16_pinned_anchor_six(given, as_float32):
     sel = ALL16[np.abs(vals) <= 6.0]  # NaN compares False -> excluded
     assert len(sel) == 2 * (0x40C0 + 1)
     rows = _pinned_rows(sel, 0x40C0)
-    x = bf16_from_bits(rows)
+    x = from_bits16(rows)
     if as_float32:
         x = torch.from_numpy(_bf16_values(rows).astype(np.float32))
     qb, sb, g = quant(x, gs_t(256.0) if given else None)
@@ -1043,7 +1043,7 @@ def test_nv_element_exhaustive_bfloat16_pinned_per_row_shifts():
     rows = np.concatenate(all_rows)
     ks = np.concatenate(all_k)
     assert len(rows) > 20000
-    x = bf16_from_bits(rows)
+    x = from_bits16(rows)
     gs = torch.from_numpy(np.ldexp(1.0, 8 - ks).astype(np.float32))
     qb, sb, _ = quant(x, gs, per_row=True)
     assert torch.all(sb == 0x78), "pinned scale"
@@ -1068,13 +1068,13 @@ def test_nv_element_exhaustive_bfloat16_sorted_blocks():
     vals = _bf16_values(ALL16)
     chunks = ALL16[np.argsort(np.abs(vals), kind="stable")].reshape(-1, 16)
     # (a) one block per row, gs per row: SF near 448 for every amax, gs clamps for tiny rows
-    x = bf16_from_bits(chunks)
+    x = from_bits16(chunks)
     qb, sb, _ = check_against_ref(x, per_row=True, what="one block per row")
     assert (sb == 0x7F).sum() == 16
     # (b) per tensor: gs = fl32(2688 / bf16 max)
     check_against_ref(x.reshape(256, 256), what="per tensor")
     # (c) rows of 8 blocks 2 binades apart, gs per row: SF over the whole E4M3 range
-    xi = bf16_from_bits(_interleave(chunks, 32))
+    xi = from_bits16(_interleave(chunks, 32))
     qb, sb, _ = check_against_ref(xi, per_row=True, what="interleaved")
     assert len(set(sb.reshape(-1).tolist())) > 90  # 96 distinct scale bytes
     # (d) the same as float32 input
@@ -1148,7 +1148,7 @@ def test_nv_nan_float16_and_bfloat16():
     hb[5] = 0xFE00  # -NaN
     xh = torch.from_numpy(np.concatenate([hb, hb]).view(np.float16)[None].copy())
     xh[0, 16:] = 1.0
-    xb = bf16_from_bits([block([0xBF80, 0x4000, 0xFFC1], fill=0) + [0x3F80] * 16])
+    xb = from_bits16([block([0xBF80, 0x4000, 0xFFC1], fill=0) + [0x3F80] * 16])
     for x in (xh, xb):
         # the finite 2.0 in the NaN block still counts for the global amax: gs = 2688/2 = 1344
         # block 1 all ones: t = fl32(1344 * 11184811 * 2^-26) = fl32(224 + 7 * 2^-20) = 224
@@ -1200,7 +1200,7 @@ def test_nv_inf_global_amax_ignores_inf():
 def test_nv_inf_float16_and_bfloat16():
     # gs 256, m = fl32(4/7) as above: inf -> 7, 1.75 -> 2, -inf -> F, -0 -> 8
     xh = torch.from_numpy(np.array([block([np.inf, 1.75, -np.inf, -0.0])], dtype=np.float16))
-    xb = bf16_from_bits([block([0x7F80, 0x3FE0, 0xFF80, 0x8000], fill=0)])
+    xb = from_bits16([block([0x7F80, 0x3FE0, 0xFF80, 0x8000], fill=0)])
     for x in (xh, xb):
         qb, sb, _ = quant(x, gs_t(256.0))
         assert_bytes(sb, u8([[0x7E]]), f"{x.dtype} scales")

@@ -11,6 +11,7 @@ import logging
 
 import pytest
 import torch
+from oracles import raw
 from preambles import ARCH, on_cuda
 
 import lowbit
@@ -31,11 +32,6 @@ def expected_label(op: str) -> str:
     if op == MX:
         return "cuda/ptx" if ARCH in PTX_ARCHS else "cuda/triton" if ARCH >= 80 else "cpu"
     return "cuda/triton" if ARCH >= 89 else "cpu"
-
-
-def raw(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach().cpu()
-    return t if t.dtype == torch.int32 else t.contiguous().view(torch.uint8)
 
 
 def lowbit_warnings(caplog) -> list[str]:

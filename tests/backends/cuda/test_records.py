@@ -14,6 +14,7 @@ import os
 import pytest
 import torch
 from lowbit.backends import cuda
+from oracles import meta
 from preambles import FAKE_DEVICE
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -23,10 +24,6 @@ from lowbit.capability import ArchRange
 from lowbit.cli import info
 
 MX, FP8 = "quantize_mxfp4", "quantize_fp8_group_packed"
-
-
-def meta(*shape, dtype=torch.bfloat16):
-    return torch.empty(shape, dtype=dtype, device="meta")
 
 
 def ask(op, x=None, arch="sm_90", **kwargs):

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 from lowbit.backends.xpu import mxfp4 as xpu_mxfp4
+from oracles import all_patterns, assert_same_bits, dtype_id, every_position, raw, strides_for, to_rows
 from preambles import on_xpu
 
 import lowbit
@@ -41,29 +42,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 BF16, FP16, E4M3 = torch.bfloat16, torch.float16, torch.float8_e4m3fn
 
 
-def dtype_id(d: torch.dtype) -> str:
-    return str(d).removeprefix("torch.")
-
-
 # --- comparison ------------------------------------------------------------------------------------
-
-def raw(t: torch.Tensor) -> torch.Tensor:
-    """t's bits as integers on the CPU (NaN == NaN), in t's logical layout. The view comes first:
-    copies of float4/E8M0 tensors between devices need not exist."""
-    return t.view({4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()]).cpu()
-
-
-def assert_same_bits(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    assert got.dtype == want.dtype and got.shape == want.shape, (
-        f"{what}: {got.dtype} {tuple(got.shape)} != {want.dtype} {tuple(want.shape)}")
-    g, w = raw(got), raw(want)
-    if torch.equal(g, w):
-        return
-    bad = (g != w).nonzero()
-    at = tuple(bad[0].tolist())
-    raise AssertionError(f"{what}: {len(bad)} of {g.numel()} values differ; first at {at}: got {int(g[at]):#x}, "
-                         f"want {int(w[at]):#x}")
-
 
 def assert_auto_picks_xpu_triton(op: str, *args, **kwargs) -> None:
     verdict = lowbit.supports(op, *args, **kwargs)
@@ -126,36 +105,6 @@ def check_fp8(x: torch.Tensor, xd: torch.Tensor | None = None) -> None:
 
 
 # --- inputs -------------------------------------------------------------------------------------------
-
-def all_patterns(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every one of the 65,536 bit patterns of a 16-bit float dtype, as (finite, non-finite)."""
-    values = torch.from_numpy(np.arange(1 << 16, dtype=np.uint16).view(np.int16).copy()).view(dtype)
-    finite = values.isfinite()
-    return values[finite], values[~finite]
-
-
-def every_position(values: torch.Tensor, width: int, stride: int) -> torch.Tensor:
-    """Blocks (rows of `width`) holding each value once in every position: block b takes every
-    `stride`-th of `width * stride` consecutive values (the stride sets how many binades a block
-    spans), then all `width` rotations of every block."""
-    per = width * stride
-    v = torch.cat([values, values[: (-values.numel()) % per]])  # wrap around: every value at least once
-    blocks = v.reshape(-1, width, stride).transpose(1, 2).reshape(-1, width)
-    return torch.cat([blocks.roll(r, dims=-1) for r in range(width)])
-
-
-def strides_for(dtype: torch.dtype, width: int, binades) -> list[int]:
-    """Strides through the bit patterns of `dtype` that make a block of `width` span `binades`."""
-    per_binade = 1 << {torch.bfloat16: 7, torch.float16: 10}[dtype]  # mantissa bits
-    return sorted({max(1, round(b * per_binade / width)) for b in binades})
-
-
-def to_rows(blocks: torch.Tensor, per_row: int) -> torch.Tensor:
-    """Blocks laid out `per_row` to a row (zero blocks pad the last row)."""
-    pad = (-blocks.shape[0]) % per_row
-    blocks = torch.cat([blocks, blocks.new_zeros(pad, blocks.shape[1])])
-    return blocks.reshape(-1, per_row * blocks.shape[1])
-
 
 def every_bf16_pattern(width: int, binades=(0.25, 2, 6, 24), per_row: int = 16) -> torch.Tensor:
     """Every finite bfloat16 in every position of a block of `width`, blocks spanning `binades`."""

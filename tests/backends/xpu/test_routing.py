@@ -33,7 +33,7 @@ import pytest
 import torch
 from lowbit.backends import xpu as xpu_backend
 from lowbit.backends.xpu import mxfp4 as xpu_mxfp4
-from oracles import f32_bits_tensor, u8
+from oracles import f32_bits_tensor, meta, u8
 from preambles import FAKE_DEVICE
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -150,10 +150,6 @@ def intel_gpu(monkeypatch):
     registry.forget()
     yield
     devices.device_arch.cache_clear()  # nothing learned under the stand-in probe outlives the test
-
-
-def meta(*shape, dtype=torch.bfloat16):
-    return torch.empty(shape, dtype=dtype, device="meta")
 
 
 # --- the injections themselves ----------------------------------------------------------------------
