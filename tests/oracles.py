@@ -4,6 +4,7 @@ inputs of the on-device suites (every 16-bit pattern in every position of a bloc
 scaled by powers of two) and bit-exact comparisons. Independent of lowbit: nothing here imports it,
 so expectations built from these can disagree with the library."""
 
+import struct
 from fractions import Fraction
 
 import numpy as np
@@ -34,6 +35,32 @@ def fl32(fr):
 
 
 F32_MAX = float(np.finfo(np.float32).max)  # (2 - 2^-23) * 2^127
+
+
+F32_NAN = 0x7FC00000  # float32 bit patterns: the default quiet NaN, a negative one, a signalling one
+F32_NEG_NAN = 0xFFC00000
+F32_SNAN = 0x7F800001
+F32_INF = 0x7F800000
+F32_NEG_INF = 0xFF800000
+
+
+def f32_from_bits(b):
+    """The float32 of bit pattern b, as a Python float."""
+    return struct.unpack("<f", struct.pack("<I", b))[0]
+
+
+def bits_of_f32(v):
+    """The bit pattern of v rounded to float32."""
+    return struct.unpack("<I", struct.pack("<f", v))[0]
+
+
+def f32_bits_of(t):
+    """A float32 tensor's bits as int32, read through its strides (a contiguous copy if it is not)."""
+    return t.contiguous().view(torch.int32)
+
+
+# fl32(1/6) = 0x3E2AAAAB = 11184811 * 2^-26; 6 * fl32(1/6) = 1 + 2^-25
+RECIP6 = f32_from_bits(0x3E2AAAAB)
 
 
 def up32(v):
@@ -74,6 +101,16 @@ def tma_rows(mn: int) -> int:
     return -(-mn // 4) * 4
 
 
+def poisoned_q(shape):
+    """An E4M3 buffer of `shape` holding 0xAB bytes (what no quantize writes everywhere)."""
+    return torch.full(shape, 0xAB, dtype=U8).view(torch.float8_e4m3fn)
+
+
+def storage_u8(t):
+    """A copy of every byte of t's storage (not only its logical elements)."""
+    return torch.empty(0, dtype=U8).set_(t.untyped_storage()).clone()
+
+
 def packed_strides(lead: tuple, mn: int, words: int) -> tuple:
     """[FP8-PACK] strides of (..., mn, words) packed scales: (..., 1, A), batch stride words*A."""
     rows = -(-mn // 4) * 4
@@ -88,6 +125,32 @@ def packed_strides(lead: tuple, mn: int, words: int) -> tuple:
 E2M1_GRID = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])  # magnitudes of codes 0..7
 
 
+def e2m1_code_exact(a):
+    """Nearest E2M1 magnitude to a >= 0 (Fraction, or inf), ties to the even code (grid search)."""
+    if a == float("inf"):
+        return 7
+    best = None
+    for code, m in enumerate(E2M1_GRID):
+        key = (abs(Fraction(a) - Fraction(m)), code % 2)
+        if best is None or key < best[0]:
+            best = (key, code)
+    return best[1]
+
+
+def e2m1_codes_np(a):
+    """Vectorised: nearest grid point to a >= 0 (float64, may be inf), ties to the even code.
+
+    Decides with 2a versus (lo + hi), both exact in float64 (a is a float32 value times a power of
+    two, lo + hi is a small dyadic number)."""
+    a = np.minimum(a, 6.0)  # every a >= 6 has 6 (code 7) as its nearest grid point
+    hi = np.clip(np.searchsorted(E2M1_GRID, a, side="left"), 0, 7)
+    lo = np.maximum(hi - 1, 0)
+    twice = 2.0 * a
+    mid = E2M1_GRID[lo] + E2M1_GRID[hi]
+    tie_pick = np.where(lo % 2 == 0, lo, hi)
+    return np.where(twice < mid, lo, np.where(twice > mid, hi, tie_pick)).astype(np.uint8)
+
+
 def nearest_even_e2m1_code(a: np.ndarray) -> np.ndarray:
     """Index of the E2M1 magnitude nearest to a >= 0 in float64 (ties to the even index), 7 past 6."""
     hi = np.clip(np.searchsorted(E2M1_GRID, a), 1, 7)
@@ -100,6 +163,19 @@ def nearest_even_e2m1_code(a: np.ndarray) -> np.ndarray:
 def pack(nibbles):
     """Byte i = nib[2i] | nib[2i+1] << 4 (the even element in the low nibble), written independently."""
     return [nibbles[2 * i] | (nibbles[2 * i + 1] << 4) for i in range(len(nibbles) // 2)]
+
+
+def bf16_values(bits):
+    """Exact float64 values of bfloat16 bit patterns (ints or an array of them)."""
+    with np.errstate(all="ignore"):  # NaN payloads widen silently
+        return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def block(vals, n=32, fill=0.0):
+    """vals padded with `fill` to one block of n (MX: 32; NVFP4 blocks pass 16)."""
+    vals = list(vals)
+    assert len(vals) <= n
+    return vals + [fill] * (n - len(vals))
 
 
 def exact64(x):
@@ -297,3 +373,73 @@ def big_spicy(cache: dict, spicy, shape: tuple[int, int], dtype: torch.dtype, *,
         base = spicy((shape[0] // 4, shape[1]), dtype, seed=seed + dtype.itemsize, exponent_run=width)
         cache[dtype] = torch.cat([base.roll(width * shift * i, dims=-1) for i in range(4)])
     return cache[dtype]
+
+
+# --- the API tests: fakes, refusals, opcheck (lowbit-independent parts) -----------------------------
+
+def randn(*shape, dtype=torch.float32, seed=0) -> torch.Tensor:
+    """Normal values with a spread of exponents, so block and group scales differ."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float32)
+    x = x * torch.exp2(torch.randint(-6, 7, shape, generator=g).to(torch.float32))
+    return x.to(dtype)
+
+
+def E(*shape, dtype=torch.float32, d="cpu") -> torch.Tensor:
+    """An empty tensor: E(4, 64), E((4, 64)) or E(()) (0-d)."""
+    if len(shape) == 1 and isinstance(shape[0], tuple):
+        shape = shape[0]
+    return torch.empty(tuple(shape), dtype=dtype, device=d)
+
+
+def round_up(a: int, b: int) -> int:
+    return -(-a // b) * b
+
+
+def fake_like(t: torch.Tensor, device: str) -> torch.Tensor:
+    """A tensor on `device` (call inside FakeTensorMode) with t's shape, dtype, strides, storage
+    offset and storage size."""
+    numel = t.untyped_storage().nbytes() // t.element_size()
+    base = torch.empty(numel, dtype=t.dtype, device=device)
+    return base.as_strided(t.shape, t.stride(), t.storage_offset())
+
+
+def as_fake(obj, device):
+    """obj with every tensor in it (tuples too) replaced by its fake_like on `device`."""
+    if isinstance(obj, torch.Tensor):
+        return fake_like(obj, device)
+    if isinstance(obj, tuple):
+        return tuple(as_fake(o, device) for o in obj)
+    return obj
+
+
+def layout(t: torch.Tensor, storage: bool = True) -> tuple:
+    """Everything of a tensor but its values and device: shape, dtype, strides, storage offset and
+    (unless storage=False) storage size."""
+    found = (tuple(t.shape), t.dtype, tuple(t.stride()), t.storage_offset())
+    return (*found, t.untyped_storage().nbytes()) if storage else found
+
+
+def outputs(result) -> tuple:
+    return result if isinstance(result, tuple) else (result,)
+
+
+def caught(fn) -> BaseException | None:
+    """The exception fn() raises, or None."""
+    try:
+        fn()
+    except Exception as exc:
+        return exc
+    return None
+
+
+def said_on(text: str, device: str) -> str:
+    """The real CPU call's error text as a call on `device` says it."""
+    return text.replace(" on cpu", f" on {device}")
+
+
+# SchemaCheckMode (opcheck's "test_schema") compares every argument before and after the call with
+# torch.allclose, which has no CPU kernel for float8_e4m3fn or float4_e2m1fn_x2 ("mul_cpu_reduced_float"
+# / "copy_" not implemented). A pytorch limitation, not lowbit's: the opcheck cases run test_schema with
+# the uint8 views the ops also take, and these test_utils only (no test_schema) on their native dtypes.
+NO_SCHEMA_CHECK = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")

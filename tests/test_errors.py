@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from oracles import packed_strides
+from oracles import packed_strides, storage_u8
 
 import lowbit
 
@@ -33,11 +33,6 @@ OUT_TAIL = "Allocate them as docs/SPEC.md [FP8-OUT] says"
 
 def randn(*shape, dtype=torch.float32, seed=0) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
-
-
-def raw(t: torch.Tensor) -> torch.Tensor:
-    """A copy of every byte of t's storage (not only its logical elements)."""
-    return torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage()).clone()
 
 
 def q_buf(*shape, dtype=E4M3) -> torch.Tensor:
@@ -78,7 +73,7 @@ def check_refused(case: Case, monkeypatch) -> None:
         monkeypatch.setenv(name, value)
     call, watched = case.make()
     watched = [t for t in watched if t.device.type != "meta"]
-    before = [raw(t) for t in watched]
+    before = [storage_u8(t) for t in watched]
     try:
         call()
     except Exception as exc:
@@ -93,7 +88,7 @@ def check_refused(case: Case, monkeypatch) -> None:
         assert re.search(r"^Alternative: \S", message, re.MULTILINE), f"{case.id}: no alternative in:\n{message}"
         assert re.search(r"^  - \S+: \S", message, re.MULTILINE), f"{case.id}: no per-backend reason in:\n{message}"
     for i, (t, b) in enumerate(zip(watched, before)):
-        assert torch.equal(raw(t), b), f"{case.id}: tensor {i} was written before the error"
+        assert torch.equal(storage_u8(t), b), f"{case.id}: tensor {i} was written before the error"
 
 
 def _unsupported_dtype_line(dtype: torch.dtype, accepted: str) -> str:

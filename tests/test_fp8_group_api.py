@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from oracles import bits
+from oracles import NO_SCHEMA_CHECK, E, bits, caught, fake_like, layout, randn, round_up, said_on, storage_u8
 from preambles import ACCELERATORS, DEVICES, FAKE_DEVICE
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -42,43 +42,6 @@ NATIVE_LABEL = {"cpu": "cpu", "cuda": "cuda/triton", "xpu": "xpu/triton"}
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-def randn(*shape, dtype=F32, seed=0) -> torch.Tensor:
-    """Normal values with a spread of exponents, so group scales differ."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-6, 7, shape, generator=g).float())
-    return x.to(dtype)
-
-
-def E(*shape, dtype=F32, d="cpu") -> torch.Tensor:
-    """An empty tensor: E(4, 64), E((4, 64)) or E(()) (0-d)."""
-    if len(shape) == 1 and isinstance(shape[0], tuple):
-        shape = shape[0]
-    return torch.empty(tuple(shape), dtype=dtype, device=d)
-
-
-def fake_like(t: torch.Tensor, device: str) -> torch.Tensor:
-    """A tensor on `device` (call inside FakeTensorMode) with t's shape, dtype, strides, storage offset."""
-    numel = t.untyped_storage().nbytes() // t.element_size()
-    return torch.empty(numel, dtype=t.dtype, device=device).as_strided(t.shape, t.stride(), t.storage_offset())
-
-
-def layout(t: torch.Tensor) -> tuple:
-    """Everything of a tensor but its values and device, its storage size included."""
-    return tuple(t.shape), t.dtype, tuple(t.stride()), t.storage_offset(), t.untyped_storage().nbytes()
-
-
-def caught(fn) -> BaseException | None:
-    try:
-        fn()
-    except Exception as exc:
-        return exc
-    return None
-
-
-def round_up(a: int, b: int) -> int:
-    return -(-a // b) * b
-
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
@@ -102,11 +65,6 @@ def spec_scale_strides(lead: tuple, mn: int, groups: int, scale_layout: str) -> 
         strides.insert(0, batch)
         batch *= n
     return tuple(strides)
-
-
-def storage_u8(t: torch.Tensor) -> torch.Tensor:
-    """A copy of every byte of t's storage."""
-    return torch.empty(0, dtype=U8).set_(t.untyped_storage()).clone()
 
 
 def poisoned(t: torch.Tensor) -> torch.Tensor:
@@ -711,11 +669,6 @@ def _real_error(case: ErrorCase) -> BaseException:
     return exc
 
 
-def _on(text: str, device: str) -> str:
-    """The real CPU call's text as a call on `device` says it."""
-    return text.replace(" on cpu", f" on {device}")
-
-
 def test_the_error_cases_cover_every_op_and_kind_of_refusal():
     assert {(c.op, c.error) for c in ERROR_CASES} >= {(op, e) for op in FP8_OPS for e in (UE, VE, TE)}
 
@@ -769,10 +722,10 @@ def test_fake_cuda_sm90_and_supports_refuse_alike(case, fake_arch):
         assert not verdict.ok
         assert str(fake) == verdict.explain() and "on cuda sm_90: " in str(fake) and case.needs in str(fake)
     else:
-        assert str(fake) == _on(str(real), where)
+        assert str(fake) == said_on(str(real), where)
         for ask in (lowbit.supports, lowbit.explain):
             query = caught(lambda ask=ask: ask(case.op, *margs, device="cuda", arch="sm_90", **mkwargs))
-            assert (type(query), str(query)) == (type(real), _on(str(real), "meta"))
+            assert (type(query), str(query)) == (type(real), said_on(str(real), "meta"))
 
 
 @pytest.mark.parametrize("case", ONE_DEVICE)
@@ -786,7 +739,7 @@ def test_supports_on_cpu_refuses_like_the_real_call(case):
         assert verdict.explain() == lowbit.explain(case.op, *margs, device="cpu", **mkwargs) == str(real)
     else:
         query = caught(lambda: lowbit.supports(case.op, *margs, device="cpu", **mkwargs))
-        assert (type(query), str(query)) == (type(real), _on(str(real), "meta"))
+        assert (type(query), str(query)) == (type(real), said_on(str(real), "meta"))
 
 
 @pytest.mark.parametrize("device", ACCELERATORS)
@@ -800,7 +753,7 @@ def test_fake_accelerator_refuses_mixed_devices_as_the_real_call_does(case, devi
         where = str(args[0].device)
         fake = caught(lambda: call(case.op, args, kwargs))
     assert type(fake) is type(real) is ValueError
-    assert str(fake) == _on(str(real), where)
+    assert str(fake) == said_on(str(real), where)
 
 
 def _backend_zero_calls(d):
@@ -1024,12 +977,6 @@ def test_dequantize_block_of_other_blocks_round_trips():
 
 
 # --- torch.library.opcheck --------------------------------------------------------------------------
-
-# SchemaCheckMode (opcheck's test_schema) compares arguments with torch.allclose, which has no CPU
-# kernel for float8_e4m3fn (tests/test_fakes.py): ops given float8 tensors run without it, and the
-# dequantizes run it on the uint8 views they also take.
-NO_SCHEMA_CHECK = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-
 
 def _opcheck_cases():
     ops = torch.ops.lowbit

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from oracles import NO_SCHEMA_CHECK, E, caught, fake_like, layout, outputs, randn, round_up, said_on
 from preambles import ACCELERATORS, DEVICES, FAKE_DEVICE
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -39,13 +40,6 @@ NV_OPS = (QUANTIZE, GLOBAL, DEQUANTIZE)
 
 # --- helpers --------------------------------------------------------------------------------------
 
-def randn(*shape, dtype=F32, seed=0) -> torch.Tensor:
-    """Normal values with a spread of exponents, so block scales differ."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-6, 7, shape, generator=g).float())
-    return x.to(dtype)
-
-
 def special(*shape, dtype=BF16, seed=0, nan=True) -> torch.Tensor:
     """randn with NaN (unless `nan` is False), ±Inf, -0 and an all-zero block mixed in."""
     x = randn(*shape, seed=seed)
@@ -56,46 +50,8 @@ def special(*shape, dtype=BF16, seed=0, nan=True) -> torch.Tensor:
     return x.to(dtype)
 
 
-def E(*shape, dtype=F32, d="cpu") -> torch.Tensor:
-    """An empty tensor: E(4, 64), E((4, 64)) or E(()) (0-d)."""
-    if len(shape) == 1 and isinstance(shape[0], tuple):
-        shape = shape[0]
-    return torch.empty(tuple(shape), dtype=dtype, device=d)
-
-
-def fake_like(t: torch.Tensor, device: str) -> torch.Tensor:
-    """A tensor on `device` (call inside FakeTensorMode) with t's shape, dtype, strides, storage offset."""
-    numel = t.untyped_storage().nbytes() // t.element_size()
-    return torch.empty(numel, dtype=t.dtype, device=device).as_strided(t.shape, t.stride(), t.storage_offset())
-
-
-def as_fake(obj, device):
-    return fake_like(obj, device) if isinstance(obj, torch.Tensor) else obj
-
-
-def layout(t: torch.Tensor) -> tuple:
-    """Everything of a tensor but its values and device."""
-    return tuple(t.shape), t.dtype, tuple(t.stride()), t.storage_offset()
-
-
-def outputs(result) -> tuple:
-    return result if isinstance(result, tuple) else (result,)
-
-
-def caught(fn) -> BaseException | None:
-    try:
-        fn()
-    except Exception as exc:
-        return exc
-    return None
-
-
 def bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(U8) if t.dim() else t.reshape(1).view(U8)
-
-
-def round_up(a: int, b: int) -> int:
-    return -(-a // b) * b
 
 
 def spec_layouts(x_shape, *, per_row: bool, scale_layout: str, given=None) -> list[tuple]:
@@ -114,7 +70,7 @@ def spec_layouts(x_shape, *, per_row: bool, scale_layout: str, given=None) -> li
         return tuple(shape), dtype, tuple(strides), 0
 
     scales = (round_up(rows, 128), round_up(k // 16, 4)) if scale_layout == "swizzled" else (*lead, k // 16)
-    gs = layout(given) if given is not None else dense(tuple(lead) if per_row else (), F32)
+    gs = layout(given, storage=False) if given is not None else dense(tuple(lead) if per_row else (), F32)
     return [dense((*lead, k // 2), E2M1), dense(scales, E4M3), gs]
 
 
@@ -166,14 +122,14 @@ def test_fake_quantize_outputs_match_real_layout(case, device):
     given = None if make_scale is None else make_scale(x)
     real = lowbit.quantize_nvfp4(x, given, per_row=per_row, scale_layout=scale_layout)
     want = spec_layouts(tuple(x.shape), per_row=per_row, scale_layout=scale_layout, given=given)
-    assert [layout(t) for t in real] == want
+    assert [layout(t, storage=False) for t in real] == want
     if given is not None:
         assert real[2] is given
     with FakeTensorMode():
         fx = fake_like(x, device)
         fgiven = None if given is None else fake_like(given, device)
         fake = lowbit.quantize_nvfp4(fx, fgiven, per_row=per_row, scale_layout=scale_layout)
-        got = [layout(t) for t in fake]
+        got = [layout(t, storage=False) for t in fake]
         devices = {t.device.type for t in fake}
         if fgiven is not None:
             assert fake[2] is fgiven
@@ -187,11 +143,11 @@ def test_fake_quantize_outputs_match_real_layout(case, device):
 def test_fake_global_scale_matches_real_layout(name, per_row, device):
     x = INPUTS[name]()
     real = lowbit.nvfp4_global_scale(x, per_row=per_row)
-    assert layout(real) == spec_layouts(tuple(x.shape), per_row=per_row, scale_layout="linear")[2]
+    assert layout(real, storage=False) == spec_layouts(tuple(x.shape), per_row=per_row, scale_layout="linear")[2]
     with FakeTensorMode():
         fake = lowbit.nvfp4_global_scale(fake_like(x, device), per_row=per_row)
-        got, got_device = layout(fake), fake.device.type
-    assert (got, got_device) == (layout(real), device)
+        got, got_device = layout(fake, storage=False), fake.device.type
+    assert (got, got_device) == (layout(real, storage=False), device)
 
 
 def _dequantize_case(name, per_row, scale_layout, raw, dtype):
@@ -220,12 +176,12 @@ def test_fake_dequantize_output_matches_real_layout(case, device):
     args, kwargs = DEQUANTIZE_LAYOUT_CASES[case]()
     real = lowbit.dequantize_nvfp4(*args, **kwargs)
     q = args[0]
-    assert layout(real) == (
+    assert layout(real, storage=False) == (
         (*q.shape[:-1], 2 * q.shape[-1]), kwargs["dtype"], torch.empty(*q.shape[:-1], 2 * q.shape[-1]).stride(), 0)
     with FakeTensorMode():
         fake = lowbit.dequantize_nvfp4(*(fake_like(a, device) for a in args), **kwargs)
-        got, got_device = layout(fake), fake.device.type
-    assert (got, got_device) == (layout(real), device)
+        got, got_device = layout(fake, storage=False), fake.device.type
+    assert (got, got_device) == (layout(real, storage=False), device)
 
 
 VLLM_LAYOUT_CASES = {
@@ -247,8 +203,8 @@ def test_fake_scaled_fp4_quant_matches_real_layout(case, device):
     assert [(tuple(t.shape), t.dtype) for t in real] == [((m, n // 2), U8), (scales, E4M3)]
     with FakeTensorMode():
         fake = lowbit.scaled_fp4_quant(fake_like(x, device), fake_like(gs, device), swizzled)
-        got, got_devices = [layout(t) for t in fake], {t.device.type for t in fake}
-    assert (got, got_devices) == ([layout(t) for t in real], {device})
+        got, got_devices = [layout(t, storage=False) for t in fake], {t.device.type for t in fake}
+    assert (got, got_devices) == ([layout(t, storage=False) for t in real], {device})
 
 
 def test_scaled_fp4_quant_gives_quantize_nvfp4s_bits():
@@ -507,11 +463,6 @@ def _real_error(case: ErrorCase) -> BaseException:
     return exc
 
 
-def _on(text: str, device: str) -> str:
-    """The real CPU call's text as a call on `device` says it."""
-    return text.replace(" on cpu", f" on {device}")
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_real_call_refuses_naming_the_problem_and_writes_nothing(case):
     case = CASES[case]
@@ -559,7 +510,7 @@ def test_fake_accelerator_raises_what_explain_says(case, device):
         if type(real) is UE:
             assert f"on {device}" in str(fake) and case.needs in str(fake)
         else:
-            assert str(fake) == _on(str(real), where)
+            assert str(fake) == said_on(str(real), where)
         return
     margs, mkwargs = case.build("meta")
     query = caught(lambda: lowbit.explain(case.op, *margs, device=device, **mkwargs))
@@ -570,8 +521,8 @@ def test_fake_accelerator_raises_what_explain_says(case, device):
         assert case.needs in expected
     else:  # a malformed call: explain raises it too, naming the meta tensors' device
         assert type(query) is type(real)
-        assert str(fake) == _on(str(real), where)
-        assert str(query) == _on(str(real), "meta")
+        assert str(fake) == said_on(str(real), where)
+        assert str(query) == said_on(str(real), "meta")
 
 
 @pytest.mark.parametrize("device", ACCELERATORS)
@@ -586,7 +537,7 @@ def test_fake_accelerator_refuses_mixed_devices_as_the_real_call_does(case, devi
         where = str(args[0].device)
         fake = caught(lambda: call(case.op, args, kwargs))
     assert type(fake) is type(real) is ValueError
-    assert str(fake) == _on(str(real), where)
+    assert str(fake) == said_on(str(real), where)
 
 
 @FAKE_DEVICE["cuda"]
@@ -621,7 +572,7 @@ def test_supports_and_explain_refuse_like_the_real_call(case):
         for ask in (lowbit.supports, lowbit.explain):
             query = caught(lambda ask=ask: ask(case.op, *margs, device="cpu", **mkwargs))
             assert type(query) is type(real)
-            assert str(query) == _on(str(real), "meta")
+            assert str(query) == said_on(str(real), "meta")
 
 
 @pytest.mark.parametrize("op", NV_OPS)
@@ -765,10 +716,6 @@ def test_fast_path_runs_the_kernel_the_op_runs(resolved):
 
 # --- torch.library.opcheck ---------------------------------------------------------------------------
 
-# SchemaCheckMode (opcheck's test_schema) compares arguments with torch.allclose, which has no CPU
-# kernel for float4_e2m1fn_x2 / float8_e4m3fn: a pytorch limitation (tests/test_fakes.py). dequantize
-# runs test_schema on the uint8 views it also takes, and without it on the native dtypes.
-NO_SCHEMA_CHECK = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 # No NaN in the inputs: opcheck compares outputs with torch.testing.assert_close, which calls the
 # NaN block scale (0x7F, [NV-NAN]) of two identical runs unequal (equal_nan=False).
 
