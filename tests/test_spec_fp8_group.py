@@ -27,6 +27,7 @@ from oracles import (
     NAN_BITS,
     U8,
     assert_bytes,
+    bf16_values,
     bits_of_f32,
     ceil_log2_np,
     dn32,
@@ -181,15 +182,6 @@ def fill_storage(t, bits=SENTINEL):
 def storage_f32(t):
     n = t.untyped_storage().nbytes() // 4
     return torch.empty(0, dtype=torch.float32).set_(t.untyped_storage()).as_strided((n,), (1,))
-
-
-def bf16_values(bits):
-    with np.errstate(all="ignore"):
-        return (np.asarray(bits, dtype=np.uint32) << 16).view(F32).astype(np.float64)
-
-
-def f16_tensor(bits):
-    return torch.from_numpy(np.asarray(bits, dtype=np.uint32).astype(np.uint16).view(np.float16).copy())
 
 
 def words_to_bytes(s, g):
@@ -521,7 +513,7 @@ def test_f8_element_exhaustive_float16():
     bits = ALL16
     for ue8m0 in (False, True):
         for name, b in (("in order", bits), ("mixed", _mixed(bits))):
-            x = f16_tensor(b.reshape(64, 1024))
+            x = from_bits16(b.reshape(64, 1024), torch.float16)
             q, s = check_group(x, 128, ue8m0=ue8m0, what=f"fp16 {name} ue8m0={ue8m0}")
             if ue8m0:
                 pq, ps = lowbit.quantize_fp8_group_packed(x)
@@ -568,7 +560,7 @@ def test_f8_nan_both_signs_0x7f_and_ignored_by_amax():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_f8_nan_half_precision_both_signs(dtype):
     if dtype == torch.float16:
-        x = f16_tensor([[0xFE00, 0x5F00, 0x7E01, 0xB800]])  # -NaN, 448, NaN, -0.5
+        x = from_bits16([[0xFE00, 0x5F00, 0x7E01, 0xB800]], torch.float16)  # -NaN, 448, NaN, -0.5
     else:
         x = from_bits16([[0xFFC0, 0x43E0, 0x7FC1, 0xBF00]])
     q, s = quant(x, 4)
