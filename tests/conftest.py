@@ -33,6 +33,22 @@ def spicy_tensor(shape, dtype, seed, exponent_run):
     return x.to(dtype)
 
 
+@pytest.fixture
+def strict_dispatch(_fresh_dispatch, monkeypatch):
+    """No silent fallback: with LOWBIT_STRICT=1 a call that auto-dispatch does not give to the
+    device's backend raises. The on-device suites take it for every test through
+    pytest.mark.usefixtures("strict_dispatch") in their pytestmark."""
+    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
+
+
+@pytest.fixture
+def fake_arch(monkeypatch):
+    """Set the arch dispatch sees for (fake) cuda tensors: fake_arch(90). A CPU-only machine cannot tell it."""
+    def set_arch(arch):
+        monkeypatch.setattr(dispatch, "device_arch", lambda device: arch if device.type == "cuda" else None)
+    return set_arch
+
+
 @pytest.fixture(name="spicy")
 def _spicy():
     return spicy_tensor

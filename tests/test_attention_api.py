@@ -19,6 +19,8 @@ import re
 
 import pytest
 import torch
+from oracles import NO_SCHEMA_CHECK, E, as_fake, caught, layout
+from preambles import FAKE_DEVICE, fake_tensors_unavailable
 from test_refusals import FIX
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -29,28 +31,10 @@ from lowbit.capability import ArchRange, Capability
 
 BF16, F16, F32, E4M3, I32 = torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.int32
 OP = "unified_attention"
-
-
-def _fake_tensors_unavailable(device: str) -> str:
-    """Why this torch cannot make fake `device` tensors here ('' if it can); see tests/test_fakes.py."""
-    try:
-        with FakeTensorMode():
-            torch.empty(1, device=device)
-    except (AssertionError, RuntimeError) as error:
-        return f"this torch cannot make fake {device} tensors here: {error}"
-    return ""
-
-
-CUDA = pytest.param("cuda", marks=pytest.mark.skipif(bool(_fake_tensors_unavailable("cuda")),
-                                                     reason=_fake_tensors_unavailable("cuda")))
-DEVICES = ("cpu", CUDA)
+CPU_AND_CUDA = ("cpu", pytest.param("cuda", marks=FAKE_DEVICE["cuda"]))
 
 
 # --- calls ----------------------------------------------------------------------------------------
-
-def E(*shape, dtype=F32, d="cpu"):
-    return torch.empty(*shape, dtype=dtype, device=d)
-
 
 def build(d, *, q=(4, 4, 16), cache=(6, 4, 2, 16), v_cache=None, dtype=BF16, kv_dtype=None, v_dtype=None, seqs=2,
           width=3, index_dtype=I32, max_q=3, max_k=9, **extra):
@@ -83,28 +67,6 @@ def real(dtype=BF16, kv_dtype=None, *, heads=(4, 2), d=16, seed=0, **extra):
     return (q, k, v), kwargs
 
 
-def fake_like(t: torch.Tensor, device: str) -> torch.Tensor:
-    """A tensor on `device` (call inside FakeTensorMode) with t's shape, dtype, strides, offset."""
-    numel = t.untyped_storage().nbytes() // t.element_size()
-    return torch.empty(numel, dtype=t.dtype, device=device).as_strided(t.shape, t.stride(), t.storage_offset())
-
-
-def as_fake(obj, device):
-    return fake_like(obj, device) if isinstance(obj, torch.Tensor) else obj
-
-
-def caught(fn) -> BaseException | None:
-    try:
-        fn()
-    except Exception as exc:
-        return exc
-    return None
-
-
-def layout(t: torch.Tensor) -> tuple:
-    return tuple(t.shape), t.dtype, tuple(t.stride()), t.storage_offset()
-
-
 # --- fakes: outputs -------------------------------------------------------------------------------
 
 def _heads_slice():
@@ -132,7 +94,7 @@ LAYOUT_CASES = {
 }
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", CPU_AND_CUDA)
 @pytest.mark.parametrize("case", LAYOUT_CASES)
 def test_fake_output_matches_real(case, device):
     args, kwargs = LAYOUT_CASES[case]()
@@ -145,9 +107,9 @@ def test_fake_output_matches_real(case, device):
         got = lowbit.unified_attention(*fargs, **fkwargs)
         if "out" in fkwargs:
             assert got is fkwargs["out"]
-        got_layout, got_device = layout(got), got.device.type
+        got_layout, got_device = layout(got, storage=False), got.device.type
     assert got_device == device
-    assert got_layout == layout(want)
+    assert got_layout == layout(want, storage=False)
 
 
 def test_fake_zero_tokens():
@@ -251,9 +213,7 @@ def test_fake_cpu_raises_what_real_raises(case):
     assert (type(fake), str(fake)) == (type(real_exc), str(real_exc))
 
 
-FAKE_ACCELERATORS = [pytest.param(d, marks=pytest.mark.skipif(bool(_fake_tensors_unavailable(d)),
-                                                               reason=_fake_tensors_unavailable(d) or "-"))
-                     for d in ("cuda", "xpu")]
+FAKE_ACCELERATORS = [pytest.param(d, marks=FAKE_DEVICE[d]) for d in ("cuda", "xpu")]
 
 
 @pytest.mark.parametrize("device", FAKE_ACCELERATORS)
@@ -546,8 +506,8 @@ def test_cuda_fp8_cache_below_sm89_falls_back():
 
 def test_fake_cuda_head_size_outside_the_record_falls_back_or_refuses_under_strict(monkeypatch, caplog):
     (_, high), _ = _cuda_limits()
-    if _fake_tensors_unavailable("cuda"):
-        pytest.skip(_fake_tensors_unavailable("cuda"))
+    if fake_tensors_unavailable("cuda"):
+        pytest.skip(fake_tensors_unavailable("cuda"))
     head_size = high * 2
     dispatch.clear_cache()
     with caplog.at_level(logging.WARNING, logger="lowbit"), FakeTensorMode():
@@ -612,12 +572,6 @@ def test_compile_fullgraph_with_out_matches_eager(dtype):
     want = _attention_out(*_tensors(args, kwargs), eager_out, *descales)
     assert torch.equal(got, want) and torch.equal(out, eager_out)
     assert not (out == 3.0).all()  # written in place
-
-
-# SchemaCheckMode (opcheck's test_schema) compares arguments with torch.allclose, which has no CPU
-# kernel for float8_e4m3fn ("mul_cpu_reduced_float" not implemented): a pytorch limitation, so the
-# FP8 case runs the other sub-tests only (as tests/test_fakes.py does for its FP8 ops).
-NO_SCHEMA_CHECK = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
 def _op_args(args, kwargs, out, *, scale=0.25, causal=True, window=(-1, -1), softcap=0.0, alibi=None, sinks=None):

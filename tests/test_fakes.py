@@ -23,28 +23,13 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from oracles import packed_strides
+from oracles import NO_SCHEMA_CHECK, as_fake, fake_like, layout, outputs, packed_strides, randn
+from preambles import DEVICES, FAKE_DEVICE
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit
 from lowbit import dispatch
 
-
-def _fake_tensors_unavailable(device: str) -> str:
-    """Why this torch cannot make fake tensors of `device` here ('' if it can). A CPU-only torch
-    makes fake cuda and xpu tensors; a CUDA build with a GPU present tries to initialise XPU."""
-    try:
-        with FakeTensorMode():
-            torch.empty(1, device=device)
-    except (AssertionError, RuntimeError) as error:
-        return f"this torch cannot make fake {device} tensors here: {error}"
-    return ""
-
-
-FAKE_DEVICE = {d: pytest.mark.skipif(bool(_fake_tensors_unavailable(d)), reason=_fake_tensors_unavailable(d) or "-")
-               for d in ("cuda", "xpu")}
-ACCELERATORS = tuple(pytest.param(d, marks=mark) for d, mark in FAKE_DEVICE.items())
-DEVICES = ("cpu", *ACCELERATORS)
 VENDOR_NOT_INSTALLED = pytest.mark.skipif(
     importlib.util.find_spec("vllm_xpu_kernels") is not None,
     reason="vllm_xpu_kernels is installed here: these tests are about a machine without it")
@@ -64,14 +49,6 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def randn(*shape, dtype=torch.float32, seed=0) -> torch.Tensor:
-    """Normal values with a spread of exponents, so scales differ between blocks."""
-    g = _gen(seed)
-    x = torch.randn(shape, generator=g, dtype=torch.float32)
-    x = x * torch.exp2(torch.randint(-6, 7, shape, generator=g).to(torch.float32))
-    return x.to(dtype)
-
-
 def out_buffers(x: torch.Tensor, group_size: int, rows: str = "mn", device=None):
     """(q_buf, s_buf) as docs/SPEC.md [FP8-OUT] allows: q_buf with R = mn or R = A rows, s_buf
     with exactly vLLM's minimal storage (empty_strided)."""
@@ -86,33 +63,8 @@ def out_buffers(x: torch.Tensor, group_size: int, rows: str = "mn", device=None)
     return q_buf, s_buf
 
 
-def fake_like(t: torch.Tensor, device: str) -> torch.Tensor:
-    """A tensor on `device` (call inside FakeTensorMode) with t's shape, dtype, strides, storage
-    offset and storage size."""
-    numel = t.untyped_storage().nbytes() // t.element_size()
-    base = torch.empty(numel, dtype=t.dtype, device=device)
-    return base.as_strided(t.shape, t.stride(), t.storage_offset())
-
-
-def layout(t: torch.Tensor) -> tuple:
-    """Everything of a tensor but its values and device."""
-    return (tuple(t.shape), t.dtype, tuple(t.stride()), t.storage_offset(), t.untyped_storage().nbytes())
-
-
-def as_fake(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return fake_like(obj, device)
-    if isinstance(obj, tuple):
-        return tuple(as_fake(o, device) for o in obj)
-    return obj
-
-
 def run_op(op: str, args, kwargs):
     return getattr(lowbit, op)(*args, **kwargs)
-
-
-def outputs(result) -> tuple:
-    return result if isinstance(result, tuple) else (result,)
 
 
 # --- real inputs for the layout comparison ------------------------------------------------------
@@ -516,13 +468,6 @@ def test_fake_xpu_vendor_opt_in_with_a_non_contiguous_input_runs_triton_and_says
 
 
 # --- torch.library.opcheck -------------------------------------------------------------------------
-
-# SchemaCheckMode (opcheck's "test_schema") compares every argument before and after the call with
-# torch.allclose, which has no CPU kernel for float8_e4m3fn or float4_e2m1fn_x2 ("mul_cpu_reduced_float"
-# / "copy_" not implemented). A pytorch limitation, not lowbit's: those ops run test_schema with the
-# uint8 views they also accept (below), and without test_schema on their native dtypes.
-NO_SCHEMA_CHECK = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-
 
 def _opcheck_cases():
     x3 = randn(2, 5, 256, dtype=torch.bfloat16, seed=20)

@@ -19,6 +19,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from oracles import NO_SCHEMA_CHECK, E, bits, caught, fake_like, layout, randn, round_up, storage_u8
+from preambles import DEVICES, FAKE_DEVICE
 from test_refusals import REFUSALS  # the refused calls of every op
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -32,68 +34,10 @@ FP8_OPS = (QG, DG, QB, DB)
 ROW, COL, TMA = "row_major", "column_major", "column_major_tma"
 LAYOUTS = (ROW, COL, TMA)
 POISON = 0xA5  # the byte every buffer holds before a call that must write nothing
-
-
-def _fake_tensors_unavailable(device: str) -> str:
-    """Why this torch cannot make fake `device` tensors here ('' if it can); see tests/test_fakes.py."""
-    try:
-        with FakeTensorMode():
-            torch.empty(1, device=device)
-    except (AssertionError, RuntimeError) as error:
-        return f"this torch cannot make fake {device} tensors here: {error}"
-    return ""
-
-
-FAKE_DEVICE = {d: pytest.mark.skipif(bool(_fake_tensors_unavailable(d)), reason=_fake_tensors_unavailable(d) or "-")
-               for d in ("cuda", "xpu")}
-ACCELERATORS = tuple(pytest.param(d, marks=mark) for d, mark in FAKE_DEVICE.items())
-DEVICES = ("cpu", *ACCELERATORS)
 NATIVE_LABEL = {"cpu": "cpu", "cuda": "cuda/triton", "xpu": "xpu/triton"}
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-def randn(*shape, dtype=F32, seed=0) -> torch.Tensor:
-    """Normal values with a spread of exponents, so group scales differ."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-6, 7, shape, generator=g).float())
-    return x.to(dtype)
-
-
-def E(*shape, dtype=F32, d="cpu") -> torch.Tensor:
-    """An empty tensor: E(4, 64), E((4, 64)) or E(()) (0-d)."""
-    if len(shape) == 1 and isinstance(shape[0], tuple):
-        shape = shape[0]
-    return torch.empty(tuple(shape), dtype=dtype, device=d)
-
-
-def fake_like(t: torch.Tensor, device: str) -> torch.Tensor:
-    """A tensor on `device` (call inside FakeTensorMode) with t's shape, dtype, strides, storage offset."""
-    numel = t.untyped_storage().nbytes() // t.element_size()
-    return torch.empty(numel, dtype=t.dtype, device=device).as_strided(t.shape, t.stride(), t.storage_offset())
-
-
-def layout(t: torch.Tensor) -> tuple:
-    """Everything of a tensor but its values and device, its storage size included."""
-    return tuple(t.shape), t.dtype, tuple(t.stride()), t.storage_offset(), t.untyped_storage().nbytes()
-
-
-def caught(fn) -> BaseException | None:
-    try:
-        fn()
-    except Exception as exc:
-        return exc
-    return None
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    """The tensor's bits as integers of its element size (NaN-safe equality)."""
-    return t.view({1: U8, 2: torch.int16, 4: torch.int32}[t.element_size()])
-
-
-def round_up(a: int, b: int) -> int:
-    return -(-a // b) * b
-
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
@@ -117,11 +61,6 @@ def spec_scale_strides(lead: tuple, mn: int, groups: int, scale_layout: str) -> 
         strides.insert(0, batch)
         batch *= n
     return tuple(strides)
-
-
-def storage_u8(t: torch.Tensor) -> torch.Tensor:
-    """A copy of every byte of t's storage."""
-    return torch.empty(0, dtype=U8).set_(t.untyped_storage()).clone()
 
 
 def poisoned(t: torch.Tensor) -> torch.Tensor:
@@ -148,14 +87,6 @@ def expected_scales(x: torch.Tensor, group_size: int) -> torch.Tensor:
     """[F8-SCALE] with the default eps for inputs without NaN/Inf/zero groups: fl32(amax / 448)."""
     amax = x.float().abs().unflatten(-1, (-1, group_size)).amax(-1)
     return amax / torch.tensor(448.0)
-
-
-@pytest.fixture(name="fake_arch")
-def _fake_arch(monkeypatch):
-    """Set the arch dispatch sees for (fake) cuda tensors: this CPU-only machine cannot tell it."""
-    def set_arch(arch):
-        monkeypatch.setattr(dispatch, "device_arch", lambda device: arch if device.type == "cuda" else None)
-    return set_arch
 
 
 def _needs_backend(name: str) -> None:
@@ -595,12 +526,6 @@ def test_dequantize_block_of_other_blocks_round_trips():
 
 
 # --- torch.library.opcheck --------------------------------------------------------------------------
-
-# SchemaCheckMode (opcheck's test_schema) compares arguments with torch.allclose, which has no CPU
-# kernel for float8_e4m3fn (tests/test_fakes.py): ops given float8 tensors run without it, and the
-# dequantizes run it on the uint8 views they also take.
-NO_SCHEMA_CHECK = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-
 
 def _opcheck_cases():
     ops = torch.ops.lowbit

@@ -22,6 +22,8 @@ import sys
 
 import pytest
 import torch
+from oracles import NO_SCHEMA_CHECK, E, caught, fake_like, layout, outputs, randn, round_up
+from preambles import DEVICES, FAKE_DEVICE
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit
@@ -33,30 +35,7 @@ QUANTIZE, GLOBAL, DEQUANTIZE, VLLM = "quantize_nvfp4", "nvfp4_global_scale", "de
 NV_OPS = (QUANTIZE, GLOBAL, DEQUANTIZE)
 
 
-def _fake_tensors_unavailable(device: str) -> str:
-    """Why this torch cannot make fake `device` tensors here ('' if it can); see tests/test_fakes.py."""
-    try:
-        with FakeTensorMode():
-            torch.empty(1, device=device)
-    except (AssertionError, RuntimeError) as error:
-        return f"this torch cannot make fake {device} tensors here: {error}"
-    return ""
-
-
-FAKE_DEVICE = {d: pytest.mark.skipif(bool(_fake_tensors_unavailable(d)), reason=_fake_tensors_unavailable(d) or "-")
-               for d in ("cuda", "xpu")}
-ACCELERATORS = tuple(pytest.param(d, marks=mark) for d, mark in FAKE_DEVICE.items())
-DEVICES = ("cpu", *ACCELERATORS)
-
-
 # --- helpers --------------------------------------------------------------------------------------
-
-def randn(*shape, dtype=F32, seed=0) -> torch.Tensor:
-    """Normal values with a spread of exponents, so block scales differ."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-6, 7, shape, generator=g).float())
-    return x.to(dtype)
-
 
 def special(*shape, dtype=BF16, seed=0, nan=True) -> torch.Tensor:
     """randn with NaN (unless `nan` is False), ±Inf, -0 and an all-zero block mixed in."""
@@ -68,46 +47,8 @@ def special(*shape, dtype=BF16, seed=0, nan=True) -> torch.Tensor:
     return x.to(dtype)
 
 
-def E(*shape, dtype=F32, d="cpu") -> torch.Tensor:
-    """An empty tensor: E(4, 64), E((4, 64)) or E(()) (0-d)."""
-    if len(shape) == 1 and isinstance(shape[0], tuple):
-        shape = shape[0]
-    return torch.empty(tuple(shape), dtype=dtype, device=d)
-
-
-def fake_like(t: torch.Tensor, device: str) -> torch.Tensor:
-    """A tensor on `device` (call inside FakeTensorMode) with t's shape, dtype, strides, storage offset."""
-    numel = t.untyped_storage().nbytes() // t.element_size()
-    return torch.empty(numel, dtype=t.dtype, device=device).as_strided(t.shape, t.stride(), t.storage_offset())
-
-
-def as_fake(obj, device):
-    return fake_like(obj, device) if isinstance(obj, torch.Tensor) else obj
-
-
-def layout(t: torch.Tensor) -> tuple:
-    """Everything of a tensor but its values and device."""
-    return tuple(t.shape), t.dtype, tuple(t.stride()), t.storage_offset()
-
-
-def outputs(result) -> tuple:
-    return result if isinstance(result, tuple) else (result,)
-
-
-def caught(fn) -> BaseException | None:
-    try:
-        fn()
-    except Exception as exc:
-        return exc
-    return None
-
-
 def bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(U8) if t.dim() else t.reshape(1).view(U8)
-
-
-def round_up(a: int, b: int) -> int:
-    return -(-a // b) * b
 
 
 def spec_layouts(x_shape, *, per_row: bool, scale_layout: str, given=None) -> list[tuple]:
@@ -126,16 +67,8 @@ def spec_layouts(x_shape, *, per_row: bool, scale_layout: str, given=None) -> li
         return tuple(shape), dtype, tuple(strides), 0
 
     scales = (round_up(rows, 128), round_up(k // 16, 4)) if scale_layout == "swizzled" else (*lead, k // 16)
-    gs = layout(given) if given is not None else dense(tuple(lead) if per_row else (), F32)
+    gs = layout(given, storage=False) if given is not None else dense(tuple(lead) if per_row else (), F32)
     return [dense((*lead, k // 2), E2M1), dense(scales, E4M3), gs]
-
-
-@pytest.fixture(name="fake_arch")
-def _fake_arch(monkeypatch):
-    """Set the arch dispatch sees for (fake) cuda tensors: this CPU-only machine cannot tell it."""
-    def set_arch(arch):
-        monkeypatch.setattr(dispatch, "device_arch", lambda device: arch if device.type == "cuda" else None)
-    return set_arch
 
 
 # --- fakes: outputs -------------------------------------------------------------------------------
@@ -186,14 +119,14 @@ def test_fake_quantize_outputs_match_real_layout(case, device):
     given = None if make_scale is None else make_scale(x)
     real = lowbit.quantize_nvfp4(x, given, per_row=per_row, scale_layout=scale_layout)
     want = spec_layouts(tuple(x.shape), per_row=per_row, scale_layout=scale_layout, given=given)
-    assert [layout(t) for t in real] == want
+    assert [layout(t, storage=False) for t in real] == want
     if given is not None:
         assert real[2] is given
     with FakeTensorMode():
         fx = fake_like(x, device)
         fgiven = None if given is None else fake_like(given, device)
         fake = lowbit.quantize_nvfp4(fx, fgiven, per_row=per_row, scale_layout=scale_layout)
-        got = [layout(t) for t in fake]
+        got = [layout(t, storage=False) for t in fake]
         devices = {t.device.type for t in fake}
         if fgiven is not None:
             assert fake[2] is fgiven
@@ -207,11 +140,11 @@ def test_fake_quantize_outputs_match_real_layout(case, device):
 def test_fake_global_scale_matches_real_layout(name, per_row, device):
     x = INPUTS[name]()
     real = lowbit.nvfp4_global_scale(x, per_row=per_row)
-    assert layout(real) == spec_layouts(tuple(x.shape), per_row=per_row, scale_layout="linear")[2]
+    assert layout(real, storage=False) == spec_layouts(tuple(x.shape), per_row=per_row, scale_layout="linear")[2]
     with FakeTensorMode():
         fake = lowbit.nvfp4_global_scale(fake_like(x, device), per_row=per_row)
-        got, got_device = layout(fake), fake.device.type
-    assert (got, got_device) == (layout(real), device)
+        got, got_device = layout(fake, storage=False), fake.device.type
+    assert (got, got_device) == (layout(real, storage=False), device)
 
 
 def _dequantize_case(name, per_row, scale_layout, raw, dtype):
@@ -240,12 +173,12 @@ def test_fake_dequantize_output_matches_real_layout(case, device):
     args, kwargs = DEQUANTIZE_LAYOUT_CASES[case]()
     real = lowbit.dequantize_nvfp4(*args, **kwargs)
     q = args[0]
-    assert layout(real) == (
+    assert layout(real, storage=False) == (
         (*q.shape[:-1], 2 * q.shape[-1]), kwargs["dtype"], torch.empty(*q.shape[:-1], 2 * q.shape[-1]).stride(), 0)
     with FakeTensorMode():
         fake = lowbit.dequantize_nvfp4(*(fake_like(a, device) for a in args), **kwargs)
-        got, got_device = layout(fake), fake.device.type
-    assert (got, got_device) == (layout(real), device)
+        got, got_device = layout(fake, storage=False), fake.device.type
+    assert (got, got_device) == (layout(real, storage=False), device)
 
 
 VLLM_LAYOUT_CASES = {
@@ -267,8 +200,8 @@ def test_fake_scaled_fp4_quant_matches_real_layout(case, device):
     assert [(tuple(t.shape), t.dtype) for t in real] == [((m, n // 2), U8), (scales, E4M3)]
     with FakeTensorMode():
         fake = lowbit.scaled_fp4_quant(fake_like(x, device), fake_like(gs, device), swizzled)
-        got, got_devices = [layout(t) for t in fake], {t.device.type for t in fake}
-    assert (got, got_devices) == ([layout(t) for t in real], {device})
+        got, got_devices = [layout(t, storage=False) for t in fake], {t.device.type for t in fake}
+    assert (got, got_devices) == ([layout(t, storage=False) for t in real], {device})
 
 
 def test_scaled_fp4_quant_gives_quantize_nvfp4s_bits():
@@ -521,10 +454,6 @@ def test_fast_path_runs_the_kernel_the_op_runs(resolved):
 
 # --- torch.library.opcheck ---------------------------------------------------------------------------
 
-# SchemaCheckMode (opcheck's test_schema) compares arguments with torch.allclose, which has no CPU
-# kernel for float4_e2m1fn_x2 / float8_e4m3fn: a pytorch limitation (tests/test_fakes.py). dequantize
-# runs test_schema on the uint8 views it also takes, and without it on the native dtypes.
-NO_SCHEMA_CHECK = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 # No NaN in the inputs: opcheck compares outputs with torch.testing.assert_close, which calls the
 # NaN block scale (0x7F, [NV-NAN]) of two identical runs unequal (equal_nan=False).
 

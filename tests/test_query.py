@@ -3,13 +3,10 @@
 import importlib.util
 
 import torch
+from oracles import meta
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit
-
-
-def meta(*shape, dtype=torch.bfloat16):
-    return torch.empty(*shape, dtype=dtype, device="meta")
 
 
 def test_capabilities_lists_every_op_of_every_backend():

@@ -27,14 +27,20 @@ from oracles import (
     NAN_BITS,
     U8,
     assert_bytes,
-    bf16_from_bits,
+    bf16_values,
+    bits_of_f32,
     ceil_log2_np,
     dn32,
     e4m3_bytes_np,
     exact64,
+    f32_bits_of,
     f32_bits_tensor,
     f32_tensor,
     fl32,
+    from_bits16,
+    poisoned_q,
+    storage_u8,
+    tma_rows,
     u8,
     up32,
 )
@@ -125,21 +131,12 @@ def f32_of_bits(b):
     return float(np.array([b], dtype=np.uint32).view(F32)[0])
 
 
-def bits_of_f32(v):
-    return int(np.array([v], dtype=F32).view(np.uint32)[0])
-
-
-def f32_bits(t):
-    """Raw int32 bits of a float32 tensor, read through its strides."""
-    return t.contiguous().view(torch.int32)
-
-
 def assert_f32_equal(got, exp, what=""):
     """Exact float32 equality, bit for bit (exp: numpy float32 array or tensor)."""
     exp = torch.from_numpy(np.ascontiguousarray(exp, dtype=F32)) if isinstance(exp, np.ndarray) else exp
     assert got.dtype == torch.float32, f"{what}: dtype {got.dtype}"
     assert tuple(got.shape) == tuple(exp.shape), f"{what}: shape {tuple(got.shape)} != {tuple(exp.shape)}"
-    g, e = f32_bits(got).reshape(-1), f32_bits(exp).reshape(-1)
+    g, e = f32_bits_of(got).reshape(-1), f32_bits_of(exp).reshape(-1)
     if not torch.equal(g, e):
         bad = (g != e).nonzero().reshape(-1)[:8].tolist()
         detail = ", ".join(f"[{i}] got {g[i].item() & 0xFFFFFFFF:#010x} expected {e[i].item() & 0xFFFFFFFF:#010x}"
@@ -163,10 +160,6 @@ def check_group(x, gs=128, eps=1e-10, ue8m0=False, layout="row_major", what=""):
     return q, s
 
 
-def tma_rows(mn):
-    return -(-mn // 4) * 4
-
-
 def layout_strides(lead, mn, g, layout):
     """[F8-LAYOUT], written out: (..., G, 1), (..., G*mn, 1, mn), (..., G*A, 1, A)."""
     if layout == "row_major":
@@ -181,10 +174,6 @@ def layout_strides(lead, mn, g, layout):
     return tuple(outer + inner)
 
 
-def storage_u8(t):
-    return torch.empty(0, dtype=U8).set_(t.untyped_storage()).clone()
-
-
 def fill_storage(t, bits=SENTINEL):
     n = t.untyped_storage().nbytes() // 4
     torch.empty(0, dtype=torch.int32).set_(t.untyped_storage()).as_strided((n,), (1,)).fill_(bits)
@@ -193,15 +182,6 @@ def fill_storage(t, bits=SENTINEL):
 def storage_f32(t):
     n = t.untyped_storage().nbytes() // 4
     return torch.empty(0, dtype=torch.float32).set_(t.untyped_storage()).as_strided((n,), (1,))
-
-
-def bf16_values(bits):
-    with np.errstate(all="ignore"):
-        return (np.asarray(bits, dtype=np.uint32) << 16).view(F32).astype(np.float64)
-
-
-def f16_tensor(bits):
-    return torch.from_numpy(np.asarray(bits, dtype=np.uint32).astype(np.uint16).view(np.float16).copy())
 
 
 def words_to_bytes(s, g):
@@ -264,7 +244,7 @@ def test_f8_golden_all_zero_group_default_eps(dtype):
     assert Fraction(f32_of_bits(0x2A7B5123)) == exp
     assert abs(f32_of_bits(0x2A7B5123) - 2.2321428e-13) < 1e-20
     q, s = quant(torch.zeros(2, 256, dtype=dtype))
-    assert torch.equal(f32_bits(s), torch.full((2, 2), 0x2A7B5123, dtype=torch.int32))
+    assert torch.equal(f32_bits_of(s), torch.full((2, 2), 0x2A7B5123, dtype=torch.int32))
     assert_bytes(q.view(U8), torch.zeros(2, 256, dtype=U8), "q")
 
 
@@ -339,7 +319,7 @@ def test_f8_scale_default_eps_is_vllm_amax_over_448():
     for ai, si in zip(amax.tolist(), s.reshape(-1).tolist()):
         assert Fraction(si) == fl32(Fraction(max(ai, float(F32(1e-10)))) / 448), ai
     _, s_explicit = quant(x, 4, eps=1e-10)
-    assert torch.equal(f32_bits(s), f32_bits(s_explicit))
+    assert torch.equal(f32_bits_of(s), f32_bits_of(s_explicit))
 
 
 def test_f8_scale_rounding_of_a_over_448_against_fractions():
@@ -415,7 +395,7 @@ def test_f8_ue8m0_equals_packed_op_on_random_groups(eps):
     pq, ps = lowbit.quantize_fp8_group_packed(x, eps=eps)
     byte = words_to_bytes(ps, 8)
     assert_f32_equal(s, np.ldexp(1.0, byte - 127).astype(F32), "scales vs packed bytes")
-    assert torch.equal(f32_bits(s) >> 23, torch.from_numpy(byte.astype(np.int32)))
+    assert torch.equal(f32_bits_of(s) >> 23, torch.from_numpy(byte.astype(np.int32)))
     assert_bytes(q.view(U8), pq.view(U8), "q vs packed")
     rq, rs = ref_group(x, 128, eps, True)
     assert_bytes(q.view(U8), torch.from_numpy(rq), "q vs oracle")
@@ -516,11 +496,11 @@ def _mixed(bits):
 def test_f8_element_exhaustive_bfloat16(ue8m0):
     # all 65,536 patterns, as 512 groups of 128 in order and permuted (mixed magnitudes per group)
     for name, bits in (("in order", ALL16), ("mixed", _mixed(ALL16))):
-        x = bf16_from_bits(bits.reshape(64, 1024))
+        x = from_bits16(bits.reshape(64, 1024))
         q, s = check_group(x, 128, ue8m0=ue8m0, what=f"bf16 {name} ue8m0={ue8m0}")
         if ue8m0:  # [F8-UE8M0]: the packed op's bytes
             pq, ps = lowbit.quantize_fp8_group_packed(x)
-            assert torch.equal(f32_bits(s) >> 23, torch.from_numpy(words_to_bytes(ps, 8).astype(np.int32)))
+            assert torch.equal(f32_bits_of(s) >> 23, torch.from_numpy(words_to_bytes(ps, 8).astype(np.int32)))
             assert_bytes(q.view(U8), pq.view(U8), f"{name} q vs packed")
         else:
             assert (s == HUGE).any()  # the group of Inf and NaNs
@@ -533,11 +513,11 @@ def test_f8_element_exhaustive_float16():
     bits = ALL16
     for ue8m0 in (False, True):
         for name, b in (("in order", bits), ("mixed", _mixed(bits))):
-            x = f16_tensor(b.reshape(64, 1024))
+            x = from_bits16(b.reshape(64, 1024), torch.float16)
             q, s = check_group(x, 128, ue8m0=ue8m0, what=f"fp16 {name} ue8m0={ue8m0}")
             if ue8m0:
                 pq, ps = lowbit.quantize_fp8_group_packed(x)
-                assert torch.equal(f32_bits(s) >> 23, torch.from_numpy(words_to_bytes(ps, 8).astype(np.int32)))
+                assert torch.equal(f32_bits_of(s) >> 23, torch.from_numpy(words_to_bytes(ps, 8).astype(np.int32)))
                 assert_bytes(q.view(U8), pq.view(U8), f"{name} q vs packed")
 
 
@@ -549,7 +529,7 @@ def test_f8_element_exhaustive_bfloat16_pinned_non_power_of_two_scale():
     sel = np.concatenate([sel, np.zeros(-len(sel) % 31, dtype=np.uint32)]).reshape(-1, 31)
     bits = np.concatenate([np.full((len(sel), 1), 0x4396, dtype=np.uint32), sel], 1)
     assert bf16_values(0x4396) == 300.0
-    x = bf16_from_bits(bits)
+    x = from_bits16(bits)
     q, s = check_group(x, 32, what="pinned 300")
     assert torch.all(s == float(F32(300) / F32(448)))
 
@@ -580,9 +560,9 @@ def test_f8_nan_both_signs_0x7f_and_ignored_by_amax():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_f8_nan_half_precision_both_signs(dtype):
     if dtype == torch.float16:
-        x = f16_tensor([[0xFE00, 0x5F00, 0x7E01, 0xB800]])  # -NaN, 448, NaN, -0.5
+        x = from_bits16([[0xFE00, 0x5F00, 0x7E01, 0xB800]], torch.float16)  # -NaN, 448, NaN, -0.5
     else:
-        x = bf16_from_bits([[0xFFC0, 0x43E0, 0x7FC1, 0xBF00]])
+        x = from_bits16([[0xFFC0, 0x43E0, 0x7FC1, 0xBF00]])
     q, s = quant(x, 4)
     assert s.item() == 1.0
     assert_bytes(q.view(U8), u8([[0x7F, 0x7E, 0x7F, 0xB0]]), "q")
@@ -680,7 +660,7 @@ def test_f8_input_dtypes_agree():
         check_group(xd, 64, what=str(dtype))
         q, s = quant(xd, 64)
         q2, s2 = quant(xd.float(), 64)  # exact widening: same bytes
-        assert torch.equal(q.view(U8), q2.view(U8)) and torch.equal(f32_bits(s), f32_bits(s2))
+        assert torch.equal(q.view(U8), q2.view(U8)) and torch.equal(f32_bits_of(s), f32_bits_of(s2))
 
 
 def test_f8_input_empty_shapes():
@@ -735,7 +715,7 @@ def test_f8_storage_tma_owned_and_padding_rows_zero():
         assert s.untyped_storage().nbytes() >= (s.storage_offset() + nb * g * a) * 4
         flat = s.as_strided((nb * g * a,), (1,), s.storage_offset())  # the G*A floats of every batch
         st = flat.reshape(nb, g, a)
-        assert torch.all(f32_bits(st[:, :, mn:]) == 0), f"{shape}: storage rows mn..A-1 must be +0"
+        assert torch.all(f32_bits_of(st[:, :, mn:]) == 0), f"{shape}: storage rows mn..A-1 must be +0"
         _, rs = ref_group(x, gs)
         assert_f32_equal(st[:, :, :mn].transpose(1, 2).reshape(s.shape), rs, f"{shape} storage")
 
@@ -743,10 +723,6 @@ def test_f8_storage_tma_owned_and_padding_rows_zero():
 # --------------------------------------------------------------------------------------------
 # [F8-OUT]
 # --------------------------------------------------------------------------------------------
-
-
-def _qbuf(shape):
-    return torch.full(shape, 0xAB, dtype=U8).view(E4M3)
 
 
 def _sbuf(lead, mn, g, layout, minimal=False):
@@ -777,13 +753,13 @@ S3 = [1.0, 1.5, f32_of_bits(0x2A7B5123)]
 
 def test_f8_out_tma_minimal_storage_and_q_rows_zeroed():
     x = _x3()
-    qbuf = _qbuf((4, 20))  # R = A = 4 > mn
+    qbuf = poisoned_q((4, 20))  # R = A = 4 > mn
     sbuf = _sbuf((), 3, 5, "column_major_tma", minimal=True)
     assert sbuf.untyped_storage().nbytes() == (3 + 4 * 4) * 4  # mn + (G - 1)*A floats
     rq, rs = lowbit.quantize_fp8_group(x, 4, scale_layout="column_major_tma", out=(qbuf, sbuf))
     assert rq is qbuf and rs is sbuf
     assert_bytes(qbuf.view(U8), u8(Q3 + [[0x00] * 20]), "q_buf")
-    st = f32_bits(storage_f32(sbuf)).tolist()
+    st = f32_bits_of(storage_f32(sbuf)).tolist()
     # float (r, c) at c*A + r; storage row 3 (r = mn) of each column left as it was
     exp = []
     for c in range(5):
@@ -794,9 +770,9 @@ def test_f8_out_tma_minimal_storage_and_q_rows_zeroed():
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_f8_out_each_layout_batched_writes_exactly_the_logical_scales(layout):
     x = torch.stack([_x3(), -_x3()])  # (2, 3, 20)
-    qbuf = _qbuf((2, 3, 20))  # R = mn
+    qbuf = poisoned_q((2, 3, 20))  # R = mn
     sbuf = _sbuf((2,), 3, 5, layout)
-    before = f32_bits(storage_f32(sbuf)).clone()
+    before = f32_bits_of(storage_f32(sbuf)).clone()
     lowbit.quantize_fp8_group(x, 4, scale_layout=layout, out=(qbuf, sbuf))
     # -x flips every sign bit (0 -> -0 = 0x80, -0 -> 0 = 0x00)
     q1 = [[b ^ 0x80 for b in r] for r in Q3]
@@ -807,7 +783,7 @@ def test_f8_out_each_layout_batched_writes_exactly_the_logical_scales(layout):
     off = torch.tensor([sum(i * st for i, st in zip(idx, sbuf.stride()))
                         for idx in np.ndindex(*sbuf.shape)])
     mask[off] = False
-    after = f32_bits(storage_f32(sbuf))
+    after = f32_bits_of(storage_f32(sbuf))
     assert torch.equal(after[mask], before[mask])
 
 
@@ -815,7 +791,7 @@ def test_f8_out_q_rows_zeroed_and_random_matches_allocating_call():
     x = _random((2, 6, 1024), 31)  # mn 6 -> A 8
     for layout in LAYOUTS:
         q, s = quant(x, scale_layout=layout)
-        qbuf = _qbuf((2, 7, 1024))
+        qbuf = poisoned_q((2, 7, 1024))
         sbuf = _sbuf((2,), 6, 8, layout, minimal=layout == "column_major_tma")
         lowbit.quantize_fp8_group(x, scale_layout=layout, out=(qbuf, sbuf))
         assert_bytes(qbuf.view(U8)[:, :6], q.view(U8), f"{layout} q_buf rows < mn")
@@ -827,14 +803,14 @@ def test_f8_out_size_one_dimension_stride_not_compared():
     x = f32_tensor([[448.0, 1.0, -1.0, 0.0]])  # mn 1, G 1
     for layout in LAYOUTS:
         sbuf = torch.empty(8, dtype=torch.float32).as_strided((1, 1), (7, 3))
-        qbuf = _qbuf((1, 4))
+        qbuf = poisoned_q((1, 4))
         lowbit.quantize_fp8_group(x, 4, scale_layout=layout, out=(qbuf, sbuf))
         assert sbuf.item() == 1.0
         assert_bytes(qbuf.view(U8), u8([[0x7E, 0x38, 0xB8, 0x00]]), layout)
 
 
 def _bad_buffers():
-    good_q = lambda: _qbuf((4, 20))
+    good_q = lambda: poisoned_q((4, 20))
     good_s = lambda: _sbuf((), 3, 5, "column_major_tma", minimal=True)
 
     def strided(shape, strides, dtype=torch.float32):
@@ -846,11 +822,11 @@ def _bad_buffers():
     return {
         "q uint8": lambda: (torch.full((4, 20), 0xAB, dtype=U8), good_s()),
         "q e5m2": lambda: (torch.full((4, 20), 0xAB, dtype=U8).view(torch.float8_e5m2), good_s()),
-        "q wrong K": lambda: (_qbuf((4, 24)), good_s()),
-        "q R > A": lambda: (_qbuf((5, 20)), good_s()),
-        "q R < mn": lambda: (_qbuf((2, 20)), good_s()),
-        "q non-contiguous": lambda: (_qbuf((4, 40))[:, ::2], good_s()),
-        "q extra batch dim": lambda: (_qbuf((1, 4, 20)), good_s()),
+        "q wrong K": lambda: (poisoned_q((4, 24)), good_s()),
+        "q R > A": lambda: (poisoned_q((5, 20)), good_s()),
+        "q R < mn": lambda: (poisoned_q((2, 20)), good_s()),
+        "q non-contiguous": lambda: (poisoned_q((4, 40))[:, ::2], good_s()),
+        "q extra batch dim": lambda: (poisoned_q((1, 4, 20)), good_s()),
         "s float64": lambda: (good_q(), strided((3, 5), (1, 4), torch.float64)),
         "s bfloat16": lambda: (good_q(), strided((3, 5), (1, 4), torch.bfloat16)),
         "s int32": lambda: (good_q(), strided((3, 5), (1, 4), torch.int32)),
@@ -879,7 +855,7 @@ def test_f8_out_wrong_layout_strides_raise():
         for want in LAYOUTS:
             if have == want:
                 continue
-            qbuf, sbuf = _qbuf((3, 20)), _sbuf((), 3, 5, have)
+            qbuf, sbuf = poisoned_q((3, 20)), _sbuf((), 3, 5, have)
             before_q, before_s = storage_u8(qbuf), storage_u8(sbuf)
             with pytest.raises(ValueError):
                 lowbit.quantize_fp8_group(_x3(), 4, scale_layout=want, out=(qbuf, sbuf))
@@ -909,7 +885,7 @@ def check_block(w, block=(128, 128), eps=1e-4, ue8m0=False, what=""):
     rq, rs = ref_block(w, block, eps, ue8m0)
     assert_bytes(q.view(U8), torch.from_numpy(rq), f"{what} q")
     assert_f32_equal(s.t()[:, :kb], rs, f"{what} weight_scale_inv")
-    assert torch.all(f32_bits(s[kb:]) == 0), f"{what}: padding rows must be +0"
+    assert torch.all(f32_bits_of(s[kb:]) == 0), f"{what}: padding rows must be +0"
     return q, s
 
 
@@ -966,7 +942,7 @@ def test_f8_block_default_eps_1e_4_and_non_contiguous_input():
     assert not wt.is_contiguous()
     q1, s1 = check_block(wt, what="transposed")
     q2, s2 = lowbit.quantize_fp8_block(wt.contiguous())
-    assert torch.equal(q1.view(U8), q2.view(U8)) and torch.equal(f32_bits(s1), f32_bits(s2))
+    assert torch.equal(q1.view(U8), q2.view(U8)) and torch.equal(f32_bits_of(s1), f32_bits_of(s2))
 
 
 def test_f8_block_scales_layout_literal():
@@ -980,7 +956,7 @@ def test_f8_block_scales_layout_literal():
         kb = -(-k // 128)
         if kb % 4 == 0:
             assert s.t()[:, :kb].is_contiguous()
-        assert torch.all(f32_bits(s[kb:]) == 0)
+        assert torch.all(f32_bits_of(s[kb:]) == 0)
 
 
 def test_f8_block_scales_padding_rows_zero_on_dirty_allocator():
@@ -1060,7 +1036,7 @@ def test_f8_dequant_hand_values():
     s = f32_tensor([[1.5, HUGE, TINY, float(F32(0.1)), 3.0, 1.0]])
     out = lowbit.dequantize_fp8_group(q, s, group_size=1, dtype=torch.float32)
     exp = [bits_of_f32(1.03125), 0x7F800000, 0x00004000, bits_of_f32(-0.1), 0x80000000, 0x7FC00000]
-    assert (f32_bits(out).numpy().astype(np.int64) & 0xFFFFFFFF).tolist() == [exp]
+    assert (f32_bits_of(out).numpy().astype(np.int64) & 0xFFFFFFFF).tolist() == [exp]
     outb = lowbit.dequantize_fp8_group(q, s, group_size=1)  # default bfloat16
     assert outb.dtype == torch.bfloat16
     # 1.03125 = 0x3F84 exactly; -0.1f = 0xBDCCCCCD -> 0xBDCD (0xCCCD > 0x8000 rounds up)

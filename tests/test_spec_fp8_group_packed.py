@@ -18,14 +18,19 @@ from oracles import (
     F32_MAX,
     NAN_BITS,
     U8,
-    bf16_from_bits,
+    bf16_values,
     ceil_log2_np,
     dn32,
     e4m3_bytes_np,
     e4m3_value,
+    exact64,
     f32_bits_tensor,
     f32_tensor,
     fl32,
+    from_bits16,
+    poisoned_q,
+    storage_u8,
+    tma_rows,
     u8,
     up32,
 )
@@ -94,15 +99,6 @@ def bytes_from_words(s, g):
     return out[..., :g]
 
 
-def exact64(x):
-    x = x.contiguous()
-    if x.dtype == torch.bfloat16:
-        bits = x.view(torch.int16).numpy().astype(np.uint16).astype(np.uint32) << 16
-        with np.errstate(all="ignore"):
-            return bits.view(np.float32).astype(np.float64)
-    return x.numpy().astype(np.float64)
-
-
 def i32(vals):
     return torch.tensor(vals, dtype=torch.int32)
 
@@ -124,10 +120,6 @@ def assert_bytes(got, exp, what=""):
         bad = (g != e).nonzero().reshape(-1)[:16].tolist()
         detail = ", ".join(f"[{i}] got {g[i].item():#04x} expected {e[i].item():#04x}" for i in bad)
         raise AssertionError(f"{what}: {(g != e).sum().item()} bytes differ: {detail}")
-
-
-def tma_rows(mn):
-    return -(-mn // 4) * 4
 
 
 def quant(x, gs=None, eps=None, out=None):
@@ -191,10 +183,6 @@ def random_groups(seed, rows, k, gs, dtype=torch.float32):
     base[ii, jj, pos] = 448.0 * rng.choice([-1.0, 1.0], size=(rows, ng))
     x = np.ldexp(base, j).reshape(rows, k)
     return torch.from_numpy(x.astype(np.float32)).to(dtype)
-
-
-def storage_u8(t):
-    return torch.empty(0, dtype=U8).set_(t.untyped_storage()).clone()
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,21 +380,16 @@ def _pinned_groups(pattern_bits, anchor_bits, per_row=8):
     return out.reshape(ng // per_row, per_row * 32)
 
 
-def _bf16_values(bits):
-    with np.errstate(all="ignore"):
-        return (np.asarray(bits, dtype=np.uint32) << 16).view(np.float32).astype(np.float64)
-
-
 @pytest.mark.parametrize("as_float32", [False, True])
 def test_fp8_element_exhaustive_bfloat16_pinned_scale(as_float32):
     # every bf16 pattern with |v| <= 448 or NaN, 31 per group of 32 next to the anchor 448
     # (0x43E0): amax = 448 (NaN ignored) -> y = 1 -> byte 127, scale 1 -> q = E4M3(v)
-    vals = _bf16_values(ALL16)
+    vals = bf16_values(ALL16)
     sel = ALL16[(np.abs(vals) <= 448.0) | np.isnan(vals)]
     assert len(sel) == 2 * (0x43E0 + 1) + 254
     bits = _pinned_groups(sel, 0x43E0)
-    v = _bf16_values(bits)
-    x = bf16_from_bits(bits)
+    v = bf16_values(bits)
+    x = from_bits16(bits)
     if as_float32:
         x = torch.from_numpy(v.astype(np.float32))
     q, s = quant(x, gs=32)
@@ -421,13 +404,13 @@ def test_fp8_element_exhaustive_sorted_groups(dtype):
     # all 65,536 patterns sorted by magnitude (NaN last) into groups of 128; per-group scale
     # computed independently (includes the +-Inf group and an all-NaN group)
     if dtype == torch.bfloat16:
-        vals = _bf16_values(ALL16)
+        vals = bf16_values(ALL16)
     else:
         vals = ALL16.astype(np.uint16).view(np.float16).astype(np.float64)
     order = np.argsort(np.abs(vals), kind="stable")
     bits = ALL16[order].reshape(64, 1024)
     if dtype == torch.bfloat16:
-        x = bf16_from_bits(bits)
+        x = from_bits16(bits)
     else:
         x = torch.from_numpy(bits.astype(np.uint16).view(np.float16).copy())
     q, s = check_against_ref(x, 128, what=f"sorted {dtype}")
@@ -468,7 +451,7 @@ def test_fp8_nan_half_precision(dtype):
         bits = np.array([0xFE00, 0x3C00, 0x7E01, 0xB800], dtype=np.uint16)  # -NaN, 1, NaN, -0.5
         x = torch.from_numpy(bits.view(np.float16)[None].copy())
     else:
-        x = bf16_from_bits([[0xFFC0, 0x3F80, 0x7FC1, 0xBF00]])
+        x = from_bits16([[0xFFC0, 0x3F80, 0x7FC1, 0xBF00]])
     q, s = quant(x, gs=4)
     assert_bytes(s.contiguous(), i32([[word(0x77)]]), "words")
     assert_bytes(q.view(U8), u8([[0x7F, 0x78, 0x7F, 0xF0]]), "q")  # -0.5*256 = -128 -> 0xF0
@@ -605,10 +588,6 @@ def test_fp8_storage_owned_and_padding_rows_zero(shape, gs):
 # --------------------------------------------------------------------------------------------
 
 
-def _qbuf(shape):
-    return torch.full(shape, 0xAB, dtype=U8).view(E4M3)
-
-
 def _vllm_sbuf(lead, mn, gw):
     a = tma_rows(mn)
     shape = tuple(lead) + (mn, gw)
@@ -625,7 +604,7 @@ def _vllm_sbuf(lead, mn, gw):
 
 def test_fp8_out_vllm_buffers_2d():
     x = f32_tensor(_pack_input(3, 5, -3))
-    qbuf = _qbuf((4, 20))  # R = 4 = A > mn
+    qbuf = poisoned_q((4, 20))  # R = 4 = A > mn
     sbuf = _vllm_sbuf((), 3, 2)
     assert sbuf.untyped_storage().nbytes() == 7 * 4  # mn + (Gw - 1)*A words
     rq, rs = lowbit.quantize_fp8_group_packed(x, group_size=4, out=(qbuf, sbuf))
@@ -640,7 +619,7 @@ def test_fp8_out_vllm_buffers_2d():
 
 def test_fp8_out_r_equals_mn_and_full_storage_sbuf():
     x = f32_tensor(_pack_input(3, 5, -3))
-    qbuf = _qbuf((3, 20))
+    qbuf = poisoned_q((3, 20))
     sbuf = torch.empty(8, dtype=torch.int32).fill_(SENTINEL).as_strided((3, 2), (1, 4))
     lowbit.quantize_fp8_group_packed(x, group_size=4, out=(qbuf, sbuf))
     assert_bytes(qbuf.view(U8), u8([[0x7E, 0xB8, 0x30, 0x80] * 5] * 3), "q_buf")
@@ -651,7 +630,7 @@ def test_fp8_out_r_equals_mn_and_full_storage_sbuf():
 
 def test_fp8_out_3d_buffers():
     x = f32_tensor([_pack_input(3, 5, -3), _pack_input(3, 5, -27)])
-    qbuf = _qbuf((2, 4, 20))
+    qbuf = poisoned_q((2, 4, 20))
     sbuf = _vllm_sbuf((2,), 3, 2)
     n = sbuf.untyped_storage().nbytes() // 4
     assert n == 8 + 7
@@ -669,7 +648,7 @@ def test_fp8_out_3d_buffers():
 def test_fp8_out_random_matches_allocating_call():
     x = random_groups(31, 6, 1024, 128)  # mn = 6 -> A = 8, G = 8 -> 2 words
     q, s = quant(x)
-    qbuf = _qbuf((7, 1024))
+    qbuf = poisoned_q((7, 1024))
     sbuf = _vllm_sbuf((), 6, 2)
     lowbit.quantize_fp8_group_packed(x, out=(qbuf, sbuf))
     rq, rsb = ref_fp8(exact64(x), 128)
@@ -681,7 +660,7 @@ def test_fp8_out_random_matches_allocating_call():
 
 
 def _bad_buffers():
-    good_q = lambda: _qbuf((4, 20))
+    good_q = lambda: poisoned_q((4, 20))
     good_s = lambda: _vllm_sbuf((), 3, 2)
 
     def strided(shape, strides, dtype=torch.int32):
@@ -694,11 +673,11 @@ def _bad_buffers():
         "q uint8": lambda: (torch.full((4, 20), 0xAB, dtype=U8), good_s()),
         "q e5m2": lambda: (torch.full((4, 20), 0xAB, dtype=U8).view(torch.float8_e5m2),
                            good_s()),
-        "q wrong K": lambda: (_qbuf((4, 24)), good_s()),
-        "q R > A": lambda: (_qbuf((5, 20)), good_s()),
-        "q R < mn": lambda: (_qbuf((2, 20)), good_s()),
-        "q non-contiguous": lambda: (_qbuf((4, 40))[:, ::2], good_s()),
-        "q extra batch dim": lambda: (_qbuf((1, 4, 20)), good_s()),
+        "q wrong K": lambda: (poisoned_q((4, 24)), good_s()),
+        "q R > A": lambda: (poisoned_q((5, 20)), good_s()),
+        "q R < mn": lambda: (poisoned_q((2, 20)), good_s()),
+        "q non-contiguous": lambda: (poisoned_q((4, 40))[:, ::2], good_s()),
+        "q extra batch dim": lambda: (poisoned_q((1, 4, 20)), good_s()),
         "s int64": lambda: (good_q(), strided((3, 2), (1, 4), torch.int64)),
         "s float32": lambda: (good_q(), strided((3, 2), (1, 4), torch.float32)),
         "s uint32": lambda: (good_q(), strided((3, 2), (1, 4), torch.uint32)),
@@ -725,7 +704,7 @@ def test_fp8_out_mismatch_raises_and_writes_nothing(case):
 
 def test_fp8_out_device_mismatch_raises():
     x = f32_tensor(_pack_input(3, 5, -3))
-    qbuf = _qbuf((4, 20))
+    qbuf = poisoned_q((4, 20))
     before = storage_u8(qbuf)
     sbuf = torch.empty_strided((3, 2), (1, 4), dtype=torch.int32, device="meta")
     with pytest.raises(ValueError):

@@ -15,7 +15,19 @@ import struct
 import numpy as np
 import pytest
 import torch
-from oracles import ALL16, F32_MAX, U8, bf16_from_bits, f32_bits_tensor, f32_tensor, u8
+from oracles import (
+    ALL16,
+    F32_MAX,
+    F32_NAN,
+    U8,
+    assert_bytes,
+    bits_of_f32,
+    block,
+    f32_bits_tensor,
+    f32_tensor,
+    from_bits16,
+    u8,
+)
 
 import lowbit
 
@@ -25,13 +37,6 @@ import lowbit
 
 RECIP6 = np.float32(1.0) / np.float32(6.0)  # fl32(1/6): one correctly rounded float32 division
 AMAX_FLOOR = np.float32(6.0 * 2.0**-126)  # exact in float32 (1.5 * 2^-124)
-F32_NAN_BITS = 0x7FC00000
-
-
-def f32_bits(v: float) -> int:
-    return struct.unpack("<I", struct.pack("<f", v))[0]
-
-
 def e2m1_code(a):
     """[MX-ROUND] / [MX-SATURATE] as the SPEC writes them: thresholds on a = |y| >= 0."""
     return np.select(
@@ -70,7 +75,7 @@ def f32_scale_bits(scale_bytes: np.ndarray) -> np.ndarray:
     """[MX-SCALE-F32] from the byte: 2^(byte-127) as a float32 (float64 ldexp, exact), NaN bits for 0xFF."""
     b = scale_bytes.astype(np.int64)
     vals = np.ldexp(1.0, np.where(b == 255, 0, b) - 127).astype(np.float32).view(np.uint32)
-    return np.where(b == 255, np.uint32(F32_NAN_BITS), vals).astype(np.uint32)
+    return np.where(b == 255, np.uint32(F32_NAN), vals).astype(np.uint32)
 
 
 def exact32(x: torch.Tensor) -> np.ndarray:
@@ -103,22 +108,6 @@ def group_quant(x, eps=None, s_dtype=U8, q_dtype=U8):
     return x_q.view(U8), (x_s if s_dtype == torch.float32 else x_s.view(U8))
 
 
-def block(vals, n=32, fill=0.0):
-    vals = list(vals)
-    assert len(vals) <= n
-    return vals + [fill] * (n - len(vals))
-
-
-def assert_bytes(got, exp, what=""):
-    got, exp = got.contiguous(), exp.contiguous()
-    assert got.shape == exp.shape, f"{what}: shape {tuple(got.shape)} != {tuple(exp.shape)}"
-    if not torch.equal(got, exp):
-        g, e = got.reshape(-1), exp.reshape(-1)
-        bad = (g != e).nonzero().reshape(-1)[:16].tolist()
-        detail = ", ".join(f"[{i}] got {g[i].item():#04x} expected {e[i].item():#04x}" for i in bad)
-        raise AssertionError(f"{what}: {(g != e).sum().item()} of {g.numel()} differ: {detail}")
-
-
 def check_against_oracle(x, eps, what=""):
     """Nibbles and scales (uint8, float8_e8m0fnu and float32 x_s) against the oracle."""
     rq, rs = oracle(exact32(x), eps)
@@ -148,7 +137,7 @@ def test_mx_eps_oracle_constants_and_thresholds():
     q, s = oracle(np.array([block(v)], dtype=np.float32), 0.0)
     assert s.tolist() == [[0x7F]]
     assert q.tolist() == [[0x17, 0x32, 0x54, 0xF6, 0xA9, 0xCB, 0xED, 0x80] + [0] * 8]
-    assert f32_scale_bits(np.array([1, 127, 254, 255])).tolist() == [0x00800000, 0x3F800000, 0x7F000000, F32_NAN_BITS]
+    assert f32_scale_bits(np.array([1, 127, 254, 255])).tolist() == [0x00800000, 0x3F800000, 0x7F000000, F32_NAN]
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,7 +148,7 @@ def test_mx_eps_oracle_constants_and_thresholds():
 def test_mx_eps_zero_block_with_1e_10_gets_scale_2_pow_minus_33():
     # fl32(1e-10) = 0x2EDBE6FF: exponent field 0x5D = 93, mantissa non-zero -> e = 93 - 127 + 1 = -33
     # (2^-34 = 5.8e-11 < 1e-10 < 2^-33 = 1.16e-10) -> byte 94 = 0x5E; it beats d = 2^-126 of amax 0
-    assert f32_bits(1e-10) == 0x2EDBE6FF
+    assert bits_of_f32(1e-10) == 0x2EDBE6FF
     x = torch.zeros(2, 64)
     for eps in (1e-10, None):  # None: the default eps is 1e-10
         qb, sb = group_quant(x, eps)
@@ -284,7 +273,7 @@ def _all_bf16_arrangements():
 @pytest.mark.parametrize("eps", [0.0, 1e-10, 2.0**-20, 0.75, 3.0e38])
 def test_mx_eps_all_bfloat16_patterns_match_the_oracle(eps):
     for name, bits in _all_bf16_arrangements().items():
-        x = bf16_from_bits(bits.reshape(-1)).reshape(bits.shape)
+        x = from_bits16(bits.reshape(-1)).reshape(bits.shape)
         check_against_oracle(x, eps, name)
         check_against_oracle(x.float(), eps, f"{name} as float32")
 
@@ -298,7 +287,7 @@ def test_mx_eps_all_bfloat16_patterns_inf_block_is_covered():
 
 def test_mx_eps_all_bfloat16_patterns_eps_zero_equals_quantize_mxfp4():
     for name, bits in _all_bf16_arrangements().items():
-        x = bf16_from_bits(bits.reshape(-1)).reshape(bits.shape)
+        x = from_bits16(bits.reshape(-1)).reshape(bits.shape)
         q, s = lowbit.quantize_mxfp4(x)
         qb, sb = group_quant(x, 0.0)
         assert_bytes(qb, q.view(U8), f"{name} q")
@@ -326,10 +315,10 @@ def test_mx_scale_f32_hand_table():
         block([1.0, nan_neg_payload]),  # NaN block (sign set, payload 1) -> canonical 0x7FC00000
     ]
     x = f32_tensor(rows)
-    assert f32_bits(x[4, 1].item()) & 0x80000000  # the input NaN really has its sign set
+    assert bits_of_f32(x[4, 1].item()) & 0x80000000  # the input NaN really has its sign set
     _, s32 = group_quant(x, 0.0, torch.float32)
     assert s32.dtype == torch.float32 and tuple(s32.shape) == (5, 1)
-    exp = f32_bits_tensor([[0x00800000], [0x3F800000], [0x7F000000], [0x7E800000], [F32_NAN_BITS]])
+    exp = f32_bits_tensor([[0x00800000], [0x3F800000], [0x7F000000], [0x7E800000], [F32_NAN]])
     assert torch.equal(s32.view(torch.int32), exp.view(torch.int32)), [hex(v) for v in s32.view(torch.int32).flatten()]
 
 
@@ -361,7 +350,7 @@ def test_mx_scale_f32_every_byte_is_two_to_the_byte_minus_127():
         else:
             assert value == 2.0 ** (byte - 127), (byte, value)
     # and bit for bit: 2^(b-127) for b >= 1 is the normal float32 with exponent field b, mantissa 0
-    exp_bits = torch.tensor([b << 23 if b != 0xFF else F32_NAN_BITS for b in bytes_], dtype=torch.int64)
+    exp_bits = torch.tensor([b << 23 if b != 0xFF else F32_NAN for b in bytes_], dtype=torch.int64)
     assert torch.equal(s32.reshape(-1).view(torch.int32).to(torch.int64) & 0xFFFFFFFF, exp_bits)
 
 

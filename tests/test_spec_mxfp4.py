@@ -15,16 +15,30 @@ import pytest
 import torch
 from oracles import (
     ALL16,
+    E2M1_GRID,
+    F32_INF,
     F32_MAX,
+    F32_NAN,
+    F32_NEG_INF,
+    F32_NEG_NAN,
+    F32_SNAN,
     NAN_BITS,
+    RECIP6,
     U8,
     assert_bytes,
-    bf16_from_bits,
+    bf16_values,
+    block,
+    ceil_log2_np,
     dn32,
+    e2m1_code_exact,
+    e2m1_codes_np,
     exact64,
+    f32_bits_of,
     f32_bits_tensor,
+    f32_from_bits,
     f32_tensor,
     fl32,
+    from_bits16,
     pack,
     u8,
     up32,
@@ -37,46 +51,6 @@ RULES = ("rceil", "floor")
 # --------------------------------------------------------------------------------------------
 # Independent helpers (exact arithmetic, no lowbit code)
 # --------------------------------------------------------------------------------------------
-
-
-def f32_from_bits(b):
-    return struct.unpack("<f", struct.pack("<I", b))[0]
-
-
-# fl32(1/6) = 0x3E2AAAAB = 11184811 * 2^-26 (asserted against the exact rounding below)
-RECIP6 = f32_from_bits(0x3E2AAAAB)
-
-MAGS = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
-
-
-def e2m1_code_exact(a):
-    """Nearest E2M1 magnitude to a >= 0 (Fraction), ties to the even code; enumerates the grid."""
-    best = None
-    for code, m in enumerate(MAGS):
-        dist = abs(Fraction(a) - Fraction(m))
-        if best is None or dist < best[0] or (dist == best[0] and code % 2 == 0):
-            best = (dist, code)
-    return best[1]
-
-
-def e2m1_codes_np(a):
-    """Vectorised: nearest grid point to a >= 0 (float64, may be inf), ties to the even code.
-
-    Decides with 2a versus (lo + hi), both exact in float64 (a is a float32 value times a power of
-    two, lo + hi is a small dyadic number)."""
-    a = np.minimum(a, 6.0)  # every a >= 6 has 6 (code 7) as its nearest grid point
-    hi = np.clip(np.searchsorted(MAGS, a, side="left"), 0, 7)
-    lo = np.maximum(hi - 1, 0)
-    twice = 2.0 * a
-    mid = MAGS[lo] + MAGS[hi]
-    tie_pick = np.where(lo % 2 == 0, lo, hi)
-    return np.where(twice < mid, lo, np.where(twice > mid, hi, tie_pick)).astype(np.uint8)
-
-
-def ceil_log2_np(d):
-    """ceil(log2 d) for positive finite float64 d, from frexp (d = m * 2^ex, 0.5 <= m < 1)."""
-    m, ex = np.frexp(d)
-    return np.where(m == 0.5, ex - 1, ex).astype(np.int64)
 
 
 def floor_log2_np(d):
@@ -122,17 +96,11 @@ def ref_values(x, rule):
     nib = np.empty(q.shape[:-1] + (q.shape[-1] * 2,), dtype=np.uint8)
     nib[..., 0::2] = q & 0xF
     nib[..., 1::2] = q >> 4
-    mag = MAGS[nib & 7] * np.where(nib & 8, -1.0, 1.0)
+    mag = E2M1_GRID[nib & 7] * np.where(nib & 8, -1.0, 1.0)
     scale = np.repeat(s.astype(np.int64), 32, axis=-1)
     with np.errstate(all="ignore"):
         out = np.ldexp(mag, scale - 127)
         return np.where(scale == 255, np.nan, out)
-
-
-def block(vals, n=32, fill=0.0):
-    vals = list(vals)
-    assert len(vals) <= n
-    return vals + [fill] * (n - len(vals))
 
 
 def quant(x, rule=None):
@@ -383,7 +351,7 @@ def test_mx_floor_bfloat16_subnormals_e_minus_127():
     neg_ks = [17, 1, 48]  # -> 9, 8, A
     bits = ks + [0x8000 | k for k in neg_ks]
     nibs = codes + [9, 8, 0xA]
-    x = bf16_from_bits([block(bits, fill=0)]).reshape(1, 32)
+    x = from_bits16([block(bits, fill=0)]).reshape(1, 32)
     qb, sb = quant(x, "floor")
     assert_bytes(sb, u8([[0x00]]), "scales")
     assert_bytes(qb, u8([pack(block(nibs, fill=0))]), "q")
@@ -553,7 +521,7 @@ def test_mx_round_every_tie_threshold_bfloat16(rule):
         codes += list(exp_codes[t])
     bits += [0x8000 | b for b in _neighbours_bf16(0.75)]  # -> 9, A, A
     codes += [9, 0xA, 0xA]
-    x = bf16_from_bits([block(bits, fill=0)])
+    x = from_bits16([block(bits, fill=0)])
     qb, sb = quant(x, rule)
     assert_bytes(sb, u8([[0x7F]]), "scales")
     assert_bytes(qb, u8([pack(block(codes, fill=0))]), "q")
@@ -591,26 +559,21 @@ def _pinned_blocks(values_bits, anchor_bits):
     return out
 
 
-def _bf16_values(bits):
-    with np.errstate(all="ignore"):  # NaN payloads widen silently
-        return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-
-
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("as_float32", [False, True])
 def test_mx_round_exhaustive_bfloat16_pinned_scale(rule, as_float32):
     # every bf16 pattern with |v| <= 6 (both signs, zeros and subnormals), anchored by 6.0 (0x40C0)
     # -> e = 0 exactly (rceil: fl32(6*fl32(1/6)) = 1; floor: floor(log2 6) - 2 = 0)
-    vals = _bf16_values(ALL16)
+    vals = bf16_values(ALL16)
     sel = ALL16[np.abs(vals) <= 6.0]  # NaN compares False -> excluded
     assert len(sel) == 2 * (0x40C0 + 1)
     blocks = _pinned_blocks(sel, 0x40C0)
-    x = bf16_from_bits(blocks)
+    x = from_bits16(blocks)
     if as_float32:
-        x = torch.from_numpy(_bf16_values(blocks).astype(np.float32))
+        x = torch.from_numpy(bf16_values(blocks).astype(np.float32))
     qb, sb = quant(x, rule)
     assert torch.all(sb == 0x7F), "pinned scale must be 0x7F (e = 0)"
-    v = _bf16_values(blocks)
+    v = bf16_values(blocks)
     nib = e2m1_codes_np(np.abs(v)) | (np.signbit(v).astype(np.uint8) << 3)
     exp = (nib[:, 0::2] | (nib[:, 1::2] << 4)).astype(np.uint8)
     assert_bytes(qb, torch.from_numpy(exp), "q")
@@ -625,12 +588,12 @@ def _sorted_patterns(vals_f64):
 def test_mx_round_exhaustive_bfloat16_sorted_blocks(rule):
     # all 65,536 bf16 patterns, sorted by magnitude into 2,048 blocks: each block's e is
     # computed independently (finite blocks: 2,040; the last 8 hold +-Inf and the 254 NaNs)
-    vals = _bf16_values(ALL16)
+    vals = bf16_values(ALL16)
     order = _sorted_patterns(vals)
     bits = ALL16[order].reshape(-1, 32)
-    x = bf16_from_bits(bits)
+    x = from_bits16(bits)
     qb, sb = quant(x, rule)
-    rq, rs = ref_mxfp4(_bf16_values(bits), rule)
+    rq, rs = ref_mxfp4(bf16_values(bits), rule)
     assert (rs == 255).sum() == 8
     assert_bytes(sb, torch.from_numpy(rs), "scales")
     assert_bytes(qb, torch.from_numpy(rq), "q")
@@ -718,7 +681,7 @@ def test_mx_sign_all_negative_zero_block(dtype):
 
 def test_mx_sign_negative_subnormal_bfloat16_in_anchored_block():
     # 0x40C0 = 6.0, 0x8001 = -2^-133, 0x0001 = +2^-133, 0x8000 = -0
-    x = bf16_from_bits([block([0x40C0, 0x8001, 0x0001, 0x8000], fill=0)])
+    x = from_bits16([block([0x40C0, 0x8001, 0x0001, 0x8000], fill=0)])
     qb, sb = quant(x, "rceil")
     assert_bytes(sb, u8([[0x7F]]), "scales")
     assert_bytes(qb, u8([[0x87, 0x80] + [0] * 14]), "q")  # 7,8 | 0,8
@@ -754,13 +717,6 @@ def test_mx_pack_shape_dtype_and_block_order():
 # [MX-NAN]
 # --------------------------------------------------------------------------------------------
 
-F32_NAN = 0x7FC00000
-F32_NEG_NAN = 0xFFC00000
-F32_SNAN = 0x7F800001
-F32_INF = 0x7F800000
-F32_NEG_INF = 0xFF800000
-
-
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("nan_bits", [F32_NAN, F32_NEG_NAN, F32_SNAN])
 def test_mx_nan_poisons_only_its_block(rule, nan_bits):
@@ -781,7 +737,7 @@ def test_mx_nan_float16_and_bfloat16(rule):
     hb = h.view(np.uint16).copy()
     hb[5] = 0xFE00  # -NaN
     xh = torch.from_numpy(hb.view(np.float16)[None].copy())
-    xb = bf16_from_bits([block([0xBF80, 0x4000, 0xFFC1], fill=0)])  # -1, 2, -NaN
+    xb = from_bits16([block([0xBF80, 0x4000, 0xFFC1], fill=0)])  # -1, 2, -NaN
     for x in (xh, xb):
         qb, sb = quant(x, rule)
         assert_bytes(sb, u8([[0xFF]]), f"{x.dtype} scales")
@@ -809,7 +765,7 @@ def test_mx_inf_bfloat16_block_and_neighbour(rule):
     # block 1: only finite: [4.0, -0.5] -> amax 4 -> e 0 -> 6, 9
     b0 = [0x7F80, 0xFF80, 0x7F7F, 0x7F00]
     b1 = [0x4080, 0xBF00]
-    x = bf16_from_bits([block(b0, fill=0) + block(b1, fill=0)])
+    x = from_bits16([block(b0, fill=0) + block(b1, fill=0)])
     qb, sb = quant(x, rule)
     assert_bytes(sb, u8([[0xFE, 0x7F]]), "scales")
     assert_bytes(qb, u8([[0xF7, 0x24] + [0] * 14 + [0x96] + [0] * 15]), "q")
@@ -960,10 +916,6 @@ def deq(q, s, dtype=None):
     if dtype is None:
         return lowbit.dequantize_mxfp4(q, s)
     return lowbit.dequantize_mxfp4(q, s, dtype=dtype)
-
-
-def f32_bits_of(t):
-    return t.contiguous().view(torch.int32)
 
 
 def test_mx_dequant_all_codes_float32():

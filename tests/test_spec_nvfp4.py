@@ -17,7 +17,6 @@ lowbit except the public functions under test.
 """
 
 import math
-import struct
 from fractions import Fraction
 
 import numpy as np
@@ -25,16 +24,30 @@ import pytest
 import torch
 from oracles import (
     ALL16,
+    E2M1_GRID,
+    F32_INF,
     F32_MAX,
+    F32_NAN,
+    F32_NEG_INF,
+    F32_NEG_NAN,
+    F32_SNAN,
     NAN_BITS,
+    RECIP6,
     U8,
     assert_bytes,
-    bf16_from_bits,
+    bf16_values,
+    bits_of_f32,
+    block,
     dn32,
+    e2m1_code_exact,
+    e2m1_codes_np,
     exact64,
+    f32_bits_of,
     f32_bits_tensor,
+    f32_from_bits,
     f32_tensor,
     fl32,
+    from_bits16,
     pack,
     u8,
     up32,
@@ -50,23 +63,8 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # --------------------------------------------------------------------------------------------
 
 
-def f32_from_bits(b):
-    return struct.unpack("<f", struct.pack("<I", b))[0]
-
-
-def bits_of_f32(v):
-    return struct.unpack("<I", struct.pack("<f", v))[0]
-
-
-# fl32(1/6) = 0x3E2AAAAB = 11184811 * 2^-26; 6 * fl32(1/6) = 1 + 2^-25
-RECIP6 = f32_from_bits(0x3E2AAAAB)
 GS_MIN = 2.0**-118  # [NV-GLOBAL-GIVEN] usable range
 GS_MAX = 2.0**118
-
-MAGS = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
-MAGS_FR = [Fraction(0), Fraction(1, 2), Fraction(1), Fraction(3, 2), Fraction(2), Fraction(3),
-           Fraction(4), Fraction(6)]
-
 
 def e4m3_value(b):
     """float8_e4m3fn byte -> Fraction (None for NaN), from the bit fields: s eeee mmm, bias 7,
@@ -107,29 +105,6 @@ def e4m3_bytes_np(t):
     lo = np.maximum(hi - 1, 0)
     twice = 2.0 * t
     mid = E4M3_POS[lo] + E4M3_POS[hi]
-    tie_pick = np.where(lo % 2 == 0, lo, hi)
-    return np.where(twice < mid, lo, np.where(twice > mid, hi, tie_pick)).astype(np.uint8)
-
-
-def e2m1_code_exact(a):
-    """Nearest E2M1 magnitude to a >= 0 (Fraction, or inf), ties to the even code (grid search)."""
-    if a == math.inf:
-        return 7
-    best = None
-    for code, m in enumerate(MAGS_FR):
-        key = (abs(Fraction(a) - m), code % 2)
-        if best is None or key < best[0]:
-            best = (key, code)
-    return best[1]
-
-
-def e2m1_codes_np(a):
-    """Vectorised nearest grid point to a >= 0 (float64, may be inf), ties to the even code."""
-    a = np.minimum(a, 6.0)
-    hi = np.clip(np.searchsorted(MAGS, a, side="left"), 0, 7)
-    lo = np.maximum(hi - 1, 0)
-    twice = 2.0 * a
-    mid = MAGS[lo] + MAGS[hi]
     tie_pick = np.where(lo % 2 == 0, lo, hi)
     return np.where(twice < mid, lo, np.where(twice > mid, hi, tie_pick)).astype(np.uint8)
 
@@ -243,7 +218,7 @@ def ref_dequant(q, sb, gs):
     nib = np.empty(q.shape[:-1] + (q.shape[-1] * 2,), dtype=np.uint8)
     nib[..., 0::2] = q & 0xF
     nib[..., 1::2] = q >> 4
-    v = MAGS[nib & 7] * np.where(nib & 8, -1.0, 1.0)
+    v = E2M1_GRID[nib & 7] * np.where(nib & 8, -1.0, 1.0)
     sf_all = np.array([np.nan if e4m3_value(b) is None else float(e4m3_value(b)) for b in range(256)])
     sf = np.repeat(sf_all[sb], 16, axis=-1)
     gs = np.asarray(gs, dtype=np.float64)
@@ -275,12 +250,6 @@ def swizzle_expected(lin):
             seen.add(off)
             flat[off] = lin[r, c]
     return flat.reshape(rp, cp)
-
-
-def block(vals, n=16, fill=0.0):
-    vals = list(vals)
-    assert len(vals) <= n
-    return vals + [fill] * (n - len(vals))
 
 
 def gs_t(v, shape=()):
@@ -334,11 +303,6 @@ def random_nv(seed, rows, k=64, dtype=torch.float32, specials=False):
     return torch.from_numpy(x.astype(np.float32)).to(dtype)
 
 
-F32_NAN = 0x7FC00000
-F32_NEG_NAN = 0xFFC00000
-F32_SNAN = 0x7F800001
-F32_INF = 0x7F800000
-F32_NEG_INF = 0xFF800000
 INF = float("inf")
 NAN = float("nan")
 
@@ -472,7 +436,7 @@ def test_nv_golden_amax_seven_saturates():
     # m = fl32(1 / fl32(288 / 256)) = fl32(8/9) = 14913081 * 2^-24
     # 7m = 6.22 -> 7 (saturates); -7 -> F; 3.5m = 3.11 -> 5; 1m = 0.889 -> 2;
     # 0.5625m = 0.5 + 2^-28 -> fl32 0.5 -> 1
-    x = f32_tensor([block([7.0, -7.0, 3.5, 1.0, 0.5625])])
+    x = f32_tensor([block([7.0, -7.0, 3.5, 1.0, 0.5625], 16)])
     qb, sb, _ = quant(x, gs_t(256.0))
     assert_bytes(sb, u8([[0x79]]), "scales")
     assert_bytes(qb, u8([[0xF7, 0x25, 0x01] + [0] * 5]), "q")
@@ -486,7 +450,7 @@ def test_nv_golden_e4m3_scale_ties_to_even():
     #   t = 304, halfway 288 (0x79) / 320 (0x7A, even) -> 0x7A;
     #   m = fl32(1 / fl32(320/256)) = fl32(0.8) = 13421773 * 2^-24
     #   7.125m = 5.7 -> 7; 3.125m = 2.5 + 5 * 2^-27 -> fl32 2.5 -> 4 (tie); 1.0m = 0.8 -> 2
-    x = f32_tensor([block([6.375, 2.5, 5.5]), block([7.125, 3.125, 1.0])])
+    x = f32_tensor([block([6.375, 2.5, 5.5], 16), block([7.125, 3.125, 1.0], 16)])
     qb, sb, _ = quant(x, gs_t(256.0))
     assert_bytes(sb, u8([[0x78], [0x7A]]), "scales")
     assert_bytes(qb, u8([[0x47, 0x07] + [0] * 6, [0x47, 0x02] + [0] * 6]), "q")
@@ -501,13 +465,13 @@ def seed_style_reference(y):
     """The 'common PyTorch reference' of [NV-PEERS], written here: round |y|*2 to an integer
     (torch.round, half to even), map it through a table of the largest grid value <= i/2."""
     i = torch.round(y.abs() * 2).clamp(max=12).long()
-    table = torch.tensor([max(m for m in MAGS.tolist() if m <= k / 2) for k in range(13)])
+    table = torch.tensor([max(m for m in E2M1_GRID.tolist() if m <= k / 2) for k in range(13)])
     return table[i] * torch.where(y < 0, -1.0, 1.0)
 
 
 def test_nv_peers_seed_style_table_reference_differs_above_two():
     # gs 256 with the anchor 6 -> m = 1 ([NV-GOLDEN]), so y = x
-    x = f32_tensor([block([6.0, 2.6, 3.6, 5.2, -2.6])])
+    x = f32_tensor([block([6.0, 2.6, 3.6, 5.2, -2.6], 16)])
     seed = seed_style_reference(x[0, :5])
     # 2.6*2 = 5.2 -> 5 -> table[5] = 2.0 ; 3.6*2 = 7.2 -> 7 -> 3.0 ; 5.2*2 = 10.4 -> 10 -> 4.0
     assert seed.tolist() == [6.0, 2.0, 3.0, 4.0, -2.0]
@@ -539,7 +503,7 @@ def test_nv_peers_zero_and_inf_inputs_are_defined():
     assert_bytes(qb, torch.zeros(2, 16, dtype=U8), "zero q")
     out = lowbit.dequantize_nvfp4(qb, sb, g, dtype=torch.float32)
     assert torch.equal(out, torch.zeros(2, 32))
-    qb, sb, g = quant(f32_tensor([block([INF, -INF, 6.0])]))
+    qb, sb, g = quant(f32_tensor([block([INF, -INF, 6.0], 16)]))
     assert g.item() == 448.0  # the Inf is left out of the global amax
     assert_bytes(sb, u8([[0x7E]]), "inf scales")
 
@@ -565,7 +529,7 @@ def test_nv_global_all_zero_tensor_gets_2_pow_118(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nv_global_ignores_nan_and_inf(dtype):
     # finite amax = 3 -> gs = 2688/3 = 896 exactly
-    x = f32_tensor([block([NAN, INF, -INF, 3.0, -2.0]) + block([1.0, -0.5])]).to(dtype)
+    x = f32_tensor([block([NAN, INF, -INF, 3.0, -2.0], 16) + block([1.0, -0.5], 16)]).to(dtype)
     qb, sb, g = quant(x)
     assert g.item() == 896.0
     assert lowbit.nvfp4_global_scale(x).item() == 896.0
@@ -587,7 +551,7 @@ def test_nv_global_value_is_fl32_of_2688_over_amax():
         # -> rounds up: (1.3125 + 2^-23) * 2^-117 = 11010049 * 2^-140, a normal float32
     ]
     for amax, bits in cases:
-        x = f32_tensor([block([0.5, -amax, 0.25])])
+        x = f32_tensor([block([0.5, -amax, 0.25], 16)])
         g = lowbit.nvfp4_global_scale(x)
         assert g.dtype == torch.float32 and g.shape == ()
         assert g.view(torch.int32).item() == bits, (amax, hex(g.view(torch.int32).item()))
@@ -595,10 +559,10 @@ def test_nv_global_value_is_fl32_of_2688_over_amax():
         _, _, g2 = quant(x)
         assert torch.equal(g2.view(torch.int32), g.view(torch.int32))
     # 0.1 (float32 13421773 * 2^-27): checked against the Fraction formulation
-    x = f32_tensor([block([0.1])])
+    x = f32_tensor([block([0.1], 16)])
     assert lowbit.nvfp4_global_scale(x).item() == exact_global_scale([f32_from_bits(0x3DCCCCCD)])
     # bf16 max (2 - 2^-7) * 2^127 converts exactly first
-    xb = bf16_from_bits([block([0x7F7F, 0x3F80], fill=0)])
+    xb = from_bits16([block([0x7F7F, 0x3F80], 16, fill=0)])
     assert lowbit.nvfp4_global_scale(xb).item() == exact_global_scale([f32_from_bits(0x7F7F0000)])
 
 
@@ -607,7 +571,7 @@ def test_nv_global_tiny_amax_clamps_to_2_pow_118():
     # fl32(2^118 / (1 + 2^-23/1.3125)) = 2^118 - 1.52 * 2^94 -> 2^118 - 2 * 2^94 (two ulps down)
     edge = 21 * 2.0**-111
     amaxes = [0.0, 2.0**-149, 2.0**-126, 2.0**-120, dn32(edge), edge, up32(edge), 2.0**-100]
-    x = f32_tensor([block([a, -a / 2]) for a in amaxes])
+    x = f32_tensor([block([a, -a / 2], 16) for a in amaxes])
     g = lowbit.nvfp4_global_scale(x, per_row=True)
     assert g.shape == (8,)
     want = [2.0**118] * 6 + [dn32(dn32(2.0**118)), exact_global_scale([2.0**-100])]
@@ -621,12 +585,12 @@ def test_nv_global_tiny_amax_clamps_to_2_pow_118():
 
 def test_nv_global_per_row():
     rows = [
-        block([6.0, 1.0]) + block([3.0]),  # 448
-        block([7.0]) + block([-1.0]),  # 384
+        block([6.0, 1.0], 16) + block([3.0], 16),  # 448
+        block([7.0], 16) + block([-1.0], 16),  # 384
         [0.0] * 32,  # 2^118
-        block([NAN, INF]) + block([-INF]),  # nothing finite but zeros -> 2^118
-        block([NAN, 5.0]) + block([1.0]),  # 537.6
-        block([-2688.0, 0.5]) + block([INF]),  # 1
+        block([NAN, INF], 16) + block([-INF], 16),  # nothing finite but zeros -> 2^118
+        block([NAN, 5.0], 16) + block([1.0], 16),  # 537.6
+        block([-2688.0, 0.5], 16) + block([INF], 16),  # 1
     ]
     x = f32_tensor(rows).reshape(2, 3, 32)
     qb, sb, g = quant(x, per_row=True)
@@ -670,7 +634,7 @@ UNUSABLE = [0.0, -0.0, -1.0, -256.0, NAN, f32_from_bits(F32_NEG_NAN), INF, -INF,
 @pytest.mark.parametrize("bad", UNUSABLE, ids=[f"{bits_of_f32(v):08x}" for v in UNUSABLE])
 def test_nv_global_given_unusable_value_poisons_every_block(bad):
     # blocks: zeros, a normal block, a NaN block, an Inf block -> all 0x7F, nibbles 0x7
-    rows = [[0.0] * 16 + GOLD6, block([NAN, 1.0]) + block([INF, 2.0])]
+    rows = [[0.0] * 16 + GOLD6, block([NAN, 1.0], 16) + block([INF, 2.0], 16)]
     x = f32_tensor(rows)
     for shape in ((), (1,), (2,)):
         gs = torch.full(shape, bad, dtype=torch.float32)
@@ -702,22 +666,22 @@ def test_nv_global_given_extremes_are_usable():
     # gs = 2^118: amax 6 * 2^-120 -> d = 2^-120, t = 2^-2 -> 0x28 (exponent field 5);
     #   m = fl32(1 / fl32(2^-2 * 2^-118)) = 2^120 -> y = 6, 3, 1, -6 -> 7, 5, 2, F
     a = 2.0**-120
-    qb, sb, _ = quant(f32_tensor([block([6 * a, 3 * a, a, -6 * a])]), gs_t(2.0**118))
+    qb, sb, _ = quant(f32_tensor([block([6 * a, 3 * a, a, -6 * a], 16)]), gs_t(2.0**118))
     assert_bytes(sb, u8([[0x28]]), "2^118 scales")
     assert_bytes(qb, u8([[0x57, 0xF2] + [0] * 6]), "2^118 q")
     # gs = 2^118 with amax 1: t = 2^118 / 6 -> saturates to 448 (0x7E); m = fl32(2^112 / 7)
     # -> 1 and 0.5 both saturate to 6
-    qb, sb, _ = quant(f32_tensor([block([1.0, 0.5])]), gs_t(2.0**118))
+    qb, sb, _ = quant(f32_tensor([block([1.0, 0.5], 16)]), gs_t(2.0**118))
     assert_bytes(sb, u8([[0x7E]]), "2^118 big scales")
     assert_bytes(qb, u8([[0x77] + [0] * 7]), "2^118 big q")
     # gs = 2^-118: amax 6 * 2^120 -> d = 2^120, t = 2^2 -> 0x48 (exponent field 9);
     #   m = fl32(1 / fl32(4 * 2^118)) = 2^-120 -> 7, 5, 2, F
     b = 2.0**120
-    qb, sb, _ = quant(f32_tensor([block([6 * b, 3 * b, b, -6 * b])]), gs_t(2.0**-118))
+    qb, sb, _ = quant(f32_tensor([block([6 * b, 3 * b, b, -6 * b], 16)]), gs_t(2.0**-118))
     assert_bytes(sb, u8([[0x48]]), "2^-118 scales")
     assert_bytes(qb, u8([[0x57, 0xF2] + [0] * 6]), "2^-118 q")
     # gs = 2^-118 with amax 1: t = fl32(2^-118 * fl32(1/6)) ~ 2^-120.6 -> E4M3 0 -> m = 0
-    qb, sb, _ = quant(f32_tensor([block([1.0, -1.0, 0.5])]), gs_t(2.0**-118))
+    qb, sb, _ = quant(f32_tensor([block([1.0, -1.0, 0.5], 16)]), gs_t(2.0**-118))
     assert_bytes(sb, u8([[0x00]]), "2^-118 small scales")
     assert_bytes(qb, u8([[0x80, 0x00] + [0] * 6]), "2^-118 small q")
 
@@ -785,7 +749,7 @@ def test_nv_amax_is_per_block():
 def test_nv_amax_negative_inf_block_is_plus_inf():
     # amax = +inf (from -inf) -> SF 448 (0x7E); m = fl32(1 / fl32(448/256)) = fl32(4/7)
     # -inf -> F; 6 * fl32(4/7) = 3.43 -> 5
-    x = f32_bits_tensor([block([F32_NEG_INF, 0x40C00000], fill=0)])
+    x = f32_bits_tensor([block([F32_NEG_INF, 0x40C00000], 16, fill=0)])
     qb, sb, _ = quant(x, gs_t(256.0))
     assert_bytes(sb, u8([[0x7E]]), "scales")
     assert_bytes(qb, u8([[0x5F] + [0] * 7]), "q")
@@ -806,7 +770,7 @@ def test_nv_scale_two_float32_products_not_a_division():
     assert e4m3_byte_exhaustive(Fraction(25, 8)) == 0x44
     # m = fl32(1 / fl32(3.25 * fl32(1/6))) = fl32(2^24 / 9087659) = 1.846: 3.125 -> 5.77 -> 7,
     # 1 -> 1.85 -> 4
-    x = f32_tensor([block([3.125, 1.0])])
+    x = f32_tensor([block([3.125, 1.0], 16)])
     qb, sb, _ = quant(x, gs_t(6.0))
     assert_bytes(sb, u8([[0x45]]), "scales")
     assert_bytes(qb, u8([[0x47] + [0] * 7]), "q")
@@ -821,7 +785,7 @@ def test_nv_scale_every_e4m3_value(shift):
     rows = []
     for b in range(0x7F):
         s = float(e4m3_value(b)) * 2.0**-shift
-        rows.append(block([6 * s, 3 * s, -1.5 * s]))
+        rows.append(block([6 * s, 3 * s, -1.5 * s], 16))
     x = f32_tensor(rows)
     qb, sb, _ = quant(x, gs_t(2.0**shift))
     assert_bytes(sb, torch.arange(0x7F, dtype=U8).reshape(-1, 1), "scales")
@@ -832,15 +796,15 @@ def test_nv_scale_every_e4m3_value(shift):
 def test_nv_scale_subnormal_and_zero_ties_to_even():
     rows = [
         # t = 2^-10, halfway 0 / 2^-9 -> 0x00 -> m = 0 -> 0, 8
-        block([6 * 2.0**-10, -3 * 2.0**-10]),
+        block([6 * 2.0**-10, -3 * 2.0**-10], 16),
         # t = 1.5 * 2^-9, halfway 0x01 / 0x02 -> 0x02 (2^-8), m = 256: 4.5 -> 6, -1.5 -> B
-        block([9 * 2.0**-9, -3 * 2.0**-9]),
+        block([9 * 2.0**-9, -3 * 2.0**-9], 16),
         # t = 7.5 * 2^-9, halfway 0x07 / 0x08 (2^-6) -> 0x08, m = 64: 5.625 -> 7, 0.25 -> 0
-        block([45 * 2.0**-9, 2.0**-8]),
+        block([45 * 2.0**-9, 2.0**-8], 16),
         # t = 2^-10 + ulp -> above the tie -> 0x01 (2^-9), m = 512: 3(1 + 2^-23) -> 5, 0.5 -> 1
-        block([6 * up32(2.0**-10), 2.0**-10]),
+        block([6 * up32(2.0**-10), 2.0**-10], 16),
         # t = 1.0625 * 2^-6, halfway 0x08 / 0x09 -> 0x08, m = 64: 6.375 -> 7, 0.5 -> 1
-        block([6.375 * 2.0**-6, 2.0**-7]),
+        block([6.375 * 2.0**-6, 2.0**-7], 16),
     ]
     qb, sb, _ = quant(f32_tensor(rows), gs_t(1.0))
     assert_bytes(sb, u8([[0x00], [0x02], [0x08], [0x01], [0x08]]), "scales")
@@ -853,8 +817,8 @@ def test_nv_scale_saturates_at_448():
     # m = fl32(1 / 448) = 9586981 * 2^-32: anchor -> >= 6 -> 7; 448 m = 1 + 3 * 2^-26 -> 1 -> 2
     # row 4: gs 2^118, amax F32_MAX -> t = +inf (float32 overflow) -> 0x7E;
     # m = fl32(2^118 / 448) = 9586981 * 2^86: F32_MAX m -> inf -> 7; 7 * 2^-112 m -> 1 -> 2
-    x = f32_tensor([block([2688.0, 448.0]), block([2784.0, 448.0]), block([2880.0, 448.0]),
-                    block([1e6, 448.0]), block([F32_MAX, 7 * 2.0**-112])])
+    x = f32_tensor([block([2688.0, 448.0], 16), block([2784.0, 448.0], 16), block([2880.0, 448.0], 16),
+                    block([1e6, 448.0], 16), block([F32_MAX, 7 * 2.0**-112], 16)])
     gs = f32_tensor([1.0, 1.0, 1.0, 1.0, 2.0**118])
     qb, sb, _ = quant(x, gs, per_row=True)
     assert_bytes(sb, torch.full((5, 1), 0x7E, dtype=U8), "scales")
@@ -891,7 +855,7 @@ def test_nv_multiplier_reciprocal_of_the_rounded_product():
     # (with fl32(gs / SF): 0.15625 -> exactly 0.75 -> 2, and 0.52083 -> 2.5 + 2^-22 -> 5)
     ms = fl32(1 / fl32(Fraction(5, 8) * fl32(Fraction(1, 3))))
     assert ms == Fraction(10066329, 2**21) and fl32(Fraction(3) / Fraction(5, 8)) == ms + 2**-21
-    x = f32_tensor([block([1.25, 0.15625, -0.15625, 4369067 * 2.0**-23])])
+    x = f32_tensor([block([1.25, 0.15625, -0.15625, 4369067 * 2.0**-23], 16)])
     qb, sb, _ = quant(x, gs_t(3.0))
     assert_bytes(sb, u8([[0x32]]), "scales")
     assert_bytes(qb, u8([[0x17, 0x49] + [0] * 6]), "q")
@@ -900,8 +864,8 @@ def test_nv_multiplier_reciprocal_of_the_rounded_product():
 def test_nv_multiplier_is_zero_when_the_scale_is_zero():
     # gs 1, amax 6 * 2^-10 -> t = 2^-10 -> SF 0 -> m = 0: every element -> +-0 -> 0 / 8
     # gs 2^-118, amax 1 -> t ~ 2^-120.6 -> SF 0 -> m = 0
-    x = f32_tensor([block([6 * 2.0**-10, -(2.0**-12), 2.0**-11, -0.0, 0.0, -6 * 2.0**-10]),
-                    block([1.0, -1.0, 0.5])])
+    x = f32_tensor([block([6 * 2.0**-10, -(2.0**-12), 2.0**-11, -0.0, 0.0, -6 * 2.0**-10], 16),
+                    block([1.0, -1.0, 0.5], 16)])
     qb, sb, _ = quant(x, f32_tensor([1.0, 2.0**-118]), per_row=True)
     assert_bytes(sb, u8([[0x00], [0x00]]), "scales")
     assert_bytes(qb, u8([[0x80, 0x80, 0x80] + [0] * 5, [0x80, 0x00] + [0] * 6]), "q")
@@ -923,7 +887,7 @@ def test_nv_multiplier_every_scale_byte_near_every_threshold():
             for t in (0.75, 1.75, 3.5, 5.0, 0.25, 1.25, 2.5):
                 c = float(fl32(Fraction(t) / m))
                 vals += [dn32(c), up32(c)] if len(vals) < 15 else [c]
-            rows.append(block(vals[:16]))
+            rows.append(block(vals[:16], 16))
             gss.append(gs)
     x = f32_tensor(rows)
     check_against_ref(x, f32_tensor(gss), "thresholds", per_row=True)
@@ -938,7 +902,7 @@ def test_nv_element_rounds_the_float32_product_first():
     # gs 256, amax 7.125 -> SF 320 (0x7A), m = fl32(0.8) = 13421773 * 2^-24 ([NV-GOLDEN])
     # 3.125 m = 335544325 * 2^-27 = 2.5 + 5 * 2^-27 (exact) -> fl32 = 2.5 -> tie -> 4 (not 5);
     # -3.125 -> C; 1.0 m = 0.8 -> 2; 7.125 -> 5.7 -> 7
-    x = f32_tensor([block([7.125, 3.125, -3.125, 1.0])])
+    x = f32_tensor([block([7.125, 3.125, -3.125, 1.0], 16)])
     qb, sb, _ = quant(x, gs_t(256.0))
     assert_bytes(sb, u8([[0x7A]]), "scales")
     assert_bytes(qb, u8([[0x47, 0x2C] + [0] * 6]), "q")
@@ -948,7 +912,7 @@ def test_nv_element_sign_of_zero_and_underflow():
     # m = 1 (anchor 6, gs 256): -0 -> 8, -0.1 -> 8, -0.25 -> 8 (tie to 0), -(0.25 - ulp) -> 8,
     # -0.5 -> 9, -6 -> F, -(0.25 + ulp) -> 9, -2^-149 -> 8
     vals = [6.0, -0.0, -0.1, -0.25, -dn32(0.25), 0.0, -0.5, -6.0, -up32(0.25), -(2.0**-149)]
-    x = f32_tensor([block(vals)])
+    x = f32_tensor([block(vals, 16)])
     qb, sb, _ = quant(x, gs_t(256.0))
     assert_bytes(sb, u8([[0x78]]), "scales")
     assert_bytes(qb, u8([[0x87, 0x88, 0x08, 0xF9, 0x89] + [0] * 3]), "q")
@@ -976,11 +940,6 @@ def test_nv_element_every_tie_threshold_float32(k):
     assert_bytes(qb, u8([q, [b | 0x88 for b in q]]), "q")
 
 
-def _bf16_values(bits):
-    with np.errstate(all="ignore"):
-        return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-
-
 def _pinned_rows(values_bits, anchor_bits):
     """15 patterns + the anchor per block of 16, the anchor at position (row % 16)."""
     per = 15
@@ -1006,17 +965,17 @@ def _expected_q(v):
 def test_nv_element_exhaustive_bfloat16_pinned_anchor_six(given, as_float32):
     # every bf16 pattern with |v| <= 6 (both signs, zeros, subnormals), each block anchored by
     # 6.0 (0x40C0): gs 256 -> SF 0x78, m = 1; computed gs = 448 -> SF 0x7E, m = 1 ([NV-GOLDEN])
-    vals = _bf16_values(ALL16)
+    vals = bf16_values(ALL16)
     sel = ALL16[np.abs(vals) <= 6.0]  # NaN compares False -> excluded
     assert len(sel) == 2 * (0x40C0 + 1)
     rows = _pinned_rows(sel, 0x40C0)
-    x = bf16_from_bits(rows)
+    x = from_bits16(rows)
     if as_float32:
-        x = torch.from_numpy(_bf16_values(rows).astype(np.float32))
+        x = torch.from_numpy(bf16_values(rows).astype(np.float32))
     qb, sb, g = quant(x, gs_t(256.0) if given else None)
     assert g.item() == (256.0 if given else 448.0)
     assert torch.all(sb == (0x78 if given else 0x7E)), "pinned scale"
-    assert_bytes(qb, _expected_q(_bf16_values(rows)), "q")
+    assert_bytes(qb, _expected_q(bf16_values(rows)), "q")
 
 
 def test_nv_element_exhaustive_bfloat16_pinned_per_row_shifts():
@@ -1024,7 +983,7 @@ def test_nv_element_exhaustive_bfloat16_pinned_per_row_shifts():
     # by 6 * 2^k with the row's given gs = 2^(8 - k): SF 0x78 and m = 2^-k exactly, so y = v 2^-k.
     # k = k0 + j for j = 0..4, k0 the least k >= -110 with |v| <= 6 * 2^k: y covers (3, 6],
     # (1.5, 3], ... (0.1875, 0.375] for each pattern, so every threshold is crossed
-    vals = _bf16_values(ALL16)
+    vals = bf16_values(ALL16)
     keep = np.isfinite(vals) & (np.abs(vals) <= 1.5 * 2.0**127)
     bits, v = ALL16[keep], vals[keep]
     mant, ex = np.frexp(np.abs(v) / 6.0)  # |v|/6 = mant * 2^ex; exact powers of two: mant = .5
@@ -1044,11 +1003,11 @@ def test_nv_element_exhaustive_bfloat16_pinned_per_row_shifts():
     rows = np.concatenate(all_rows)
     ks = np.concatenate(all_k)
     assert len(rows) > 20000
-    x = bf16_from_bits(rows)
+    x = from_bits16(rows)
     gs = torch.from_numpy(np.ldexp(1.0, 8 - ks).astype(np.float32))
     qb, sb, _ = quant(x, gs, per_row=True)
     assert torch.all(sb == 0x78), "pinned scale"
-    assert_bytes(qb, _expected_q(np.ldexp(_bf16_values(rows), -ks[:, None])), "q")
+    assert_bytes(qb, _expected_q(np.ldexp(bf16_values(rows), -ks[:, None])), "q")
 
 
 def _interleave(chunks, stride, per=8):
@@ -1066,16 +1025,16 @@ def _interleave(chunks, stride, per=8):
 def test_nv_element_exhaustive_bfloat16_sorted_blocks():
     # all 65,536 bf16 patterns sorted by magnitude into 4,096 blocks (the last 16 hold +-Inf and
     # the 254 NaNs), each block's SF, m and codes computed by the oracle
-    vals = _bf16_values(ALL16)
+    vals = bf16_values(ALL16)
     chunks = ALL16[np.argsort(np.abs(vals), kind="stable")].reshape(-1, 16)
     # (a) one block per row, gs per row: SF near 448 for every amax, gs clamps for tiny rows
-    x = bf16_from_bits(chunks)
+    x = from_bits16(chunks)
     qb, sb, _ = check_against_ref(x, per_row=True, what="one block per row")
     assert (sb == 0x7F).sum() == 16
     # (b) per tensor: gs = fl32(2688 / bf16 max)
     check_against_ref(x.reshape(256, 256), what="per tensor")
     # (c) rows of 8 blocks 2 binades apart, gs per row: SF over the whole E4M3 range
-    xi = bf16_from_bits(_interleave(chunks, 32))
+    xi = from_bits16(_interleave(chunks, 32))
     qb, sb, _ = check_against_ref(xi, per_row=True, what="interleaved")
     assert len(set(sb.reshape(-1).tolist())) > 90  # 96 distinct scale bytes
     # (d) the same as float32 input
@@ -1100,7 +1059,7 @@ def test_nv_element_exhaustive_float16_sorted_blocks():
 
 def test_nv_pack_even_element_in_low_nibble():
     # m = 1: codes [2, 1, 7, 0, 0, 3] -> bytes 0x12, 0x07, 0x30 (swapped: 0x21, 0x70, 0x03)
-    x = f32_tensor([block([1.0, 0.5, 6.0, 0.0, 0.0, 1.5])])
+    x = f32_tensor([block([1.0, 0.5, 6.0, 0.0, 0.0, 1.5], 16)])
     qb, sb, _ = quant(x, gs_t(256.0))
     assert_bytes(sb, u8([[0x78]]), "scales")
     assert_bytes(qb, u8([[0x12, 0x07, 0x30] + [0] * 5]), "q")
@@ -1111,7 +1070,7 @@ def test_nv_pack_shape_dtype_and_block_order():
     # block 1: amax 3 -> d = 0.5, t = 128 -> 0x70, m = 2: 0.5 -> 1 -> 2, 3 -> 6 -> 7 -> 0x72
     # block 2: amax 4 -> d = 11184811 * 2^-24, t = 170.67 -> E4M3 160 / 176 -> 176 (0x73),
     #   m = fl32(256/176 via 1/fl32(0.6875)) = 1.4545: -4 -> -5.82 -> F, last (odd) -> 0xF0
-    row = block([6.0, 1.0]) + block([0.5, 3.0]) + block([0.0] * 15 + [-4.0])
+    row = block([6.0, 1.0], 16) + block([0.5, 3.0], 16) + block([0.0] * 15 + [-4.0], 16)
     q, s, g = lowbit.quantize_nvfp4(f32_tensor([row]), gs_t(256.0))
     assert q.dtype == torch.float4_e2m1fn_x2 and tuple(q.shape) == (1, 24)
     assert s.dtype == torch.float8_e4m3fn and tuple(s.shape) == (1, 3)
@@ -1131,7 +1090,7 @@ def test_nv_nan_poisons_only_its_block(nan_bits):
           0xC0C00000]  # NaN, 1, -1, 6, -inf, inf, -0, -6
     b1 = [0x40C00000, 0xC0400000]  # 6, -3
     b2 = [0x3F800000] * 15 + [nan_bits]  # NaN in the last position
-    x = f32_bits_tensor([block(b0, fill=0) + block(b1, fill=0) + block(b2, fill=0)])
+    x = f32_bits_tensor([block(b0, 16, fill=0) + block(b1, 16, fill=0) + block(b2, 16, fill=0)])
     exp_q = u8([[0x77] * 8 + [0xD7] + [0] * 7 + [0x77] * 8])  # 6 -> 7, -3 -> D
     qb, sb, _ = quant(x, gs_t(256.0))
     assert_bytes(sb, u8([[0x7F, 0x78, 0x7F]]), "scales")
@@ -1144,12 +1103,12 @@ def test_nv_nan_poisons_only_its_block(nan_bits):
 
 
 def test_nv_nan_float16_and_bfloat16():
-    h = np.array(block([np.float16(-1.0), np.float16(2.0)], fill=np.float16(0)), dtype=np.float16)
+    h = np.array(block([np.float16(-1.0), np.float16(2.0)], 16, fill=np.float16(0)), dtype=np.float16)
     hb = h.view(np.uint16).copy()
     hb[5] = 0xFE00  # -NaN
     xh = torch.from_numpy(np.concatenate([hb, hb]).view(np.float16)[None].copy())
     xh[0, 16:] = 1.0
-    xb = bf16_from_bits([block([0xBF80, 0x4000, 0xFFC1], fill=0) + [0x3F80] * 16])
+    xb = from_bits16([block([0xBF80, 0x4000, 0xFFC1], 16, fill=0) + [0x3F80] * 16])
     for x in (xh, xb):
         # the finite 2.0 in the NaN block still counts for the global amax: gs = 2688/2 = 1344
         # block 1 all ones: t = fl32(1344 * 11184811 * 2^-26) = fl32(224 + 7 * 2^-20) = 224
@@ -1180,7 +1139,7 @@ def test_nv_inf_block_scale_448_and_saturated_elements():
     # m = fl32(1 / fl32(448/256)) = fl32(4/7) = 9586981 * 2^-24
     # inf -> 7, -inf -> F; 4.375 m = 2.5 + 15 * 2^-27 -> fl32 2.5 -> 4 (tie);
     # 1.75 m = 1 + 3 * 2^-26 -> 1 -> 2; -0 -> 8; 1000 m = 571 -> 7
-    x = f32_tensor([block([INF, -INF, 4.375, 1.75, -0.0, 1000.0])])
+    x = f32_tensor([block([INF, -INF, 4.375, 1.75, -0.0, 1000.0], 16)])
     qb, sb, _ = quant(x, gs_t(256.0))
     assert_bytes(sb, u8([[0x7E]]), "scales")
     assert_bytes(qb, u8([[0xF7, 0x24, 0x78] + [0] * 5]), "q")
@@ -1191,7 +1150,7 @@ def test_nv_inf_global_amax_ignores_inf():
     # block 0 (Inf): SF 448, 448 * fl32(1/896) = 0.5 + 3 * 2^-27 -> 0.5 -> m = 2:
     #   inf -> 7, 3 -> 6 -> 7, 1.25 -> 2.5 -> 4, -1.5 -> -3 -> D
     # block 1: amax 3 -> d = 0.5, t = 448 -> 0x7E, m = 2: 3 -> 7, 0.75 -> 1.5 -> 3
-    x = f32_tensor([block([INF, 3.0, 1.25, -1.5]) + block([3.0, 0.75])])
+    x = f32_tensor([block([INF, 3.0, 1.25, -1.5], 16) + block([3.0, 0.75], 16)])
     qb, sb, g = quant(x)
     assert g.item() == 896.0
     assert_bytes(sb, u8([[0x7E, 0x7E]]), "scales")
@@ -1200,8 +1159,8 @@ def test_nv_inf_global_amax_ignores_inf():
 
 def test_nv_inf_float16_and_bfloat16():
     # gs 256, m = fl32(4/7) as above: inf -> 7, 1.75 -> 2, -inf -> F, -0 -> 8
-    xh = torch.from_numpy(np.array([block([np.inf, 1.75, -np.inf, -0.0])], dtype=np.float16))
-    xb = bf16_from_bits([block([0x7F80, 0x3FE0, 0xFF80, 0x8000], fill=0)])
+    xh = torch.from_numpy(np.array([block([np.inf, 1.75, -np.inf, -0.0], 16)], dtype=np.float16))
+    xb = from_bits16([block([0x7F80, 0x3FE0, 0xFF80, 0x8000], 16, fill=0)])
     for x in (xh, xb):
         qb, sb, _ = quant(x, gs_t(256.0))
         assert_bytes(sb, u8([[0x7E]]), f"{x.dtype} scales")
@@ -1447,7 +1406,7 @@ def test_nv_input_empty(shape, qshape, sshape):
 
 
 def test_nv_input_one_dimensional():
-    x = f32_tensor(GOLD6 + block([3.0]))
+    x = f32_tensor(GOLD6 + block([3.0], 16))
     q, s, g = lowbit.quantize_nvfp4(x, gs_t(256.0))
     assert tuple(q.shape) == (16,) and tuple(s.shape) == (2,)
     # block 1: amax 3 -> d = 0.5, t = 128 (0x70), m = 2: 3 -> 6 -> 7
@@ -1482,10 +1441,6 @@ def test_nv_input_rejects_unknown_scale_layout():
 ALL_NIBBLES = [0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE]  # codes 0..15 in order
 NIBBLE_VALUES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0,
                  -6.0]
-
-
-def f32_bits_of(t):
-    return t.contiguous().view(torch.int32)
 
 
 def test_nv_dequant_hand_picked_bytes():

@@ -6,25 +6,16 @@ import numpy as np
 import pytest
 import torch
 from lowbit.backends.cpu import fp8_group_packed as reference
+from oracles import E4M3_POS
 
 import lowbit
 
 
-def e4m3_grid() -> np.ndarray:
-    """The 127 non-negative finite E4M3FN values in code order 0x00..0x7E (0x7F is NaN)."""
-    codes = np.arange(127)
-    exp, man = codes >> 3, codes & 7
-    return np.where(exp == 0, man / 8 * 2.0**-6, (1 + man / 8) * 2.0 ** (exp - 7))
-
-
-GRID = e4m3_grid()
-
-
 def e4m3_bytes(v: np.ndarray) -> np.ndarray:
     a = np.minimum(np.abs(v), 448.0)
-    hi = np.clip(np.searchsorted(GRID, a), 1, len(GRID) - 1)
+    hi = np.clip(np.searchsorted(E4M3_POS, a), 1, len(E4M3_POS) - 1)
     lo = hi - 1
-    d_lo, d_hi = a - GRID[lo], GRID[hi] - a
+    d_lo, d_hi = a - E4M3_POS[lo], E4M3_POS[hi] - a
     code = np.where(d_lo < d_hi, lo, np.where(d_hi < d_lo, hi, np.where(lo % 2 == 0, lo, hi)))
     code = np.where(a >= 448.0, 126, code)
     return np.where(np.isnan(v), 0x7F, np.where(np.signbit(v), code | 0x80, code)).astype(np.uint8)

@@ -6,19 +6,9 @@ import numpy as np
 import pytest
 import torch
 from lowbit.backends.cpu import mxfp4 as reference
+from oracles import E2M1_GRID, nearest_even_e2m1_code
 
 import lowbit
-
-E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
-
-
-def nearest_even_code(a: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Index of the grid value nearest to each a >= 0 (ties to the even index); beyond the grid: last."""
-    hi = np.clip(np.searchsorted(grid, a), 1, len(grid) - 1)
-    lo = hi - 1
-    d_lo, d_hi = a - grid[lo], grid[hi] - a
-    code = np.where(d_lo < d_hi, lo, np.where(d_hi < d_lo, hi, np.where(lo % 2 == 0, lo, hi)))
-    return np.where(a >= grid[-1], len(grid) - 1, code)
 
 
 def expected_mxfp4(x: torch.Tensor, rule: str) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +26,7 @@ def expected_mxfp4(x: torch.Tensor, rule: str) -> tuple[np.ndarray, np.ndarray]:
         e = np.clip(e, -127, 127)
         e = np.where(np.isinf(amax), 127, e)
         y = np.abs(v) * np.exp2(-e.astype(np.float64))[..., None]  # exact in float64
-    code = nearest_even_code(np.where(np.isnan(y), 0, y), E2M1)
+    code = nearest_even_e2m1_code(np.where(np.isnan(y), 0, y))
     nibble = np.where(np.signbit(v), code | 8, code)
     nibble = np.where(nan.any(-1, keepdims=True), 7, nibble).reshape(x.shape).astype(np.uint8)
     scale = np.where(nan.any(-1), 255, e + 127).reshape(*x.shape[:-1], -1).astype(np.uint8)
@@ -72,7 +62,7 @@ def test_strided_last_dim_is_taken(spicy):
 def test_dequantize_inverts_exactly_representable_values():
     codes = torch.randint(0, 16, (8, 64), generator=torch.Generator().manual_seed(5))
     exps = torch.randint(-20, 20, (8, 2), generator=torch.Generator().manual_seed(6))
-    values = torch.tensor(E2M1)[codes & 7] * torch.where(codes >= 8, -1.0, 1.0)
+    values = torch.tensor(E2M1_GRID)[codes & 7] * torch.where(codes >= 8, -1.0, 1.0)
     x = (values.reshape(8, 2, 32) * torch.exp2(exps.double()).unsqueeze(-1) * 4).reshape(8, 64)
     # max |value| per block is <= 6 * 2^exp * 4; rceil picks e = exp + 2 when a block holds a 6
     q, s = lowbit.quantize_mxfp4(x.float())

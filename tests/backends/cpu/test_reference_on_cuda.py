@@ -3,23 +3,14 @@ answer there, until a faster backend exists) it writes the bits it writes on the
 
 import pytest
 import torch
+from oracles import raw, storage_words
+from preambles import on_cuda
 
 import lowbit
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-]
+pytestmark = on_cuda()
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def raw(t: torch.Tensor) -> torch.Tensor:
-    return t.cpu().contiguous().view(torch.uint8)
-
-
-def storage_words(s: torch.Tensor) -> torch.Tensor:
-    return torch.empty(0, dtype=s.dtype, device=s.device).set_(s.untyped_storage()).cpu()
 
 
 def test_the_probed_arch_is_the_devices_compute_capability():

@@ -11,16 +11,13 @@ import logging
 
 import pytest
 import torch
+from oracles import raw
+from preambles import ARCH, on_cuda
 
 import lowbit
 from lowbit import cli, dispatch
 
-ARCH = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
-
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-]
+pytestmark = on_cuda()
 
 MX, FP8 = "quantize_mxfp4", "quantize_fp8_group_packed"
 DEQUANTIZE = ("dequantize_mxfp4", "dequantize_fp8_group_packed")
@@ -35,11 +32,6 @@ def expected_label(op: str) -> str:
     if op == MX:
         return "cuda/ptx" if ARCH in PTX_ARCHS else "cuda/triton" if ARCH >= 80 else "cpu"
     return "cuda/triton" if ARCH >= 89 else "cpu"
-
-
-def raw(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach().cpu()
-    return t if t.dtype == torch.int32 else t.contiguous().view(torch.uint8)
 
 
 def lowbit_warnings(caplog) -> list[str]:

@@ -8,21 +8,13 @@ import torch
 import triton
 from lowbit.backends.triton import launch as triton_launch
 from lowbit.backends.triton import mxfp4 as triton_mxfp4
+from oracles import raw
+from preambles import on_cuda
 
 import lowbit
 from lowbit.capability import Capability
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-    pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 9),
-                       reason="the cuda FP8 and attention kernels used here need sm_89+"),
-]
-
-
-def raw(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach().cpu()
-    return t if t.dtype == torch.int32 else t.contiguous().view(torch.uint8)
+pytestmark = on_cuda(89, "the cuda FP8 and attention kernels used here need sm_89+")
 
 
 def sample(shape, seed, dtype=torch.bfloat16):

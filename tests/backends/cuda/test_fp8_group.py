@@ -15,46 +15,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from oracles import bits16
+from oracles import ALL16, bits16, raw, same
+from preambles import ARCH, on_cuda
 
 import lowbit
-from lowbit import dispatch, spec
+from lowbit import spec
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
-ARCH = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
-
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-    pytest.mark.skipif(ARCH is not None and ARCH < 89,
-                       reason="the cuda backend's FP8 kernels need sm_89+ (the hardware E4M3 cast)"),
-]
+pytestmark = [*on_cuda(89, "the cuda backend's FP8 kernels need sm_89+ (the hardware E4M3 cast)"),
+              pytest.mark.usefixtures("strict_dispatch")]
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LAYOUTS = spec.F8_SCALE_LAYOUTS
-ALL16 = np.arange(65536, dtype=np.uint32)
-
-
-@pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view({4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()]).cpu()
-
-
-def same(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    """Equal shapes, strides and bits."""
-    assert got.shape == want.shape and got.stride() == want.stride(), (what, got.shape, got.stride(), want.stride())
-    g, w = bits(got), bits(want)
-    if not torch.equal(g, w):
-        bad = (g != w).nonzero()
-        at = tuple(bad[0].tolist())
-        raise AssertionError(f"{what}: {len(bad)} of {g.numel()} differ; first at {at}: got {int(g[at]):#x}, "
-                             f"want {int(w[at]):#x}")
 
 
 def storage_floats(scales: torch.Tensor) -> torch.Tensor:
@@ -165,8 +139,8 @@ def test_out_buffers_with_padding_rows_and_minimal_storage(spicy, layout, rows):
     assert got[0] is q_buf and got[1] is s_buf
     want_q, want_s = lowbit.quantize_fp8_group(x.cpu(), scale_layout=layout, backend="cpu")
     same(q_buf[:rows], want_q, "q")
-    assert not bits(q_buf[rows:]).any(), "q rows past mn are 0"
-    assert torch.equal(bits(s_buf), bits(want_s))
+    assert not raw(q_buf[rows:]).any(), "q rows past mn are 0"
+    assert torch.equal(raw(s_buf), raw(want_s))
 
 
 def test_out_buffers_allocate_nothing_and_capture_in_a_cuda_graph(spicy):

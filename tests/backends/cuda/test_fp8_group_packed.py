@@ -14,13 +14,26 @@ expectation is `backend="cpu"` on the CPU copy of the same input. Never a tolera
 import math
 from fractions import Fraction
 
-import numpy as np
 import pytest
 import torch
-from oracles import fl32, packed_strides
+from oracles import (
+    all_patterns,
+    big_spicy,
+    bits,
+    dtype_id,
+    every_position,
+    first_difference,
+    fl32,
+    packed_strides,
+    randn_pow2,
+    storage_words,
+    strides_for,
+    tma_rows,
+    to_rows,
+)
+from preambles import on_cuda
 
 import lowbit
-from lowbit import dispatch
 from lowbit import fp8_group_packed as fp8_op
 
 triton = pytest.importorskip("triton")
@@ -28,14 +41,8 @@ tl = pytest.importorskip("triton.language")
 triton_fp8 = pytest.importorskip("lowbit.backends.triton.fp8_group_packed")
 float_bits = pytest.importorskip("lowbit.backends.triton.float_bits")
 
-ARCH = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
-
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-    pytest.mark.skipif(ARCH is not None and ARCH < 89,
-                       reason="the cuda backend's FP8 kernel needs sm_89+ (the hardware E4M3 cast)"),
-]
+pytestmark = [*on_cuda(89, "the cuda backend's FP8 kernel needs sm_89+ (the hardware E4M3 cast)"),
+              pytest.mark.usefixtures("strict_dispatch")]
 
 OP = "quantize_fp8_group_packed"
 GROUP = 128
@@ -47,38 +54,11 @@ POISON_Q = 0xAB
 POISON_S = 0x5A5A5A5A
 
 
-def dtype_id(d: torch.dtype) -> str:
-    return str(d).removeprefix("torch.")
-
-
-def tma_rows(mn: int) -> int:
-    return -(-mn // 4) * 4
-
-
 def scale_words(k: int) -> int:
     return -(-(k // GROUP) // 4)
 
 
-@pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    """No silent fallback: a call auto-dispatch does not give to the cuda backend raises."""
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
-
-
 # --- comparison (module-scoped helpers) ------------------------------------------------------------
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    """t's bits as integers (NaN == NaN)."""
-    return t.view({4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()])
-
-
-def _first_difference(got: torch.Tensor, want: torch.Tensor, what: str) -> tuple[str, tuple]:
-    bad = (got != want).nonzero()
-    at = tuple(bad[0].tolist())
-    mask = 0xFFFFFFFF if got.dtype == torch.int32 else 0xFF
-    return (f"{what}: {len(bad)} of {got.numel()} values differ; first at {at}: got {int(got[at]) & mask:#x}, "
-            f"want {int(want[at]) & mask:#x}"), at
-
 
 def assert_same_bytes(got: torch.Tensor, want: torch.Tensor, what: str, x: torch.Tensor | None = None) -> None:
     """torch.equal on the raw bytes of E4M3 tensors; on a mismatch, say where, with the input
@@ -87,7 +67,7 @@ def assert_same_bytes(got: torch.Tensor, want: torch.Tensor, what: str, x: torch
     assert g.shape == w.shape, f"{what}: shape {tuple(g.shape)} != {tuple(w.shape)}"
     if torch.equal(g, w):
         return
-    message, at = _first_difference(g, w, what)
+    message, at = first_difference(g, w, what)
     if x is not None:
         start = at[-1] // GROUP * GROUP
         group = x[at[:-1]][start:start + GROUP].float()
@@ -99,12 +79,7 @@ def assert_same_bytes(got: torch.Tensor, want: torch.Tensor, what: str, x: torch
 def assert_same_words(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
     assert got.dtype == want.dtype == torch.int32 and got.shape == want.shape, what
     if not torch.equal(got, want):
-        raise AssertionError(_first_difference(got, want, what)[0])
-
-
-def storage_words(s: torch.Tensor) -> torch.Tensor:
-    """Every int32 word of s's storage, flat, on the CPU."""
-    return torch.empty(0, dtype=s.dtype, device=s.device).set_(s.untyped_storage()).cpu()
+        raise AssertionError(first_difference(got, want, what)[0])
 
 
 def assert_same_fp8(got, want, x: torch.Tensor | None = None) -> None:
@@ -136,66 +111,6 @@ def check(x: torch.Tensor, xd: torch.Tensor | None = None, eps: float = 1e-10) -
     want = lowbit.quantize_fp8_group_packed(x, eps=eps, backend="cpu")
     got = lowbit.quantize_fp8_group_packed(xd, eps=eps)
     assert_same_fp8(got, want, x)
-
-
-# --- inputs ------------------------------------------------------------------------------------------
-
-def all_patterns(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every one of the 65,536 bit patterns of a 16-bit float dtype, as (finite, non-finite)."""
-    values = torch.from_numpy(np.arange(1 << 16, dtype=np.uint16).view(np.int16).copy()).view(dtype)
-    finite = values.isfinite()
-    return values[finite], values[~finite]
-
-
-def every_position(values: torch.Tensor, width: int, stride: int) -> torch.Tensor:
-    """Groups (rows of `width`) holding each value once in every position: group b takes every
-    `stride`-th of `width * stride` consecutive values (so the stride sets how many binades a group
-    spans, hence which E4M3 codes its elements land on), then all `width` rotations of every group."""
-    per = width * stride
-    v = torch.cat([values, values[: (-values.numel()) % per]])  # wrap around: every value at least once
-    groups = v.reshape(-1, width, stride).transpose(1, 2).reshape(-1, width)
-    return torch.cat([groups.roll(r, dims=-1) for r in range(width)])
-
-
-def strides_for(dtype: torch.dtype, width: int, binades) -> list[int]:
-    per_binade = 1 << {torch.bfloat16: 7, torch.float16: 10}[dtype]  # mantissa bits
-    return sorted({max(1, round(b * per_binade / width)) for b in binades})
-
-
-def to_rows(groups: torch.Tensor, per_row: int) -> torch.Tensor:
-    pad = (-groups.shape[0]) % per_row
-    groups = torch.cat([groups, groups.new_zeros(pad, groups.shape[1])])
-    return groups.reshape(-1, per_row * groups.shape[1])
-
-
-def pow2(e: torch.Tensor) -> torch.Tensor:
-    """Exactly 2**e as float32, from the exponent bits (normal range)."""
-    return ((e.to(torch.int32) + 127) << 23).view(torch.float32)
-
-
-def randn_pow2(rows: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """Plain normal values times random powers of two: one per row (over most of the dtype's
-    range) and one per group (a spread of 2^-8..2^8 within a row)."""
-    g = torch.Generator().manual_seed(seed)
-    lo, hi = (-14, 7) if dtype == torch.float16 else (-125, 110)
-    x = torch.randn(rows, k // GROUP, GROUP, generator=g)
-    row_scale = pow2(torch.randint(lo, hi, (rows, 1, 1), generator=g))
-    group_scale = pow2(torch.randint(-8, 9, (rows, k // GROUP, 1), generator=g))
-    return (x * row_scale * group_scale).reshape(rows, k).to(dtype)
-
-
-@pytest.fixture(scope="module")
-def big_inputs():
-    return {}
-
-
-def big_spicy(cache: dict, spicy, dtype: torch.dtype) -> torch.Tensor:
-    """Per dtype, one (4096, 16384) spicy tensor, made from a (1024, 16384) one and three column
-    rotations by multiples of the exponent run (cheaper to generate); tests slice it."""
-    if dtype not in cache:
-        base = spicy((BIG_ROWS // 4, KS[-1]), dtype, seed=2000 + dtype.itemsize, exponent_run=GROUP)
-        cache[dtype] = torch.cat([base.roll(GROUP * 11 * i, dims=-1) for i in range(4)])
-    return cache[dtype]
 
 
 # --- every 16-bit pattern --------------------------------------------------------------------------
@@ -232,7 +147,8 @@ def test_every_non_finite_16_bit_pattern_in_every_group_position(dtype):
 def test_random_spicy_tensors_match_the_reference(dtype, k, spicy, big_inputs):
     for rows in ROWS:
         if rows == BIG_ROWS:
-            x = big_spicy(big_inputs, spicy, dtype)[:, :k].contiguous()
+            x = big_spicy(big_inputs, spicy, (BIG_ROWS, KS[-1]), dtype, width=GROUP, seed=2000, shift=11)
+            x = x[:, :k].contiguous()
         else:  # a fresh seed per shape; exponent runs of a group, of the row, or one per element
             x = spicy((rows, k), dtype, seed=rows * 100_003 + k * 7 + dtype.itemsize,
                       exponent_run={1: k, 3: 1}.get(rows, GROUP))
@@ -243,7 +159,7 @@ def test_random_spicy_tensors_match_the_reference(dtype, k, spicy, big_inputs):
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_random_normal_tensors_scaled_by_powers_of_two_match_the_reference(dtype, k):
     for rows in ROWS:
-        check(randn_pow2(rows, k, dtype, seed=rows * 31 + k + dtype.itemsize))
+        check(randn_pow2(rows, k, dtype, seed=rows * 31 + k + dtype.itemsize, width=GROUP))
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -13,17 +13,22 @@ import numpy as np
 import pytest
 import torch
 from lowbit.backends.cuda import mxfp4 as cuda_mxfp4
+from oracles import (
+    all_patterns,
+    big_spicy,
+    bits,
+    dtype_id,
+    every_position,
+    first_difference,
+    randn_pow2,
+    strides_for,
+    to_rows,
+)
+from preambles import ARCH, on_cuda
 
 import lowbit
-from lowbit import dispatch
 
-ARCH = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
-
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-    pytest.mark.skipif(ARCH is not None and ARCH < 80, reason="the cuda backend's MXFP4 kernels need sm_80+"),
-]
+pytestmark = [*on_cuda(80, "the cuda backend's MXFP4 kernels need sm_80+"), pytest.mark.usefixtures("strict_dispatch")]
 
 OP = "quantize_mxfp4"
 BLOCK = 32
@@ -34,24 +39,7 @@ ROWS = [0, 1, 3, 127, 4096]
 BIG_ROWS = 4096
 
 
-def dtype_id(d: torch.dtype) -> str:
-    return str(d).removeprefix("torch.")
-
-
-@pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    """No silent fallback: a call auto-dispatch does not give to the cuda backend raises."""
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
-
-
 # --- comparison (module-scoped helpers) ------------------------------------------------------------
-
-def _first_difference(got: torch.Tensor, want: torch.Tensor, what: str) -> tuple[str, tuple]:
-    bad = (got != want).nonzero()
-    at = tuple(bad[0].tolist())
-    return (f"{what}: {len(bad)} of {got.numel()} bytes differ; first at {at}: got {int(got[at]):#04x}, "
-            f"want {int(want[at]):#04x}"), at
-
 
 def assert_same_bytes(got: torch.Tensor, want: torch.Tensor, what: str, x: torch.Tensor | None = None,
                       elements_per_byte: int = 1) -> None:
@@ -60,7 +48,7 @@ def assert_same_bytes(got: torch.Tensor, want: torch.Tensor, what: str, x: torch
     assert g.shape == w.shape, f"{what}: shape {tuple(g.shape)} != {tuple(w.shape)}"
     if torch.equal(g, w):
         return
-    message, at = _first_difference(g, w, what)
+    message, at = first_difference(g, w, what)
     if x is not None and x.dim() >= 1:
         start = at[-1] * elements_per_byte // BLOCK * BLOCK
         block = x.reshape(-1, x.shape[-1])[int(np.ravel_multi_index(at[:-1], x.shape[:-1])) if x.dim() > 1 else 0]
@@ -80,11 +68,6 @@ def assert_same_mx(got, want, x: torch.Tensor | None = None) -> None:
     assert_same_bytes(q, want_q, "q", x, elements_per_byte=2)
 
 
-def bits(t: torch.Tensor) -> torch.Tensor:
-    """t's bits as integers (NaN == NaN)."""
-    return t.view({4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()])
-
-
 def gpu_backends(verdict) -> list[str]:
     """Auto, plus the portable variant forced when auto picked another one (the PTX variant on sm_100+)."""
     return ["auto"] + ([] if verdict.variant == "triton" else ["cuda/triton"])
@@ -102,68 +85,6 @@ def check(x: torch.Tensor, xd: torch.Tensor | None = None, rules=RULES) -> None:
         for backend in gpu_backends(verdict):
             got = lowbit.quantize_mxfp4(xd, scale_rule=rule, backend=backend)
             assert_same_mx(got, want, x)
-
-
-# --- inputs ------------------------------------------------------------------------------------------
-
-def all_patterns(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every one of the 65,536 bit patterns of a 16-bit float dtype, as (finite, non-finite)."""
-    values = torch.from_numpy(np.arange(1 << 16, dtype=np.uint16).view(np.int16).copy()).view(dtype)
-    finite = values.isfinite()
-    return values[finite], values[~finite]
-
-
-def every_position(values: torch.Tensor, width: int, stride: int) -> torch.Tensor:
-    """Blocks (rows of `width`) holding each value once in every position: block b takes every
-    `stride`-th of `width * stride` consecutive values (so the stride sets how many binades a block
-    spans, hence which codes its elements round to), then all `width` rotations of every block."""
-    per = width * stride
-    v = torch.cat([values, values[: (-values.numel()) % per]])  # wrap around: every value at least once
-    blocks = v.reshape(-1, width, stride).transpose(1, 2).reshape(-1, width)
-    return torch.cat([blocks.roll(r, dims=-1) for r in range(width)])
-
-
-def strides_for(dtype: torch.dtype, width: int, binades) -> list[int]:
-    """Strides through the bit patterns of `dtype` that make a block of `width` span `binades`."""
-    per_binade = 1 << {torch.bfloat16: 7, torch.float16: 10}[dtype]  # mantissa bits
-    return sorted({max(1, round(b * per_binade / width)) for b in binades})
-
-
-def to_rows(blocks: torch.Tensor, per_row: int) -> torch.Tensor:
-    """Blocks laid out `per_row` to a row (zero blocks pad the last row)."""
-    pad = (-blocks.shape[0]) % per_row
-    blocks = torch.cat([blocks, blocks.new_zeros(pad, blocks.shape[1])])
-    return blocks.reshape(-1, per_row * blocks.shape[1])
-
-
-def pow2(e: torch.Tensor) -> torch.Tensor:
-    """Exactly 2**e as float32, from the exponent bits (normal range)."""
-    return ((e.to(torch.int32) + 127) << 23).view(torch.float32)
-
-
-def randn_pow2(rows: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """Plain normal values times random powers of two: one per row (over most of the dtype's
-    range) and one per block (a spread of 2^-8..2^8 within a row)."""
-    g = torch.Generator().manual_seed(seed)
-    lo, hi = (-14, 7) if dtype == torch.float16 else (-125, 110)
-    x = torch.randn(rows, k // BLOCK, BLOCK, generator=g)
-    row_scale = pow2(torch.randint(lo, hi, (rows, 1, 1), generator=g))
-    block_scale = pow2(torch.randint(-8, 9, (rows, k // BLOCK, 1), generator=g))
-    return (x * row_scale * block_scale).reshape(rows, k).to(dtype)
-
-
-@pytest.fixture(scope="module")
-def big_inputs():
-    """Per dtype, one (4096, 16384) spicy tensor (made from a (1024, 16384) one and three column
-    rotations by multiples of the exponent run, to keep the generation cheap); tests slice it."""
-    return {}
-
-
-def big_spicy(cache: dict, spicy, dtype: torch.dtype) -> torch.Tensor:
-    if dtype not in cache:
-        base = spicy((BIG_ROWS // 4, KS[-1]), dtype, seed=1000 + dtype.itemsize, exponent_run=BLOCK)
-        cache[dtype] = torch.cat([base.roll(BLOCK * 37 * i, dims=-1) for i in range(4)])
-    return cache[dtype]
 
 
 # --- every 16-bit pattern --------------------------------------------------------------------------
@@ -202,7 +123,8 @@ def test_every_non_finite_16_bit_pattern_in_every_block_position(dtype):
 def test_random_spicy_tensors_match_the_reference(dtype, k, spicy, big_inputs):
     for rows in ROWS:
         if rows == BIG_ROWS:
-            x = big_spicy(big_inputs, spicy, dtype)[:, :k].contiguous()
+            x = big_spicy(big_inputs, spicy, (BIG_ROWS, KS[-1]), dtype, width=BLOCK, seed=1000, shift=37)
+            x = x[:, :k].contiguous()
         else:  # a fresh seed per shape; exponent runs of a block, or one per element
             x = spicy((rows, k), dtype, seed=rows * 100_003 + k * 7 + dtype.itemsize,
                       exponent_run=1 if rows == 3 else BLOCK)
@@ -213,7 +135,7 @@ def test_random_spicy_tensors_match_the_reference(dtype, k, spicy, big_inputs):
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_random_normal_tensors_scaled_by_powers_of_two_match_the_reference(dtype, k):
     for rows in ROWS:
-        check(randn_pow2(rows, k, dtype, seed=rows * 31 + k + dtype.itemsize))
+        check(randn_pow2(rows, k, dtype, seed=rows * 31 + k + dtype.itemsize, width=BLOCK))
 
 
 @pytest.mark.parametrize("seed", range(4))

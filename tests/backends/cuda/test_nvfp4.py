@@ -13,28 +13,17 @@ the CPU copy of the same input. Never a tolerance.
 import numpy as np
 import pytest
 import torch
-from oracles import arrangements16, bits16
+from oracles import ALL16, arrangements, bits16
+from preambles import ARCH, on_cuda
 
 import lowbit
-from lowbit import dispatch, spec
+from lowbit import spec
 
-ARCH = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
-
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-    pytest.mark.skipif(ARCH is not None and ARCH < 80, reason="the cuda backend's NVFP4 kernels need sm_80+"),
-]
+pytestmark = [*on_cuda(80, "the cuda backend's NVFP4 kernels need sm_80+"), pytest.mark.usefixtures("strict_dispatch")]
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LAYOUTS = ("linear", "swizzled")
 MODES = ("tensor", "row", "given", "given_per_row")
-ALL16 = np.arange(65536, dtype=np.uint32)
-
-
-@pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
 
 
 def scale_for(mode: str, x: torch.Tensor):
@@ -91,14 +80,14 @@ def test_auto_dispatch_picks_the_cuda_kernels(resolved):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_every_16_bit_pattern_under_several_block_scales(mode, dtype):
     anchors = [bits16(6.0 * 2.0**k, dtype) for k in ((-120, -3, 0, 60) if dtype == torch.bfloat16 else (-14, 0, 10))]
-    bits = arrangements16(ALL16, anchors + [bits16(7.0, dtype)])
+    bits = arrangements(ALL16, anchors + [bits16(7.0, dtype)], 16, (7,))
     x = torch.from_numpy(bits.astype(np.uint16).view(np.int16).copy()).view(dtype).cuda()
     for layout in LAYOUTS:
         check(x.reshape(-1, 32), mode, layout)  # 2 blocks a row
 
 
 def test_every_bfloat16_value_as_float32():
-    bits = arrangements16(ALL16, [bits16(6.0, torch.bfloat16)])
+    bits = arrangements(ALL16, [bits16(6.0, torch.bfloat16)], 16, (7,))
     x = torch.from_numpy((bits.astype(np.uint32) << 16).view(np.float32).copy()).cuda()
     for mode in MODES:
         check(x.reshape(-1, 32), mode, "swizzled")

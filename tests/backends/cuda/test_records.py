@@ -14,6 +14,8 @@ import os
 import pytest
 import torch
 from lowbit.backends import cuda
+from oracles import meta
+from preambles import FAKE_DEVICE
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit
@@ -22,10 +24,6 @@ from lowbit.capability import ArchRange
 from lowbit.cli import info
 
 MX, FP8 = "quantize_mxfp4", "quantize_fp8_group_packed"
-
-
-def meta(*shape, dtype=torch.bfloat16):
-    return torch.empty(shape, dtype=dtype, device="meta")
 
 
 def ask(op, x=None, arch="sm_90", **kwargs):
@@ -174,18 +172,6 @@ def test_info_lists_both_cuda_variants_and_their_archs():
 
 # --- fakes on fake cuda tensors with a known arch -------------------------------------------------
 
-def _fake_cuda_unavailable() -> str:
-    try:
-        with FakeTensorMode():
-            torch.empty(1, device="cuda")
-    except (AssertionError, RuntimeError) as error:
-        return f"this torch cannot make fake cuda tensors here: {error}"
-    return ""
-
-
-needs_fake_cuda = pytest.mark.skipif(bool(_fake_cuda_unavailable()), reason=_fake_cuda_unavailable() or "-")
-
-
 @pytest.fixture
 def sm90(monkeypatch):
     """Fake cuda tensors report sm_90, as a real H100 would."""
@@ -200,7 +186,7 @@ def sm80(monkeypatch):
     dispatch.clear_cache()
 
 
-@needs_fake_cuda
+@FAKE_DEVICE["cuda"]
 def test_fake_cuda_mxfp4_resolves_to_cuda_and_matches_the_shape_function(sm90, caplog):
     with caplog.at_level(logging.WARNING, logger="lowbit"), FakeTensorMode():
         x = torch.empty(3, 5, 96, dtype=torch.bfloat16, device="cuda")
@@ -209,7 +195,7 @@ def test_fake_cuda_mxfp4_resolves_to_cuda_and_matches_the_shape_function(sm90, c
     assert q.device.type == "cuda" and not caplog.records  # no fallback warning: cuda took it
 
 
-@needs_fake_cuda
+@FAKE_DEVICE["cuda"]
 def test_fake_cuda_fp8_resolves_to_cuda_with_packed_strides(sm90, caplog):
     with caplog.at_level(logging.WARNING, logger="lowbit"), FakeTensorMode():
         x = torch.empty(2, 6, 640, dtype=torch.bfloat16, device="cuda")
@@ -218,7 +204,7 @@ def test_fake_cuda_fp8_resolves_to_cuda_with_packed_strides(sm90, caplog):
     assert not caplog.records
 
 
-@needs_fake_cuda
+@FAKE_DEVICE["cuda"]
 def test_fake_cuda_strict_refuses_what_the_real_call_refuses(sm90, monkeypatch):
     monkeypatch.setenv(dispatch.ENV_STRICT, "1")
     with FakeTensorMode():
@@ -230,7 +216,7 @@ def test_fake_cuda_strict_refuses_what_the_real_call_refuses(sm90, monkeypatch):
     assert "  - cuda/triton: group_size 64 is not one of 128" in text
 
 
-@needs_fake_cuda
+@FAKE_DEVICE["cuda"]
 def test_fake_cuda_bad_block_size_raises_the_same_text_as_explain(sm90):
     expected = lowbit.explain(MX, meta(4, 48), device="cuda", arch="sm_90")
     with FakeTensorMode():
@@ -498,7 +484,7 @@ def fake_cuda_attention(q_dtype, kv_dtype, **options):
     return lowbit.unified_attention(*tensors, **options)
 
 
-@needs_fake_cuda
+@FAKE_DEVICE["cuda"]
 @pytest.mark.parametrize("pair", list(ATTN_PAIRS))
 @pytest.mark.parametrize("give_out", [False, True], ids=["allocated", "out"])
 def test_fake_cuda_attention_resolves_to_cuda_triton(pair, give_out, sm90, caplog, monkeypatch, resolved):
@@ -519,7 +505,7 @@ def test_fake_cuda_attention_resolves_to_cuda_triton(pair, give_out, sm90, caplo
     assert not caplog.records  # no fallback warning: cuda took it
 
 
-@needs_fake_cuda
+@FAKE_DEVICE["cuda"]
 def test_fake_cuda_attention_strict_refuses_a_page_size_of_8(sm90, monkeypatch):
     cuda_empty = lambda *shape, dtype: torch.empty(shape, dtype=dtype, device="cuda")
     expected = lowbit.explain(ATTN, *attention_args(page=8)[0], device="cuda", arch="sm_90",
@@ -536,7 +522,7 @@ def test_fake_cuda_attention_strict_refuses_a_page_size_of_8(sm90, monkeypatch):
     assert "  - cuda/triton-16bit: page size 8 is not a multiple of 16" in text
 
 
-@needs_fake_cuda
+@FAKE_DEVICE["cuda"]
 @pytest.mark.parametrize("pair", ["bf16", "fp16"])
 def test_fake_cuda_attention_on_sm80_resolves_to_cuda_triton_16bit(pair, sm80, caplog, monkeypatch, resolved):
     chosen = resolved
@@ -547,7 +533,7 @@ def test_fake_cuda_attention_on_sm80_resolves_to_cuda_triton_16bit(pair, sm80, c
     assert not caplog.records  # a later variant of the same backend is no fallback: no warning
 
 
-@needs_fake_cuda
+@FAKE_DEVICE["cuda"]
 @pytest.mark.parametrize("pair", list(ATTN_FP8_BELOW_SM89))
 def test_fake_cuda_attention_fp8_on_sm80_falls_back_or_refuses_under_strict(pair, sm80, caplog, monkeypatch, resolved):
     chosen = resolved
@@ -565,7 +551,7 @@ def test_fake_cuda_attention_fp8_on_sm80_falls_back_or_refuses_under_strict(pair
         fake_cuda_attention(*ATTN_PAIRS[pair])
 
 
-@needs_fake_cuda
+@FAKE_DEVICE["cuda"]
 def test_fake_cuda_attention_checks_shapes_like_the_real_call(sm90):
     cuda_empty = lambda *shape, dtype: torch.empty(shape, dtype=dtype, device="cuda")
     with FakeTensorMode():

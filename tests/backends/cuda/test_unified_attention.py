@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import math
-from dataclasses import dataclass, field
 
 import pytest
 import torch
+from attention_cases import BF16, DESCALES, MIXES, Case, assert_close, build, excess
+from preambles import on_cuda
 from test_spec_attention import (  # [ATTN-METADATA] as the clause reads
     METADATA_BREAKS,
     METADATA_LENS,
@@ -37,32 +37,19 @@ from test_spec_attention import (  # [ATTN-METADATA] as the clause reads
 )
 
 import lowbit
-from lowbit import dispatch
 
 # the module: `lowbit.unified_attention` (and `import lowbit.unified_attention as m`) is the function
 attention_op = importlib.import_module("lowbit.unified_attention")
 triton = pytest.importorskip("triton")
 triton_attention = pytest.importorskip("lowbit.backends.triton.unified_attention")
 
-ARCH = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
-
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CI row cuda)"),
-    pytest.mark.skipif(ARCH is not None and ARCH < 80, reason="the cuda backend's attention kernel needs sm_80+"),
-]
+pytestmark = [*on_cuda(80, "the cuda backend's attention kernel needs sm_80+"),
+              pytest.mark.usefixtures("strict_dispatch")]
 
 OP = "unified_attention"
-FP8 = torch.float8_e4m3fn
-BF16, FP16 = torch.bfloat16, torch.float16
-DESCALES = (0.75, 0.5, 0.25)  # q, k, v
+FP16 = torch.float16
 
-# (query len, kv len) per sequence
-MIXES = {
-    "mixed": ((1, 1328), (5, 18), (129, 463)),
-    "decode": ((1, 523), (1, 37), (1, 2011)),
-}
-# mode: "bf16" | "fp8kv/<layout>" (bfloat16 q, FP8 cache) | "fp8all/<layout>" (FP8 q and cache);
+# mode (tests/attention_cases.py build): "bf16" | "fp8kv/<layout>" (bfloat16 q, FP8 cache) | "fp8all/<layout>" (FP8 q and cache);
 # layout: "tensor" (one value) or "seqhead" (one per sequence and KV head)
 MODES = ("bf16", "fp8kv/tensor", "fp8kv/seqhead", "fp8all/tensor", "fp8all/seqhead")
 AXES = {
@@ -126,121 +113,14 @@ def case_id(c: dict) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    """No silent fallback: a call auto-dispatch does not give to the cuda backend raises. No
-    LOWBIT_DEBUG unless a test sets it."""
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
+def _no_debug(monkeypatch):
+    """No LOWBIT_DEBUG unless a test sets it."""
     monkeypatch.delenv(attention_op.ENV_DEBUG, raising=False)
 
 
 # --- inputs ------------------------------------------------------------------------------------------
 
-@dataclass
-class Case:
-    """One call's inputs on the CPU: q, the caches, and unified_attention's keyword arguments."""
-
-    q: torch.Tensor
-    k_cache: torch.Tensor
-    v_cache: torch.Tensor
-    kwargs: dict
-    out_dtype: torch.dtype
-    fp8: bool  # the FP8 tolerance applies
-    rows: list[tuple[int, int]] = field(default_factory=list)  # each sequence's query rows [start, end)
-
-    def on(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-        """q, k_cache, v_cache and kwargs on `device` (strides kept: non-contiguous descales stay so)."""
-        def move(t):
-            if not isinstance(t, torch.Tensor):
-                return t
-            moved = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
-            return moved.copy_(t)
-        return move(self.q), move(self.k_cache), move(self.v_cache), {k: move(v) for k, v in self.kwargs.items()}
-
-    def written(self) -> torch.Tensor:
-        """Which rows of out belong to a sequence."""
-        mask = torch.zeros(self.q.shape[0], dtype=torch.bool)
-        for start, end in self.rows:
-            mask[start:end] = True
-        return mask
-
-    def reference(self, **changes) -> torch.Tensor:
-        """The reference on the CPU copy (kwargs replaced by `changes`); rows outside sequences are 0."""
-        out = torch.zeros(self.q.shape, dtype=self.out_dtype)
-        lowbit.unified_attention(self.q, self.k_cache, self.v_cache, out=out, backend="cpu",
-                                 **{**self.kwargs, **changes})
-        return out
-
-    def attend_arguments(self, device) -> tuple:
-        """(q, k_cache, v_cache, arguments) for triton_attention.attend, which takes the op's resolved form."""
-        q, k, v, kw = self.on(device)
-        window = kw.pop("window_size")
-        kw["window"] = window
-        kw["softmax_scale"] = self.q.shape[-1] ** -0.5
-        for name in ("alibi_slopes", "sinks", "q_descale", "k_descale", "v_descale"):
-            kw.setdefault(name, None)
-        return q, k, v, kw
-
-
-def build(seqs, heads, head_size, page, *, mode="bf16", dtype=BF16, out_dtype=None, causal=True, window=None,
-          softcap=0.0, sinks=False, alibi=False, seed=0, descales=DESCALES, q_scale=2.0, extra_rows=3,
-          max_seqlen_q=None, max_seqlen_k=None, scalar_descale=False, transposed_descale=False,
-          per_head_dtype=torch.float32) -> Case:
-    """A paged batch: sequences of (q_len, kv_len) with their pages scattered at random through a
-    cache that holds, for every sequence, as many pages as max_seqlen_k needs (so lengths can grow
-    up to max_seqlen_k later, as the graph test does), plus one NaN page."""
-    g = torch.Generator().manual_seed(seed)
-    num_heads, kv_heads = heads
-    q_lens, kv_lens = [a for a, _ in seqs], [b for _, b in seqs]
-    num_seqs = len(seqs)
-    max_seqlen_q = max(q_lens) if max_seqlen_q is None else max_seqlen_q
-    max_seqlen_k = max(kv_lens) if max_seqlen_k is None else max_seqlen_k
-    width = -(-max_seqlen_k // page) + 1  # one column more than needed: never read
-    num_pages = num_seqs * (width - 1) + 1
-    nan_page = num_pages - 1
-    kind, _, layout = mode.partition("/")
-    q_dtype = FP8 if kind == "fp8all" else dtype
-    kv_dtype = FP8 if kind in ("fp8kv", "fp8all") else dtype
-
-    starts = [0, *itertools.accumulate(q_lens)]
-    num_tokens = starts[-1] + extra_rows
-    q = (torch.randn(num_tokens, num_heads, head_size, generator=g) * q_scale).to(q_dtype)
-    k = torch.randn(num_pages, page, kv_heads, head_size, generator=g)
-    v = torch.randn(num_pages, page, kv_heads, head_size, generator=g)
-    table = torch.full((num_seqs + 1, width), nan_page, dtype=torch.int32)  # a spare row: >= num_seqs rows
-    order = torch.randperm(num_pages - 1, generator=g)
-    taken = 0
-    for s, kv_len in enumerate(kv_lens):
-        n = -(-kv_len // page)
-        table[s, :n] = order[taken:taken + n].to(torch.int32)
-        taken += n
-        if kv_len % page:  # slots past the sequence's end, in its last page
-            last = int(table[s, n - 1])
-            k[last, kv_len % page:] = float("nan")
-            v[last, kv_len % page:] = float("nan")
-    k[nan_page], v[nan_page] = float("nan"), float("nan")
-    kwargs = dict(cu_seqlens_q=torch.tensor(starts[:num_seqs + 1], dtype=torch.int32),
-                  seqused_k=torch.tensor(kv_lens, dtype=torch.int32), block_table=table,
-                  max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, causal=causal,
-                  window_size=(-1, -1) if window is None else (window, window // 2), softcap=softcap)
-    if alibi:  # the usual geometric slopes, 2^(-8 (h + 1) / H)
-        kwargs["alibi_slopes"] = torch.exp2(-8.0 * torch.arange(1, num_heads + 1) / num_heads).to(per_head_dtype)
-    if sinks:
-        kwargs["sinks"] = (torch.randn(num_heads, generator=g) * 2 + 2).to(per_head_dtype)
-    names = (("q_descale",) if kind == "fp8all" else ()) + (("k_descale", "v_descale") if kind != "bf16" else ())
-    for name in names:
-        value = descales["qkv".index(name[0])]
-        if layout == "tensor":
-            kwargs[name] = torch.tensor(value) if scalar_descale else torch.tensor([value])
-        else:  # a different value for each (sequence, KV head): value * {1/2, 1, 2}
-            pattern = torch.exp2((torch.arange(num_seqs * kv_heads) % 3 - 1).float())
-            if transposed_descale:  # a (num_seqs, kv_heads) view of a (kv_heads, num_seqs) tensor
-                kwargs[name] = (value * pattern).reshape(kv_heads, num_seqs).t()
-            else:
-                kwargs[name] = (value * pattern).reshape(num_seqs, kv_heads)
-    out_dtype = out_dtype or (dtype if q_dtype != FP8 else BF16)
-    return Case(q, k.to(kv_dtype), v.to(kv_dtype), kwargs, out_dtype, fp8=kind != "bf16",
-                rows=[(starts[s], starts[s + 1]) for s in range(num_seqs)])
-
+# (Case and build, shared with the xpu suite: tests/attention_cases.py)
 
 def grid_case(c: dict, seed: int) -> Case:
     return build(MIXES[c["mix"]], c["heads"], c["head_size"], c["page"], mode=c["mode"], causal=c["causal"],
@@ -249,31 +129,6 @@ def grid_case(c: dict, seed: int) -> Case:
 
 
 # --- comparison ----------------------------------------------------------------------------------
-
-def tolerance(fp8: bool) -> tuple[float, float]:
-    """[ATTN-TOLERANCE]: (atol, rtol)."""
-    return (0.15, 0.15) if fp8 else (1.5e-2, 1e-2)
-
-
-def excess(got: torch.Tensor, want: torch.Tensor, fp8: bool) -> torch.Tensor:
-    """|got - want| - (atol + rtol |want|) in float32 (> 0 or NaN: out of tolerance)."""
-    atol, rtol = tolerance(fp8)
-    g, w = got.float().cpu(), want.float().cpu()
-    return (g - w).abs() - (atol + rtol * w.abs())
-
-
-def assert_close(got: torch.Tensor, want: torch.Tensor, fp8: bool, what: str = "") -> None:
-    """Within [ATTN-TOLERANCE] elementwise; on failure, how many and the worst element."""
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    over = excess(got, want, fp8)
-    bad = ~(over <= 0)  # NaN counts as bad
-    if bad.any():
-        score = torch.where(torch.isnan(over), torch.full_like(over, math.inf), over)
-        at = tuple(int(i) for i in torch.unravel_index(score.argmax(), score.shape))
-        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} elements out of tolerance "
-                             f"{tolerance(fp8)}; worst at (token, head, dim) {at}: got {got[at].item()}, "
-                             f"want {want[at].item()}")
-
 
 def assert_matches_reference(case: Case, got: torch.Tensor, what: str = "", poisoned: bool = True) -> None:
     """Rows inside sequences within tolerance of the reference; with `poisoned` (out started as

@@ -8,11 +8,10 @@ own against numpy's float32 division. Only the integer E4M3 path runs here (hard
 the interpreter's own float8 cast is wrong. Outputs are poisoned before every launch, so anything
 left unwritten shows."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
+from preambles import interpreted
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
@@ -25,14 +24,7 @@ from oracles import ALL16  # noqa: E402
 from lowbit import spec  # noqa: E402
 from lowbit.fp8_group import quantize_block_outputs, quantize_outputs  # noqa: E402
 
-pytestmark = [
-    pytest.mark.interpret,
-    # the interpreter computes with numpy, which warns on signalling NaNs and overflows: both meant
-    pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                       reason="needs TRITON_INTERPRET=1 (CI row triton-interpret): without the interpreter the "
-                              "Triton kernels need a GPU"),
-]
+pytestmark = interpreted()
 
 LAYOUTS = spec.F8_SCALE_LAYOUTS
 POISON_Q, POISON_S = 0xAA, -7.0

@@ -8,11 +8,11 @@ torch's float32 -> float8_e4m3fn cast and the spec's division formula in numpy f
 poisoned before every launch (q bytes 0xAA, scale words -7), so anything left unwritten shows."""
 
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
+from preambles import interpreted
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
@@ -21,18 +21,11 @@ from lowbit.backends.cpu import fp8_group_packed as reference  # noqa: E402
 from lowbit.backends.triton import fp8_group_packed as kernels  # noqa: E402
 from lowbit.backends.triton.float_bits import e4m3_integer, times_pow2  # noqa: E402
 from lowbit.backends.triton.launch import LaunchConfig  # noqa: E402
-from oracles import ALL16, packed_strides  # noqa: E402
+from oracles import ALL16, E4M3_POS, F32_MAX, arrangements, bits16, from_bits16, packed_strides  # noqa: E402
 
 from lowbit.fp8_group_packed import check_out_buffers, quantize_outputs  # noqa: E402
 
-pytestmark = [
-    pytest.mark.interpret,
-    # the interpreter computes with numpy, which warns on signalling NaNs and overflows: both meant
-    pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                       reason="needs TRITON_INTERPRET=1 (CI row triton-interpret): without the interpreter the "
-                              "Triton kernels need a GPU"),
-]
+pytestmark = interpreted()
 
 GROUP = 128
 EPS = 1e-10
@@ -42,9 +35,6 @@ POISON_S = -7
 # the kernel: one packed word, 4 groups, per program.)
 TALL = LaunchConfig(block_m=64, block_k=4 * GROUP, num_warps=4)
 ODD = LaunchConfig(block_m=2, block_k=4 * GROUP, num_warps=4)  # tiles that straddle an odd mn
-F32_MAX = float(np.finfo(np.float32).max)
-
-
 # --- running both sides ---------------------------------------------------------------------------
 
 def storage_of(scales_all_rows: torch.Tensor) -> torch.Tensor:
@@ -91,49 +81,29 @@ def assert_matches_reference(x, *, group_size=GROUP, eps=EPS, config=TALL):
 
 # --- every 16-bit pattern -------------------------------------------------------------------------
 
-def arrangements(bits: np.ndarray, anchor_bits: list[int], k: int) -> np.ndarray:
-    """All patterns in rows of k, several times over: in order, rotated by 1 and by 77 places,
-    permuted by an odd multiplier; then 127 patterns a group next to one anchor pattern that fixes
-    the group's scale (anchor 448: the scale is 1, every value in [-448, 448] is rounded onto E4M3
-    as it is, subnormals and ties included). Zero-padded to whole rows."""
-    n = len(bits)
-    parts = [bits, np.roll(bits, 1), np.roll(bits, 77), bits[(np.arange(n) * 40503) % n]]
-    per_group = np.concatenate([bits, np.zeros(-n % 127, dtype=bits.dtype)]).reshape(-1, 127)
-    for anchor in anchor_bits:
-        parts.append(np.concatenate([np.full((len(per_group), 1), anchor, dtype=bits.dtype), per_group], axis=1))
-    flat = np.concatenate([p.reshape(-1) for p in parts])
-    return np.concatenate([flat, np.zeros(-len(flat) % k, dtype=bits.dtype)]).reshape(-1, k)
-
-
-def anchor_bits(value: float, dtype: torch.dtype) -> int:
-    return int(torch.tensor(value, dtype=dtype).view(torch.int16).item()) & 0xFFFF
-
-
-BF16_ANCHORS = [anchor_bits(448.0 * 2.0**k, torch.bfloat16) for k in (-130, -100, -20, 0, 1, 20, 110)]
-F16_ANCHORS = [anchor_bits(448.0 * 2.0**k, torch.float16) for k in (-20, -8, 0, 6)]
-
-
-def from_bits(bits: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(bits.astype(np.uint16).view(np.int16).copy()).view(dtype)
+# anchors for arrangements(): each fixes the group's scale (anchor 448: the scale is 1, every value in
+# [-448, 448] is rounded onto E4M3 as it is, subnormals and ties included)
+BF16_ANCHORS = [bits16(448.0 * 2.0**k, torch.bfloat16) for k in (-130, -100, -20, 0, 1, 20, 110)]
+F16_ANCHORS = [bits16(448.0 * 2.0**k, torch.float16) for k in (-20, -8, 0, 6)]
 
 
 @pytest.mark.parametrize("k", [128, 384, 640, 1024])
 def test_every_bfloat16_value_under_several_group_scales_matches_reference(k):
     # float32 holding exactly the bfloat16 values (widening is exact)
-    bits = arrangements(ALL16, BF16_ANCHORS, k)
+    bits = arrangements(ALL16, BF16_ANCHORS, GROUP, (1, 77), anchor_first=True, row=k)
     x = torch.from_numpy((bits.astype(np.uint32) << 16).view(np.float32).copy())
     assert_matches_reference(x)
 
 
 @pytest.mark.parametrize("k", [128, 640])
 def test_bfloat16_loads_of_every_pattern_match_reference(k):
-    x = from_bits(arrangements(ALL16, BF16_ANCHORS, k), torch.bfloat16)
+    x = from_bits16(arrangements(ALL16, BF16_ANCHORS, GROUP, (1, 77), anchor_first=True, row=k), torch.bfloat16)
     assert_matches_reference(x)
 
 
 @pytest.mark.parametrize("k", [128, 384])
 def test_every_float16_pattern_under_several_group_scales_matches_reference(k):
-    x = from_bits(arrangements(ALL16, F16_ANCHORS, k), torch.float16)
+    x = from_bits16(arrangements(ALL16, F16_ANCHORS, GROUP, (1, 77), anchor_first=True, row=k), torch.float16)
     assert_matches_reference(x)
 
 
@@ -325,18 +295,11 @@ def probe(kernel, values: np.ndarray) -> np.ndarray:
     return out.numpy()
 
 
-def e4m3_grid() -> np.ndarray:
-    """The 127 non-negative finite E4M3FN values in code order (independent of torch's cast)."""
-    codes = np.arange(127)
-    exp, man = codes >> 3, codes & 7
-    return np.where(exp == 0, man / 8 * 2.0**-6, (1 + man / 8) * 2.0 ** (exp - 7)).astype(np.float32)
-
-
 def test_e4m3_integer_rounds_and_saturates_like_torchs_e4m3_cast():
     # every float32 in [0, 448] whose bits are a multiple of 97, every E4M3 value and every midpoint
     # between neighbours with their float32 neighbours, float32 subnormals, values past 448 (464 is
     # the midpoint to the 480 E4M3FN lacks) up to Inf; each with both signs
-    grid = e4m3_grid()
+    grid = E4M3_POS.astype(np.float32)
     mids = ((grid[1:].astype(np.float64) + grid[:-1]) / 2).astype(np.float32)  # exact in float32
     points = np.concatenate([grid, mids, [2.0**-10, 2.0**-7, 2.0**-6, 2.0**-149, 2.0**-126, 1e-10],
                              [464.0, 480.0, 512.0, 1e30, F32_MAX, np.inf]]).astype(np.float32)

@@ -5,11 +5,10 @@ N-D and strided inputs, edge shapes, special blocks. The kernel's jit helpers ar
 own against independent numpy formulations. Outputs are poisoned with 0xAA before every launch, so
 a byte the kernel fails to write shows up as a mismatch."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
+from preambles import interpreted
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
@@ -18,29 +17,27 @@ from lowbit.backends.cpu import mxfp4 as reference  # noqa: E402
 from lowbit.backends.triton import mxfp4 as kernels  # noqa: E402
 from lowbit.backends.triton.float_bits import pow2, to_f32  # noqa: E402
 from lowbit.backends.triton.launch import LaunchConfig  # noqa: E402
-from oracles import ALL16, bf16_from_bits, nearest_even_e2m1_code  # noqa: E402
+from oracles import (  # noqa: E402
+    ALL16,
+    E2M1_GRID,
+    F32_MAX,
+    arrangements,
+    bits16,
+    f32_bits_tensor,
+    from_bits16,
+    nearest_even_e2m1_code,
+)
 
 from lowbit.mxfp4 import quantize_outputs  # noqa: E402
 
-pytestmark = [
-    pytest.mark.interpret,
-    # the interpreter computes with numpy, which warns on signalling NaNs and overflows: both meant
-    pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                       reason="needs TRITON_INTERPRET=1 (CI row triton-interpret): without the interpreter the "
-                              "Triton kernels need a GPU"),
-]
+pytestmark = interpreted()
 
 RULES = ("rceil", "floor")
 POISON = 0xAA
 # Few, large programs: the interpreter's cost is per program, not per element.
 WIDE = LaunchConfig(block_m=1024, block_k=32, num_warps=4)
 TALL = LaunchConfig(block_m=64, block_k=512, num_warps=4)
-E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 NAN, INF = float("nan"), float("inf")
-F32_MAX = float(np.finfo(np.float32).max)
-
-
 # --- running both sides ---------------------------------------------------------------------------
 
 def triton_bytes(x, rule, config):
@@ -76,49 +73,25 @@ def assert_matches_reference(x, rule, config=None):
 
 # --- every 16-bit pattern -------------------------------------------------------------------------
 
-def arrangements(bits: np.ndarray, anchor_bits: list[int]) -> np.ndarray:
-    """All patterns in rows of 32, several times over: in order (a block holds 32 neighbouring
-    patterns), rotated by 1 and by 19 places (each pattern in other positions of its block),
-    permuted by an odd multiplier (neighbours from all over the range); then 31 patterns a row next
-    to one anchor pattern, which fixes the block scale, so every pattern's value is rounded at
-    several known scales (anchor 6.0: y = x for |x| <= 6, all the E2M1 thresholds hit)."""
-    n = len(bits)
-    rows = [bits, np.roll(bits, 1), np.roll(bits, 19), bits[(np.arange(n) * 40503) % n]]
-    padded = np.concatenate([bits, np.zeros(-n % 31, dtype=bits.dtype)]).reshape(-1, 31)
-    for anchor in anchor_bits:
-        rows.append(np.concatenate([padded, np.full((len(padded), 1), anchor, dtype=bits.dtype)], axis=1))
-    return np.concatenate([r.reshape(-1) for r in rows]).reshape(-1, 32)
-
-
-def f32_from_bits(bits) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(bits, dtype=np.uint32).view(np.float32).copy())
-
-
-def bf16_anchor(value: float) -> int:
-    return int(torch.tensor(value, dtype=torch.bfloat16).view(torch.int16).item()) & 0xFFFF
-
-
-def f16_anchor(value: float) -> int:
-    return int(torch.tensor(value, dtype=torch.float16).view(torch.int16).item()) & 0xFFFF
-
-
-BF16_ANCHORS = [bf16_anchor(6.0 * 2.0**k) for k in (-120, -60, -3, 0, 1, 60, 120)] + [bf16_anchor(7.0)]
-F16_ANCHORS = [f16_anchor(6.0 * 2.0**k) for k in (-14, -3, 0, 1, 10)] + [f16_anchor(7.0)]
+# anchors for arrangements(): each fixes the block scale, so every pattern's value is rounded at several
+# known scales (anchor 6.0: y = x for |x| <= 6, all the E2M1 thresholds hit)
+BF16_ANCHORS = [bits16(v, torch.bfloat16) for v in [6.0 * 2.0**k for k in (-120, -60, -3, 0, 1, 60, 120)] + [7.0]]
+F16_ANCHORS = [bits16(v, torch.float16) for v in [6.0 * 2.0**k for k in (-14, -3, 0, 1, 10)] + [7.0]]
 BF16_SUBNORMAL = ((ALL16 & 0x7F80) == 0) & ((ALL16 & 0x7F) != 0)
 
 
 @pytest.mark.parametrize("rule", RULES)
 def test_every_bfloat16_value_in_several_block_positions_and_scales_matches_reference(rule):
     # float32 input holding exactly the bfloat16 values (widening is exact): the float32 load path
-    bits = arrangements(ALL16, BF16_ANCHORS)
-    x = f32_from_bits(bits.astype(np.uint32) << 16)
+    bits = arrangements(ALL16, BF16_ANCHORS, 32, (1, 19))
+    x = f32_bits_tensor(bits.astype(np.uint32) << 16)
     assert_matches_reference(x, rule, WIDE)
 
 
 @pytest.mark.parametrize("rule", RULES)
 def test_bfloat16_loads_of_every_pattern_in_several_block_positions_and_scales_match_reference(rule):
-    bits = arrangements(ALL16, BF16_ANCHORS)
-    x = bf16_from_bits(bits.reshape(-1)).reshape(bits.shape)
+    bits = arrangements(ALL16, BF16_ANCHORS, 32, (1, 19))
+    x = from_bits16(bits.reshape(-1)).reshape(bits.shape)
     assert_matches_reference(x, rule, WIDE)
 
 
@@ -126,13 +99,13 @@ def test_bfloat16_loads_of_every_pattern_in_several_block_positions_and_scales_m
 def test_bfloat16_subnormal_blocks_match_reference(rule):
     # floor: a subnormal amax gives e = -127, and y = x * 2^127 < 2 spreads over codes 0..4
     sub = ALL16[BF16_SUBNORMAL]
-    x = bf16_from_bits(np.concatenate([sub, np.roll(sub, 5), np.zeros(-2 * len(sub) % 32, dtype=sub.dtype)]))
+    x = from_bits16(np.concatenate([sub, np.roll(sub, 5), np.zeros(-2 * len(sub) % 32, dtype=sub.dtype)]))
     assert_matches_reference(x.reshape(-1, 32), rule, WIDE)
 
 
 @pytest.mark.parametrize("rule", RULES)
 def test_every_float16_pattern_in_several_block_positions_and_scales_matches_reference(rule):
-    bits = arrangements(ALL16, F16_ANCHORS)
+    bits = arrangements(ALL16, F16_ANCHORS, 32, (1, 19))
     x = torch.from_numpy(bits.astype(np.uint16).view(np.int16).copy()).view(torch.float16)
     assert_matches_reference(x, rule, WIDE)
 
@@ -281,7 +254,7 @@ def test_every_kind_of_float32_nan_marks_its_block(rule):
                 block = [other] * 32
                 block[position] = nan
                 blocks.append(block)
-    x = f32_from_bits(np.array(blocks, dtype=np.uint32))
+    x = f32_bits_tensor(np.array(blocks, dtype=np.uint32))
     got_q, got_s = assert_matches_reference(x, rule, TALL)
     assert (got_s == 0xFF).all() and (got_q == 0x77).all()
 
@@ -339,11 +312,11 @@ def expected_bytes(v: np.ndarray) -> np.ndarray:
 
 
 def encode_probe_values() -> np.ndarray:
-    """Every float32 in [0, 12] whose bits are a multiple of 251, the E2M1 values and midpoints and
+    """Every float32 in [0, 12] whose bits are a multiple of 251, the E2M1_GRID values and midpoints and
     their doubles (the halved blocks' grid) with their float32 neighbours, large values, Inf,
     float32 max, subnormals and the smallest normals; each with both signs; rows of 32."""
-    mids = (E2M1[1:] + E2M1[:-1]) / 2
-    points = np.concatenate([E2M1, mids, 2 * E2M1, 2 * mids, [6.5, 7.0, 12.5, 1e30, F32_MAX, np.inf],
+    mids = (E2M1_GRID[1:] + E2M1_GRID[:-1]) / 2
+    points = np.concatenate([E2M1_GRID, mids, 2 * E2M1_GRID, 2 * mids, [6.5, 7.0, 12.5, 1e30, F32_MAX, np.inf],
                              [2.0**-149, 2.0**-127, 2.0**-126, 2.0**-125, 3 * 2.0**-126]]).astype(np.float32)
     with np.errstate(over="ignore"):  # float32 max's successor is Inf
         near = [points, np.nextafter(points, np.float32(0)), np.nextafter(points, np.float32(np.inf))]

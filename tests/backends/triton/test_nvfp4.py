@@ -6,11 +6,10 @@ global scale on its own and dequantize into every dtype. The jit helpers are che
 against independent numpy formulations. Outputs are poisoned before every launch, so a byte the
 kernel fails to write shows up as a mismatch."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
+from preambles import interpreted
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
@@ -19,26 +18,20 @@ from lowbit.backends.cpu import nvfp4 as reference  # noqa: E402
 from lowbit.backends.triton import nvfp4 as kernels  # noqa: E402
 from lowbit.backends.triton.float_bits import e4m3_value  # noqa: E402
 from lowbit.backends.triton.launch import LaunchConfig  # noqa: E402
-from oracles import ALL16, arrangements16, bf16_from_bits, bits16, nearest_even_e2m1_code  # noqa: E402
+from oracles import ALL16, E2M1_GRID, arrangements, bits16, from_bits16, nearest_even_e2m1_code  # noqa: E402
 
 from lowbit import spec  # noqa: E402
 from lowbit.nvfp4 import dequantize_output, global_scale_output, quantize_outputs  # noqa: E402
 
-pytestmark = [
-    pytest.mark.interpret,
-    # the interpreter computes with numpy, which warns on signalling NaNs, overflows and x / 0: all meant
-    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                       reason="needs TRITON_INTERPRET=1 (CI row triton-interpret): without the interpreter the "
-                              "Triton kernels need a GPU"),
-]
+# the interpreter's numpy warns on signalling NaNs, overflows and x / 0 (all meant), and not only from
+# triton.runtime.interpreter: every RuntimeWarning is ignored here
+pytestmark = interpreted("ignore::RuntimeWarning")
 
 POISON = 0xAA
 WIDE = LaunchConfig(block_m=1024, block_k=64, num_warps=4)  # few, large programs: the interpreter pays per program
 TALL = LaunchConfig(block_m=64, block_k=256, num_warps=4)
 LAYOUTS = ("linear", "swizzled")
 NAN, INF = float("nan"), float("inf")
-E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 # (per_row, compute_scale, given scale or None): every source of the global scale
 MODES = {
     "tensor": (False, True, None),
@@ -89,19 +82,19 @@ F16_ANCHORS = [bits16(6.0 * 2.0**k, torch.float16) for k in (-14, 0, 10)] + [bit
 
 @pytest.mark.parametrize("mode", ["given", "row"])
 def test_bfloat16_loads_of_every_pattern_under_several_block_scales_match_reference(mode):
-    bits = arrangements16(ALL16, BF16_ANCHORS)
-    x = bf16_from_bits(bits.reshape(-1)).reshape(bits.shape)
+    bits = arrangements(ALL16, BF16_ANCHORS, 16, (7,))
+    x = from_bits16(bits.reshape(-1)).reshape(bits.shape)
     assert_matches_reference(x, mode, "linear", WIDE)
 
 
 def test_every_bfloat16_value_as_float32_matches_reference_with_the_scale_computed():
-    bits = arrangements16(ALL16, BF16_ANCHORS)
+    bits = arrangements(ALL16, BF16_ANCHORS, 16, (7,))
     x = torch.from_numpy((bits.astype(np.uint32) << 16).view(np.float32).copy())
     assert_matches_reference(x, "tensor", "swizzled", WIDE)
 
 
 def test_every_float16_pattern_under_several_block_scales_matches_reference():
-    bits = arrangements16(ALL16, F16_ANCHORS)
+    bits = arrangements(ALL16, F16_ANCHORS, 16, (7,))
     x = torch.from_numpy(bits.astype(np.uint16).view(np.int16).copy()).view(torch.float16)
     assert_matches_reference(x, "given_per_row", "linear", WIDE)
 
@@ -297,8 +290,8 @@ def _global_scale_probe(amax_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 
 def test_encode_portable_rounds_like_an_independent_nearest_even():
-    mids = (E2M1[1:] + E2M1[:-1]) / 2
-    points = np.concatenate([E2M1, mids, [6.5, 7.0, 1e30, np.inf, 2.0**-149, 2.0**-126]]).astype(np.float32)
+    mids = (E2M1_GRID[1:] + E2M1_GRID[:-1]) / 2
+    points = np.concatenate([E2M1_GRID, mids, [6.5, 7.0, 1e30, np.inf, 2.0**-149, 2.0**-126]]).astype(np.float32)
     near = [points, np.nextafter(points, np.float32(0)), np.nextafter(points, np.float32(np.inf))]
     grid = np.arange(0, 0x40E00001, 163, dtype=np.uint32).view(np.float32)
     y = np.concatenate([grid, *near]).astype(np.float32)

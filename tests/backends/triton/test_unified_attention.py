@@ -18,12 +18,12 @@ formulation of how a program finds its sequence.
 from __future__ import annotations
 
 import itertools
-import os
 import random
 from dataclasses import dataclass
 
 import pytest
 import torch
+from preambles import interpreted
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
@@ -41,14 +41,7 @@ from test_spec_attention import (  # noqa: E402  [ATTN-TOLERANCE] and [ATTN-META
 
 import lowbit  # noqa: E402
 
-pytestmark = [
-    pytest.mark.interpret,
-    # the interpreter computes with numpy, which warns on -inf - -inf and NaN in masked-off lanes: both meant
-    pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                       reason="needs TRITON_INTERPRET=1 (CI row triton-interpret): without the interpreter the "
-                              "Triton kernels need a GPU"),
-]
+pytestmark = interpreted()
 
 BF16, F16, F32, E4M3, I32 = torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.int32
 NAN = float("nan")

@@ -7,39 +7,26 @@ fallback an error)."""
 import numpy as np
 import pytest
 import torch
+from oracles import same
+from preambles import on_xpu
 
 import lowbit
-from lowbit import dispatch, spec
+from lowbit import spec
 
-HAS_XPU = hasattr(torch, "xpu") and torch.xpu.is_available()
-
-pytestmark = [
-    pytest.mark.xpu,
-    pytest.mark.skipif(not HAS_XPU, reason="needs an Intel GPU (torch XPU build); CI row xpu on a self-hosted "
-                                           "Intel runner"),
-]
+pytestmark = [*on_xpu(), pytest.mark.usefixtures("strict_dispatch")]
 
 DEVICE, LABEL = "xpu", "xpu/triton"
 LAYOUTS = spec.F8_SCALE_LAYOUTS
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-@pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
-
-
-def same(got: torch.Tensor, want: torch.Tensor) -> bool:
-    view = {4: torch.int32, 2: torch.int16, 1: torch.uint8}[got.element_size()]
-    return got.shape == want.shape and got.stride() == want.stride() and torch.equal(got.cpu().view(view),
-                                                                                     want.view(view))
-
-
 def check(x, group_size=128, *, ue8m0=False, layout="row_major"):
     assert lowbit.supports("quantize_fp8_group", x, group_size, scale_layout=layout).kernel.capability.label == LABEL
     got = lowbit.quantize_fp8_group(x, group_size, ue8m0=ue8m0, scale_layout=layout)
     want = lowbit.quantize_fp8_group(x.cpu(), group_size, ue8m0=ue8m0, scale_layout=layout, backend="cpu")
-    assert same(got[0], want[0]) and same(got[1], want[1]), (layout, ue8m0, tuple(x.shape), x.dtype)
+    what = f"({layout}, ue8m0 {ue8m0}, {tuple(x.shape)}, {x.dtype})"
+    same(got[0], want[0], f"q {what}")
+    same(got[1], want[1], f"scales {what}")
     return got
 
 
@@ -66,7 +53,8 @@ def test_out_buffers_with_the_minimal_tma_storage(spicy):
     s_buf = torch.empty(5 + 3 * 8, device=DEVICE).as_strided((5, 4), (1, 8))
     lowbit.quantize_fp8_group(x, scale_layout="column_major_tma", out=(q_buf, s_buf))
     want_q, want_s = lowbit.quantize_fp8_group(x.cpu(), scale_layout="column_major_tma", backend="cpu")
-    assert same(q_buf[:5], want_q) and not q_buf[5:].cpu().view(torch.uint8).any()
+    same(q_buf[:5], want_q, "q")
+    assert not q_buf[5:].cpu().view(torch.uint8).any()
     assert torch.equal(s_buf.cpu(), want_s)
 
 
@@ -76,13 +64,15 @@ def test_weight_blocks_and_both_dequantizes_match_the_reference(spicy, shape):
     for ue8m0 in (False, True):
         got = lowbit.quantize_fp8_block(w, ue8m0=ue8m0)
         want = lowbit.quantize_fp8_block(w.cpu(), ue8m0=ue8m0, backend="cpu")
-        assert same(got[0], want[0]) and same(got[1], want[1])
+        same(got[0], want[0], f"block q, ue8m0 {ue8m0}")
+        same(got[1], want[1], f"block scales, ue8m0 {ue8m0}")
         for dtype in DTYPES:
-            assert same(lowbit.dequantize_fp8_block(*got, dtype=dtype),
-                        lowbit.dequantize_fp8_block(*want, dtype=dtype, backend="cpu"))
+            same(lowbit.dequantize_fp8_block(*got, dtype=dtype),
+                 lowbit.dequantize_fp8_block(*want, dtype=dtype, backend="cpu"), f"block dequantize to {dtype}")
     x = spicy((9, 512), torch.float32, seed=4, exponent_run=128).to(DEVICE)
     for layout in LAYOUTS:
         q, s = check(x, layout=layout)
         for dtype in DTYPES:
-            assert same(lowbit.dequantize_fp8_group(q, s, dtype=dtype),
-                        lowbit.dequantize_fp8_group(q.cpu(), s.cpu(), dtype=dtype, backend="cpu"))
+            same(lowbit.dequantize_fp8_group(q, s, dtype=dtype),
+                 lowbit.dequantize_fp8_group(q.cpu(), s.cpu(), dtype=dtype, backend="cpu"),
+                 f"dequantize to {dtype}, {layout}")

@@ -6,26 +6,15 @@ Auto-dispatch must pick xpu/triton (LOWBIT_STRICT=1 makes a fallback an error)."
 import numpy as np
 import pytest
 import torch
+from preambles import on_xpu
 
 import lowbit
-from lowbit import dispatch
 
-HAS_XPU = hasattr(torch, "xpu") and torch.xpu.is_available()
-
-pytestmark = [
-    pytest.mark.xpu,
-    pytest.mark.skipif(not HAS_XPU, reason="needs an Intel GPU (torch XPU build); CI row xpu on a self-hosted "
-                                           "Intel runner"),
-]
+pytestmark = [*on_xpu(), pytest.mark.usefixtures("strict_dispatch")]
 
 DEVICE, LABEL = "xpu", "xpu/triton"
 LAYOUTS = ("linear", "swizzled")
 MODES = ("tensor", "row", "given", "given_per_row")
-
-
-@pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
 
 
 def same_bytes(got: torch.Tensor, want: torch.Tensor) -> bool:

@@ -19,24 +19,18 @@ The expectation is always computed on the CPU: `backend="cpu"` on a CPU copy, or
 from __future__ import annotations
 
 import itertools
-import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 import torch
+from attention_cases import MIXES, assert_close, build
 from lowbit.backends.xpu import mxfp4 as xpu_mxfp4
+from oracles import all_patterns, assert_same_bits, dtype_id, every_position, raw, strides_for, to_rows
+from preambles import on_xpu
 
 import lowbit
-from lowbit import dispatch
 
-HAS_XPU = hasattr(torch, "xpu") and torch.xpu.is_available()
-
-pytestmark = [
-    pytest.mark.xpu,
-    pytest.mark.skipif(not HAS_XPU, reason="needs an Intel GPU (torch XPU build); CI row xpu on a self-hosted "
-                                           "Intel runner"),
-]
+pytestmark = [*on_xpu(), pytest.mark.usefixtures("strict_dispatch")]
 
 DEVICE = "xpu"
 MX, GROUP, FP8, ATTN = "quantize_mxfp4", "per_token_group_quant_mxfp4", "quantize_fp8_group_packed", "unified_attention"
@@ -47,35 +41,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 BF16, FP16, E4M3 = torch.bfloat16, torch.float16, torch.float8_e4m3fn
 
 
-def dtype_id(d: torch.dtype) -> str:
-    return str(d).removeprefix("torch.")
-
-
-@pytest.fixture(autouse=True)
-def _strict(_fresh_dispatch, monkeypatch):
-    """No silent fallback: a call auto-dispatch does not give to the xpu backend raises."""
-    monkeypatch.setenv(dispatch.ENV_STRICT, "1")
-
-
 # --- comparison ------------------------------------------------------------------------------------
-
-def raw(t: torch.Tensor) -> torch.Tensor:
-    """t's bits as integers on the CPU (NaN == NaN), in t's logical layout. The view comes first:
-    copies of float4/E8M0 tensors between devices need not exist."""
-    return t.view({4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()]).cpu()
-
-
-def assert_same_bits(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    assert got.dtype == want.dtype and got.shape == want.shape, (
-        f"{what}: {got.dtype} {tuple(got.shape)} != {want.dtype} {tuple(want.shape)}")
-    g, w = raw(got), raw(want)
-    if torch.equal(g, w):
-        return
-    bad = (g != w).nonzero()
-    at = tuple(bad[0].tolist())
-    raise AssertionError(f"{what}: {len(bad)} of {g.numel()} values differ; first at {at}: got {int(g[at]):#x}, "
-                         f"want {int(w[at]):#x}")
-
 
 def assert_auto_picks_xpu_triton(op: str, *args, **kwargs) -> None:
     verdict = lowbit.supports(op, *args, **kwargs)
@@ -138,36 +104,6 @@ def check_fp8(x: torch.Tensor, xd: torch.Tensor | None = None) -> None:
 
 
 # --- inputs -------------------------------------------------------------------------------------------
-
-def all_patterns(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every one of the 65,536 bit patterns of a 16-bit float dtype, as (finite, non-finite)."""
-    values = torch.from_numpy(np.arange(1 << 16, dtype=np.uint16).view(np.int16).copy()).view(dtype)
-    finite = values.isfinite()
-    return values[finite], values[~finite]
-
-
-def every_position(values: torch.Tensor, width: int, stride: int) -> torch.Tensor:
-    """Blocks (rows of `width`) holding each value once in every position: block b takes every
-    `stride`-th of `width * stride` consecutive values (the stride sets how many binades a block
-    spans), then all `width` rotations of every block."""
-    per = width * stride
-    v = torch.cat([values, values[: (-values.numel()) % per]])  # wrap around: every value at least once
-    blocks = v.reshape(-1, width, stride).transpose(1, 2).reshape(-1, width)
-    return torch.cat([blocks.roll(r, dims=-1) for r in range(width)])
-
-
-def strides_for(dtype: torch.dtype, width: int, binades) -> list[int]:
-    """Strides through the bit patterns of `dtype` that make a block of `width` span `binades`."""
-    per_binade = 1 << {torch.bfloat16: 7, torch.float16: 10}[dtype]  # mantissa bits
-    return sorted({max(1, round(b * per_binade / width)) for b in binades})
-
-
-def to_rows(blocks: torch.Tensor, per_row: int) -> torch.Tensor:
-    """Blocks laid out `per_row` to a row (zero blocks pad the last row)."""
-    pad = (-blocks.shape[0]) % per_row
-    blocks = torch.cat([blocks, blocks.new_zeros(pad, blocks.shape[1])])
-    return blocks.reshape(-1, per_row * blocks.shape[1])
-
 
 def every_bf16_pattern(width: int, binades=(0.25, 2, 6, 24), per_row: int = 16) -> torch.Tensor:
     """Every finite bfloat16 in every position of a block of `width`, blocks spanning `binades`."""
@@ -311,117 +247,18 @@ def test_compile_fullgraph_matches_eager_and_the_reference(dynamic, spicy):
 
 
 # --- unified_attention ------------------------------------------------------------------------------------
-# Inputs as in tests/backends/cuda/test_unified_attention.py: K/V slots past a sequence's end and a
+# Inputs from tests/attention_cases.py, as the cuda suite's: K/V slots past a sequence's end and a
 # whole page hold NaN, block-table entries past a sequence's last page point at that page, q has
 # rows after the last sequence, and `out` starts as NaN (rows outside every sequence stay NaN).
-
-MIXES = {
-    "mixed": ((1, 1328), (5, 18), (129, 463)),  # decode, short prefill and long prefill in one batch
-    "decode": ((1, 523), (1, 37), (1, 2011)),
-}
-DESCALES = (0.75, 0.5, 0.25)  # q, k, v
-
-
-@dataclass
-class Case:
-    q: torch.Tensor
-    k_cache: torch.Tensor
-    v_cache: torch.Tensor
-    kwargs: dict
-    out_dtype: torch.dtype
-    fp8: bool  # the FP8 tolerance applies
-    rows: list[tuple[int, int]] = field(default_factory=list)  # each sequence's query rows [start, end)
-
-    def on(self, device):
-        def move(t):
-            if not isinstance(t, torch.Tensor):
-                return t
-            return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device).copy_(t)
-        return move(self.q), move(self.k_cache), move(self.v_cache), {k: move(v) for k, v in self.kwargs.items()}
-
-    def written(self) -> torch.Tensor:
-        mask = torch.zeros(self.q.shape[0], dtype=torch.bool)
-        for start, end in self.rows:
-            mask[start:end] = True
-        return mask
-
-    def reference(self) -> torch.Tensor:
-        out = torch.zeros(self.q.shape, dtype=self.out_dtype)
-        lowbit.unified_attention(self.q, self.k_cache, self.v_cache, out=out, backend="cpu", **self.kwargs)
-        return out
-
-
-def build(seqs, heads, head_size, page, *, mode="bf16", dtype=BF16, causal=True, window=None, softcap=0.0,
-          sinks=False, seed=0) -> Case:
-    """A paged batch: sequences of (q_len, kv_len), pages scattered at random, one NaN page.
-    mode: "bf16" (the cache in q's dtype), "fp8kv" (FP8 cache, k/v descales per sequence and KV head),
-    "fp8all" (FP8 query and cache, one descale each)."""
-    g = torch.Generator().manual_seed(seed)
-    num_heads, kv_heads = heads
-    q_lens, kv_lens = [a for a, _ in seqs], [b for _, b in seqs]
-    num_seqs = len(seqs)
-    width = -(-max(kv_lens) // page) + 1
-    num_pages = num_seqs * (width - 1) + 1
-    nan_page = num_pages - 1
-    q_dtype = E4M3 if mode == "fp8all" else dtype
-    kv_dtype = E4M3 if mode in ("fp8kv", "fp8all") else dtype
-    starts = [0, *itertools.accumulate(q_lens)]
-    q = (torch.randn(starts[-1] + 3, num_heads, head_size, generator=g) * 2.0).to(q_dtype)
-    k = torch.randn(num_pages, page, kv_heads, head_size, generator=g)
-    v = torch.randn(num_pages, page, kv_heads, head_size, generator=g)
-    table = torch.full((num_seqs + 1, width), nan_page, dtype=torch.int32)
-    order = torch.randperm(num_pages - 1, generator=g)
-    taken = 0
-    for s, kv_len in enumerate(kv_lens):
-        n = -(-kv_len // page)
-        table[s, :n] = order[taken:taken + n].to(torch.int32)
-        taken += n
-        if kv_len % page:
-            last = int(table[s, n - 1])
-            k[last, kv_len % page:] = float("nan")
-            v[last, kv_len % page:] = float("nan")
-    k[nan_page], v[nan_page] = float("nan"), float("nan")
-    kwargs = dict(cu_seqlens_q=torch.tensor(starts, dtype=torch.int32), seqused_k=torch.tensor(kv_lens, dtype=torch.int32),
-                  block_table=table, max_seqlen_q=max(q_lens), max_seqlen_k=max(kv_lens), causal=causal,
-                  window_size=(-1, -1) if window is None else (window, window // 2), softcap=softcap)
-    if sinks:
-        kwargs["sinks"] = torch.randn(num_heads, generator=g) * 2 + 2
-    if mode == "fp8kv":  # a value per (sequence, KV head): descale * {1/2, 1, 2}
-        pattern = torch.exp2((torch.arange(num_seqs * kv_heads) % 3 - 1).float()).reshape(num_seqs, kv_heads)
-        kwargs["k_descale"], kwargs["v_descale"] = DESCALES[1] * pattern, DESCALES[2] * pattern
-    if mode == "fp8all":
-        kwargs.update(q_descale=torch.tensor([DESCALES[0]]), k_descale=torch.tensor([DESCALES[1]]),
-                      v_descale=torch.tensor([DESCALES[2]]))
-    out_dtype = dtype if q_dtype != E4M3 else BF16
-    return Case(q, k.to(kv_dtype), v.to(kv_dtype), kwargs, out_dtype, fp8=mode != "bf16",
-                rows=[(starts[s], starts[s + 1]) for s in range(num_seqs)])
-
-
-def tolerance(fp8: bool) -> tuple[float, float]:
-    """[ATTN-TOLERANCE]: (atol, rtol), as the cuda tests use."""
-    return (0.15, 0.15) if fp8 else (1.5e-2, 1e-2)
-
-
-def assert_close(got: torch.Tensor, want: torch.Tensor, fp8: bool, what: str) -> None:
-    atol, rtol = tolerance(fp8)
-    g, w = got.float().cpu(), want.float().cpu()
-    over = (g - w).abs() - (atol + rtol * w.abs())
-    bad = ~(over <= 0)  # NaN counts as bad
-    if bad.any():
-        score = torch.where(torch.isnan(over), torch.full_like(over, math.inf), over)
-        at = tuple(int(i) for i in torch.unravel_index(score.argmax(), score.shape))
-        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} elements out of tolerance {(atol, rtol)}; "
-                             f"worst at (token, head, dim) {at}: got {g[at].item()}, want {w[at].item()}")
-
 
 ATTENTION_CASES = {
     "bf16-mixed-gqa": dict(seqs=MIXES["mixed"], heads=(8, 2), head_size=128, page=16),
     "bf16-decode-gqa-window-softcap-sinks": dict(seqs=MIXES["decode"], heads=(32, 8), head_size=64, page=32,
                                                  window=256, softcap=50.0, sinks=True),
     "fp16-mixed-mqa-full": dict(seqs=MIXES["mixed"], heads=(5, 1), head_size=80, page=16, dtype=FP16, causal=False),
-    "fp8kv-mixed-gqa-descales": dict(seqs=MIXES["mixed"], heads=(8, 2), head_size=128, page=16, mode="fp8kv"),
-    "fp8kv-decode-gqa-descales": dict(seqs=MIXES["decode"], heads=(8, 2), head_size=128, page=16, mode="fp8kv"),
-    "fp8all-mixed-descales": dict(seqs=MIXES["mixed"], heads=(8, 2), head_size=256, page=16, mode="fp8all"),
+    "fp8kv-mixed-gqa-descales": dict(seqs=MIXES["mixed"], heads=(8, 2), head_size=128, page=16, mode="fp8kv/seqhead"),
+    "fp8kv-decode-gqa-descales": dict(seqs=MIXES["decode"], heads=(8, 2), head_size=128, page=16, mode="fp8kv/seqhead"),
+    "fp8all-mixed-descales": dict(seqs=MIXES["mixed"], heads=(8, 2), head_size=256, page=16, mode="fp8all/tensor"),
 }
 
 

@@ -9,29 +9,22 @@ binade edges, so the FP8 test puts values there: the xpu record must use the int
 """
 
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
+from preambles import interpreted
 
 pytest.importorskip("triton")
 
 from lowbit.backends.xpu import BACKEND as XPU  # noqa: E402
-from oracles import ALL16  # noqa: E402
+from oracles import ALL16, assert_same_bits, bits, dtype_id, from_bits16, storage_words  # noqa: E402
 from test_spec_attention import attention_tolerance  # noqa: E402  [ATTN-TOLERANCE], checked against the spec
 
 import lowbit  # noqa: E402
 from lowbit import fp8_group_packed, mxfp4  # noqa: E402
 
-pytestmark = [
-    pytest.mark.interpret,
-    # the interpreter computes with numpy, which warns on signalling NaNs, overflows and -inf - -inf: all meant
-    pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                       reason="needs TRITON_INTERPRET=1 (CI row triton-interpret): without the interpreter the "
-                              "Triton kernels need a GPU"),
-]
+pytestmark = interpreted()
 
 BF16, F16, F32, E4M3, I32 = torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.int32
 DTYPES = [F32, F16, BF16]
@@ -41,10 +34,6 @@ EPS_IDS = ["0", "1e-10", "2^-20", "0.75"]
 SCALE_DTYPES = [F32, torch.float8_e8m0fnu, torch.uint8]
 POISON = 0xAA
 NAN, INF = float("nan"), float("inf")
-
-
-def dtype_id(d: torch.dtype) -> str:
-    return str(d).removeprefix("torch.")
 
 
 def xpu_run(op: str):
@@ -58,25 +47,6 @@ def poisoned(*tensors):
     for t in tensors:
         t.view(torch.uint8).fill_(POISON)
     return tensors
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    """t's bits as integers (NaN == NaN): int32 words for 4-byte dtypes, else bytes."""
-    return t.view(torch.int32) if t.element_size() == 4 else t.view(torch.uint8)
-
-
-def assert_same_bits(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    g, w = bits(got), bits(want)
-    assert g.shape == w.shape, f"{what}: shape {tuple(g.shape)}, want {tuple(w.shape)}"
-    if not torch.equal(g, w):
-        bad = (g != w).nonzero()
-        first = [(tuple(i), hex(g[tuple(i)].item() & 0xFFFFFFFF), hex(w[tuple(i)].item() & 0xFFFFFFFF))
-                 for i in bad[:6].tolist()]
-        raise AssertionError(f"{what}: {len(bad)} of {g.numel()} differ; first (index, xpu run, reference): {first}")
-
-
-def from_bits16(bits16: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(bits16.astype(np.uint16).view(np.int16).copy()).view(dtype)
 
 
 # --- quantize_mxfp4 ---------------------------------------------------------------------------------
@@ -203,11 +173,6 @@ def test_per_token_group_quant_matches_the_reference_on_every_bfloat16_pattern(e
 # --- quantize_fp8_group_packed -----------------------------------------------------------------------
 
 GROUP = 128
-
-
-def storage_words(scales: torch.Tensor) -> torch.Tensor:
-    """Every int32 word of the storage behind packed scales, the TMA padding rows included."""
-    return torch.empty(0, dtype=scales.dtype).set_(scales.untyped_storage())
 
 
 def check_fp8(x: torch.Tensor) -> None:

@@ -14,6 +14,7 @@ import types
 import pytest
 import torch
 from lowbit.backends import xpu
+from oracles import meta
 
 import lowbit
 from lowbit import registry
@@ -39,10 +40,6 @@ def stand_in(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm_xpu_kernels._C", types.ModuleType("vllm_xpu_kernels._C"))
     monkeypatch.setattr(torch.ops._C, "per_token_group_quant_mxfp4", lambda *args: None, raising=False)
     registry.forget()
-
-
-def meta(*shape, dtype=torch.bfloat16):
-    return torch.empty(shape, dtype=dtype, device="meta")
 
 
 def records(op):

@@ -33,7 +33,8 @@ import pytest
 import torch
 from lowbit.backends import xpu as xpu_backend
 from lowbit.backends.xpu import mxfp4 as xpu_mxfp4
-from oracles import f32_bits_tensor, u8
+from oracles import f32_bits_tensor, meta, u8
+from preambles import FAKE_DEVICE
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit
@@ -149,10 +150,6 @@ def intel_gpu(monkeypatch):
     registry.forget()
     yield
     devices.device_arch.cache_clear()  # nothing learned under the stand-in probe outlives the test
-
-
-def meta(*shape, dtype=torch.bfloat16):
-    return torch.empty(shape, dtype=dtype, device="meta")
 
 
 # --- the injections themselves ----------------------------------------------------------------------
@@ -531,16 +528,7 @@ def test_rceil_with_the_vendor_opted_in_warns_nothing(stand_in, monkeypatch, cap
     assert kernel.capability.label == "xpu/vendor" and not caplog.records
 
 
-def _fake_xpu_unavailable() -> str:
-    try:
-        with FakeTensorMode():
-            torch.empty(1, device="xpu")
-    except (AssertionError, RuntimeError) as error:
-        return f"this torch cannot make fake xpu tensors here: {error}"
-    return ""
-
-
-@pytest.mark.skipif(bool(_fake_xpu_unavailable()), reason=_fake_xpu_unavailable() or "-")
+@FAKE_DEVICE["xpu"]
 def test_the_public_op_on_fake_xpu_tensors_warns_once_and_resolves_to_xpu_triton(stand_in, monkeypatch, caplog,
                                                                                   resolved):
     monkeypatch.setenv(SETTING, "vendor")
