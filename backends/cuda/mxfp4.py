@@ -11,28 +11,28 @@ from lowbit.capability import ArchRange, Capability
 PTX_ARCHS = frozenset({100, 103, 110, 120, 121})
 
 
-def quantize_triton(x, q, scales, *, scale_rule, eps=0.0):
+def quantize_triton(x, q, scales, *, scale_rule, swizzled, eps=0.0):
     """The portable kernel: E2M1 and the scale by integer arithmetic on float32 bits."""
     from lowbit.backends.triton import mxfp4
 
-    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, eps=eps)
+    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, swizzled=swizzled, eps=eps)
 
 
-def quantize_ptx(x, q, scales, *, scale_rule, eps=0.0):
+def quantize_ptx(x, q, scales, *, scale_rule, swizzled, eps=0.0):
     from lowbit.backends.triton import mxfp4
 
     from .ptx import encode_ptx, rceil_exponent_ptx
 
-    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, eps=eps, encode=encode_ptx,
+    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, swizzled=swizzled, eps=eps, encode=encode_ptx,
                    rceil_exponent=rceil_exponent_ptx)
 
 
-def quantize_into_triton(x, x_q, x_s, *, eps):
-    quantize_triton(x, x_q, x_s, scale_rule="rceil", eps=eps)
+def quantize_into_triton(x, x_q, x_s, *, eps, swizzled):
+    quantize_triton(x, x_q, x_s, scale_rule="rceil", swizzled=swizzled, eps=eps)
 
 
-def quantize_into_ptx(x, x_q, x_s, *, eps):
-    quantize_ptx(x, x_q, x_s, scale_rule="rceil", eps=eps)
+def quantize_into_ptx(x, x_q, x_s, *, eps, swizzled):
+    quantize_ptx(x, x_q, x_s, scale_rule="rceil", swizzled=swizzled, eps=eps)
 
 
 _COMMON = dict(
@@ -44,6 +44,7 @@ _COMMON = dict(
     compile_safe=True,
     min_ndim=1,
     block_size=spec.MX_BLOCK,
+    scale_layouts=spec.SCALE_LAYOUTS,
 )
 _PTX = dict(variant="ptx", archs={"cuda": PTX_ARCHS})
 _TRITON = dict(variant="triton", archs={"cuda": ArchRange(80)})

@@ -81,10 +81,10 @@ def rceil_exponent_portable(d):
 
 
 @triton.jit
-def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, stride_xm, stride_xk, eps_bits,
+def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, scale_rows, stride_xm, stride_xk, eps_bits,
                           FLOOR: tl.constexpr, ENCODE: tl.constexpr, RCEIL_EXPONENT: tl.constexpr,
-                          HAS_EPS: tl.constexpr, SCALE_F32: tl.constexpr, BLOCK_M: tl.constexpr,
-                          BLOCK_K: tl.constexpr):
+                          HAS_EPS: tl.constexpr, SCALE_F32: tl.constexpr, SWIZZLED: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     BLOCKS: tl.constexpr = BLOCK_K // BLOCK
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = (row < rows)[:, None]
@@ -111,11 +111,17 @@ def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, stride_xm, stride_xk, ep
     e = tl.minimum(tl.maximum(e, -127), 127)  # [MX-SCALE]
     e = tl.where(amax_bits == F32_INF_BITS, 127, e)  # [MX-INF]
     block = tl.program_id(1) * BLOCKS + tl.arange(0, BLOCKS)
+    cols = k // BLOCK
     if SCALE_F32:  # 2^e as float32 bits: the exponent field e + 127 (2^-127, a subnormal, only under rule floor)
         scale = tl.where(nan, F32_NAN_BITS, tl.where(e == -127, F32_TWO_TO_MINUS_127_BITS, (e + 127) << 23))
+        tl.store(s_ptr + row64 * cols + block[None, :], scale, mask=row_ok & (block < cols)[None, :])
+    elif SWIZZLED:  # [MX-SWIZZLE]: the grid covers the padding rows and columns too, written as 0
+        scale = tl.where(row_ok & (block < cols)[None, :], tl.where(nan, 255, e + 127), 0).to(tl.uint8)
+        tl.store(s_ptr + swizzled_offset(row64, block, cols), scale,
+                 mask=(row < scale_rows)[:, None] & (block < (cols + 3) // 4 * 4)[None, :])
     else:
         scale = tl.where(nan, 255, e + 127).to(tl.uint8)
-    tl.store(s_ptr + row64 * (k // BLOCK) + block[None, :], scale, mask=row_ok & (block < k // BLOCK)[None, :])
+        tl.store(s_ptr + row64 * cols + block[None, :], scale, mask=row_ok & (block < cols)[None, :])
 
     # [MX-SCALING] y = x * 2^-e with a normal factor: 2^-127 is a float32 subnormal, which some
     # targets flush, so e = 127 blocks (Inf only) scale by 2^-126 and the encoder halves them.
@@ -133,35 +139,39 @@ LAUNCH_TABLE = (
 )
 
 
-def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str, eps: float = 0.0,
-             encode=encode_portable, rceil_exponent=rceil_exponent_portable,
+def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str, swizzled: bool = False,
+             eps: float = 0.0, encode=encode_portable, rceil_exponent=rceil_exponent_portable,
              config: LaunchConfig | None = None) -> None:
-    """Write MXFP4 of `x` (..., K) into contiguous `q` (..., K/2) and `scales` (..., K/32): E8M0
-    bytes, or float32 powers of two when `scales` is float32. `eps` is [MX-EPS]'s (rule rceil)."""
+    """Write MXFP4 of `x` (..., K) into contiguous `q` (..., K/2) and `scales`: (..., K/32) E8M0
+    bytes or float32 powers of two (when `scales` is float32), or the swizzled E8M0 tiles
+    [MX-SWIZZLE]. `eps` is [MX-EPS]'s (rule rceil)."""
     k = x.shape[-1]
     rows = x.numel() // k if k else 0
     if rows == 0:
         return
     eps_bits = float32_bits(eps)
     scale_f32 = scales.dtype == torch.float32
+    scale_rows = scales.shape[0] if swizzled else rows
     x2 = x if x.dim() == 2 else x.reshape(rows, k)  # a view when the leading dims' strides allow it, else one copy
     _, block_m, column_blocks, launch = size_class(
-        launches(k, scale_rule == "floor", eps_bits != 0, scale_f32, encode, rceil_exponent, config), rows)
+        launches(k, scale_rule == "floor", eps_bits != 0, scale_f32, swizzled, encode, rceil_exponent, config), rows)
     # float32 scales are written as their bits; q and E8M0 scales go as they are (Launch: their bytes)
-    launch((triton.cdiv(rows, block_m), column_blocks, 1), x2, q, scales.view(torch.int32) if scale_f32 else scales,
-           rows, k, x2.stride(0), x2.stride(1), eps_bits)
+    launch((triton.cdiv(scale_rows, block_m), column_blocks, 1), x2, q,
+           scales.view(torch.int32) if scale_f32 else scales, rows, k, scale_rows, x2.stride(0), x2.stride(1), eps_bits)
 
 
 @functools.lru_cache(maxsize=1024)
-def launches(k: int, floor: bool, has_eps: bool, scale_f32: bool, encode, rceil_exponent,
+def launches(k: int, floor: bool, has_eps: bool, scale_f32: bool, swizzled: bool, encode, rceil_exponent,
              config: LaunchConfig | None) -> tuple[tuple[int | None, int, int, Launch], ...]:
     """(max rows, BLOCK_M, column blocks, launch) for each entry of LAUNCH_TABLE (or just `config`)
     that takes rows of `k` elements: resolved once per kind of call."""
     found = []
     for max_rows, c in fitting(LAUNCH_TABLE, k, config):
         block_k = min(c.block_k, triton.next_power_of_2(k))
+        if swizzled:  # whole groups of 4 scale columns a program, so the last one writes the padding ones
+            block_k = max(block_k, 4 * BLOCK)
         constexprs = dict(FLOOR=floor, ENCODE=encode, RCEIL_EXPONENT=rceil_exponent, HAS_EPS=has_eps,
-                          SCALE_F32=scale_f32, BLOCK_M=c.block_m, BLOCK_K=block_k)
+                          SCALE_F32=scale_f32, SWIZZLED=swizzled, BLOCK_M=c.block_m, BLOCK_K=block_k)
         # fp fusion is exact here: the one product-then-sum, a*h + 2^22, has an exact product
         launch = Launch(quantize_mxfp4_kernel, constexprs, num_warps=c.num_warps, enable_fp_fusion=True)
         found.append((max_rows, c.block_m, triton.cdiv(k, block_k), launch))
