@@ -299,7 +299,7 @@ OP_VARIANTS = ("quantize_mxfp4", "per_token_group_quant_mxfp4", "dequantize_mxfp
 # The _meta_args calls only the reference takes on fake xpu tensors: xpu has no dequantize kernels, and
 # its FP8 record takes group 128 only (the calls use 32). On fake cuda tensors every call falls back:
 # every cuda record needs an arch and this machine cannot tell a fake cuda device's.
-XPU_FALLBACKS = ("dequantize_mxfp4", "quantize_fp8_group_packed", "quantize_fp8_group_packed_out",
+XPU_FALLBACKS = ("quantize_fp8_group_packed", "quantize_fp8_group_packed_out",
                  "dequantize_fp8_group_packed")
 FALLBACKS = [pytest.param(device, variant, id=f"{device}-{variant}", marks=FAKE_DEVICE[device])
              for device, variants in (("cuda", OP_VARIANTS), ("xpu", XPU_FALLBACKS)) for variant in variants]

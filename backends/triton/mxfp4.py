@@ -28,7 +28,7 @@ import triton.language as tl
 
 from lowbit import spec
 
-from .float_bits import ceil_exponent_field, exponent_field, pow2, to_f32
+from .float_bits import OUT_BITS, ceil_exponent_field, exponent_field, output_bits, pow2, to_f32
 from .launch import Launch, LaunchConfig, fitting, size_class
 
 BLOCK = tl.constexpr(spec.MX_BLOCK)  # elements per scale
@@ -182,3 +182,81 @@ def launches(k: int, floor: bool, has_eps: bool, scale_f32: bool, swizzled: bool
 def float32_bits(value: float) -> int:
     """The bits of fl32(value) (rounded to nearest even) as a signed int."""
     return struct.unpack("<i", struct.pack("<f", value))[0]
+
+
+@triton.jit
+def dequantize_mxfp4_kernel(q_ptr, s_ptr, out_ptr, rows, k, stride_qm, stride_sm, SWIZZLED: tl.constexpr,
+                            OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[MX-DEQUANT] into out_ptr as bits (OUT: 32 float32, 16 bfloat16, 15 float16). value(code) *
+    2^(byte - 127) is built on float32 bits, by exponent arithmetic: exact, and no subnormal
+    operand for a target to flush (byte 0 scales by 2^-127)."""
+    BLOCKS: tl.constexpr = BLOCK_K // BLOCK
+    row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row64 = row.to(tl.int64)[:, None]
+    row_ok = (row < rows)[:, None]
+    byte = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(q_ptr + row64 * stride_qm + byte[None, :], mask=row_ok & (byte < k // 2)[None, :], other=0)
+    packed = packed.to(tl.int32)
+    nibble = tl.reshape(tl.join(packed & 0xF, packed >> 4), (BLOCK_M, BLOCKS, BLOCK))
+
+    col = tl.program_id(1) * BLOCKS + tl.arange(0, BLOCKS)
+    cols = k // BLOCK
+    if SWIZZLED:  # [MX-SWIZZLE]
+        offset = swizzled_offset(row64, col, cols)
+    else:
+        offset = row64 * stride_sm + col[None, :]
+    scale = tl.load(s_ptr + offset, mask=row_ok & (col < cols)[None, :], other=127).to(tl.int32)
+
+    # E2M1 code 1 is 0.5 (exponent field 126); codes 2..7 are (1 + m/2) * 2^((code >> 1) - 1)
+    code = nibble & 7
+    field = tl.where(code >= 2, (code >> 1) + 126, 126) + (scale - 127)[:, :, None]
+    mantissa = tl.where(code >= 2, (code & 1) << 22, 0)
+    normal = (field << 23) | mantissa
+    subnormal = (0x800000 | mantissa) >> tl.minimum(1 - field, 31)  # field >= -1 here: an exact shift
+    bits = tl.where(field >= 255, F32_INF_BITS, tl.where(field >= 1, normal, subnormal))
+    bits = tl.where(code == 0, 0, bits) | ((nibble & 8) << 28)
+    bits = tl.where((scale == 255)[:, :, None], F32_NAN_BITS, bits)  # [MX-DEQUANT]: E8M0's NaN
+    value = tl.reshape(bits, (BLOCK_M, BLOCK_K)).to(tl.float32, bitcast=True)
+
+    col = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    tl.store(out_ptr + row64 * k + col[None, :], output_bits(value, OUT), mask=row_ok & (col < k)[None, :])
+
+
+# (max rows, max K, config), as LAUNCH_TABLE
+DEQUANTIZE_TABLE = (
+    (128, None, LaunchConfig(block_m=4, block_k=256, num_warps=4)),
+    (None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),
+)
+
+
+def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *, swizzled: bool = False,
+               config: LaunchConfig | None = None) -> None:
+    """[MX-DEQUANT] q (..., K/2) with its scales (linear (..., K/32) or the swizzled tiles) into
+    contiguous out (..., K)."""
+    k = out.shape[-1]
+    rows = out.numel() // k if k else 0
+    if rows == 0:
+        return
+    int_dtype, out_bits = OUT_BITS[out.dtype]
+    q2 = q.view(torch.uint8).reshape(rows, k // 2)  # a view when the leading dims allow it, else one copy
+    s2 = scales.view(torch.uint8) if swizzled else scales.view(torch.uint8).reshape(rows, k // BLOCK)
+    if q2.stride(1) != 1:
+        q2 = q2.contiguous()
+    if not swizzled and s2.stride(1) != 1:
+        s2 = s2.contiguous()
+    _, block_m, column_blocks, launch = size_class(dequantize_launches(k, swizzled, out_bits, config), rows)
+    launch((triton.cdiv(rows, block_m), column_blocks, 1), q2, s2, out.view(int_dtype), rows, k, q2.stride(0),
+           s2.stride(0))
+
+
+@functools.lru_cache(maxsize=256)
+def dequantize_launches(k: int, swizzled: bool, out_bits: int,
+                        config: LaunchConfig | None) -> tuple[tuple[int | None, int, int, Launch], ...]:
+    """(max rows, BLOCK_M, column blocks, launch) of dequantize_mxfp4_kernel per DEQUANTIZE_TABLE entry."""
+    found = []
+    for max_rows, c in fitting(DEQUANTIZE_TABLE, k, config):
+        block_k = max(BLOCK.value, min(c.block_k, triton.next_power_of_2(k)))
+        constexprs = dict(SWIZZLED=swizzled, OUT=out_bits, BLOCK_M=c.block_m, BLOCK_K=block_k)
+        launch = Launch(dequantize_mxfp4_kernel, constexprs, num_warps=c.num_warps, enable_fp_fusion=False)
+        found.append((max_rows, c.block_m, triton.cdiv(k, block_k), launch))
+    return tuple(found)

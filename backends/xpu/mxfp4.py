@@ -43,6 +43,12 @@ def quantize_into_triton(x, x_q, x_s, *, eps, swizzled):
     mxfp4.quantize(x, x_q, x_s, scale_rule="rceil", swizzled=swizzled, eps=eps)
 
 
+def dequantize_triton(q, scales, out, *, swizzled):
+    from lowbit.backends.triton import mxfp4
+
+    mxfp4.dequantize(q, scales, out, swizzled=swizzled)
+
+
 # --- the vendor op -------------------------------------------------------------------------------
 
 def vendor_op():
@@ -103,7 +109,6 @@ def e8m0_bytes(scales_f32: torch.Tensor) -> torch.Tensor:
 _COMMON = dict(
     backend="xpu",
     devices=("xpu",),
-    dtypes=spec.INPUT_DTYPES,
     compile_safe=True,
     min_ndim=1,
     block_size=spec.MX_BLOCK,
@@ -125,11 +130,16 @@ _TRITON = dict(
     scale_layouts=spec.SCALE_LAYOUTS,
 )
 
+_INPUT = dict(dtypes=spec.INPUT_DTYPES)
+
 KERNELS = (
-    Kernel(Capability(op="quantize_mxfp4", scale_rules=("rceil",), **_VENDOR, **_COMMON), quantize_vendor,
+    Kernel(Capability(op="quantize_mxfp4", scale_rules=("rceil",), **_INPUT, **_VENDOR, **_COMMON), quantize_vendor,
            unavailable=vendor_unavailable),
-    Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_TRITON, **_COMMON), quantize_triton),
-    Kernel(Capability(op="per_token_group_quant_mxfp4", **_VENDOR, **_COMMON), quantize_into_vendor,
+    Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_INPUT, **_TRITON, **_COMMON),
+           quantize_triton),
+    Kernel(Capability(op="per_token_group_quant_mxfp4", **_INPUT, **_VENDOR, **_COMMON), quantize_into_vendor,
            unavailable=vendor_unavailable),
-    Kernel(Capability(op="per_token_group_quant_mxfp4", **_TRITON, **_COMMON), quantize_into_triton),
+    Kernel(Capability(op="per_token_group_quant_mxfp4", **_INPUT, **_TRITON, **_COMMON), quantize_into_triton),
+    Kernel(Capability(op="dequantize_mxfp4", dtypes=(spec.MX_Q_DTYPE, torch.uint8), out_dtypes=spec.DEQUANT_DTYPES,
+                      **_TRITON, **_COMMON), dequantize_triton),
 )
