@@ -145,6 +145,13 @@ def test_supports_on_xpu_picks_the_xpu_backend_for_each_public_op(op):
     assert (verdict.backend, verdict.variant, verdict.fallback) == ("xpu", "triton", False), verdict.explain()
 
 
+def test_opted_in_vendor_leaves_swizzled_scales_to_triton(monkeypatch):
+    monkeypatch.setenv(SETTING, "vendor")
+    verdict = lowbit.supports(MX, meta(4, 64), device="xpu", scale_layout="swizzled")
+    assert (verdict.backend, verdict.variant) == ("xpu", "triton")
+    assert "scale_layout 'swizzled' is not one of 'linear'" in verdict.reasons["xpu/vendor"]
+
+
 def test_dequantize_mxfp4_on_xpu_runs_the_triton_kernel():
     q, scales = meta(4, 128, dtype=torch.uint8), meta(4, 8, dtype=torch.uint8)
     verdict = lowbit.supports("dequantize_mxfp4", q, scales, device="xpu")
