@@ -4,7 +4,8 @@ torch.compile of the reference (the plain-PyTorch code a user would otherwise co
 Bytes counted per call (the fewest a kernel must move): the input read once, q and the scales
 written once. MXFP4: M*K*s + M*K/2 + M*K/32. per_token_group_quant_mxfp4 (float32 scales, vLLM's
 convention): M*K*s + M*K/2 + 4*M*K/32. FP8 packed: M*K*s + M*K + 4*ceil(G/4)*A. FP8 with float32
-scales: M*K*s + M*K + 4*M*G.
+scales: M*K*s + M*K + 4*M*G. Swizzled MXFP4 scales: round_up(M, 128) * round_up(K/32, 4) bytes.
+dequantize_mxfp4: M*K/2 + M*K/32 read, M*K*s' written (s' the output's itemsize, bfloat16 here).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from lowbit.backends.cpu import fp8_group_packed as reference_fp8
 from lowbit.backends.cpu import mxfp4 as reference_mxfp4
 
 import lowbit
-from lowbit import fp8_group, spec
+from lowbit import fp8_group, mxfp4, spec
 
 from .timing import copy_gbps, eager_us, graph_replay_us
 
@@ -52,6 +53,26 @@ def _reference_group_quant(x):
     return x_q, x_s
 
 
+def swizzled_mxfp4_bytes(m: int, k: int, itemsize: int) -> int:
+    return m * k * itemsize + m * k // 2 + spec.round_up(m, 128) * spec.round_up(k // spec.MX_BLOCK, 4)
+
+
+def mxfp4_dequant_bytes(m: int, k: int, itemsize: int) -> int:
+    return m * k // 2 + m * k // spec.MX_BLOCK + m * k * 2  # bfloat16 out
+
+
+def _reference_mxfp4_swizzled(x):
+    q, s = mxfp4.quantize_outputs(x, "swizzled")
+    reference_mxfp4.quantize(x, q, s, scale_rule="rceil", swizzled=True)
+    return q, s
+
+
+def _reference_mxfp4_dequant(q, s):
+    out = torch.empty((*q.shape[:-1], 2 * q.shape[-1]), dtype=torch.bfloat16, device=q.device)
+    reference_mxfp4.dequantize(q, s, out)
+    return out
+
+
 def fp8_bytes(m: int, k: int, itemsize: int) -> int:
     return m * k * itemsize + m * k + 4 * spec.scale_words(k // spec.FP8_DEFAULT_GROUP) * spec.tma_rows(m)
 
@@ -83,14 +104,19 @@ def _reference_fp8(x):
     return q, storage
 
 
+# name: (lowbit's call, the plain-torch reference torch.compile gets, bytes moved, the arguments from x (or None: x))
 OPS = {
-    "quantize_mxfp4": (lambda x: lowbit.quantize_mxfp4(x), _reference_mxfp4, mxfp4_bytes),
-    "per_token_group_quant_mxfp4": (_group_quant, _reference_group_quant, group_quant_bytes),
-    "quantize_fp8_group_packed": (lambda x: lowbit.quantize_fp8_group_packed(x), _reference_fp8, fp8_bytes),
+    "quantize_mxfp4": (lambda x: lowbit.quantize_mxfp4(x), _reference_mxfp4, mxfp4_bytes, None),
+    "quantize_mxfp4 (swizzled)": (lambda x: lowbit.quantize_mxfp4(x, scale_layout="swizzled"),
+                                  _reference_mxfp4_swizzled, swizzled_mxfp4_bytes, None),
+    "dequantize_mxfp4": (lambda q, s: lowbit.dequantize_mxfp4(q, s), _reference_mxfp4_dequant, mxfp4_dequant_bytes,
+                         lambda x: tuple(t.view(torch.uint8) for t in lowbit.quantize_mxfp4(x))),
+    "per_token_group_quant_mxfp4": (_group_quant, _reference_group_quant, group_quant_bytes, None),
+    "quantize_fp8_group_packed": (lambda x: lowbit.quantize_fp8_group_packed(x), _reference_fp8, fp8_bytes, None),
     "quantize_fp8_group": (lambda x: lowbit.quantize_fp8_group(x, scale_layout="column_major"), _reference_fp8_group,
-                           fp8_float_scale_bytes),
+                           fp8_float_scale_bytes, None),
     "quantize_fp8_group (ue8m0)": (lambda x: lowbit.quantize_fp8_group(x, ue8m0=True, scale_layout="column_major"),
-                                   lambda x: _reference_fp8_group(x, ue8m0=True), fp8_float_scale_bytes),
+                                   lambda x: _reference_fp8_group(x, ue8m0=True), fp8_float_scale_bytes, None),
 }
 
 
@@ -103,7 +129,7 @@ def run(rows=ROWS, ks=KS, dtype=torch.bfloat16, compare=True, ops=tuple(OPS), ou
           f"{dtype} | device-to-device copy {copy:.0f} GB/s (read + write)", file=out)
     results = []
     for op in ops:
-        ours, reference, count = OPS[op]
+        ours, reference, count, prepare = OPS[op]
         compiled = torch.compile(reference) if compare else None
         print(f"\n{op}\n| M | K | µs | GB/s | % of copy | torch.compile µs | speed-up | eager µs/call |", file=out)
         print("|---:|---:|---:|---:|---:|---:|---:|---:|", file=out)
@@ -111,10 +137,13 @@ def run(rows=ROWS, ks=KS, dtype=torch.bfloat16, compare=True, ops=tuple(OPS), ou
             for m in rows:
                 x = torch.randn(m, k, device="cuda", dtype=dtype)
                 nbytes = count(m, k, x.element_size())
+                args = (x,) if prepare is None else prepare(x)
                 calls = 20 if m * k <= 1 << 24 else 5
-                call = lambda x=x, fn=ours: fn(x)  # noqa: E731
+                call = lambda args=args, fn=ours: fn(*args)  # noqa: E731
                 us = graph_replay_us(call, calls=calls)
-                ref_us = graph_replay_us(lambda x=x, fn=compiled: fn(x), calls=calls) if compare else float("nan")
+                ref_us = float("nan")
+                if compare:
+                    ref_us = graph_replay_us(lambda args=args, fn=compiled: fn(*args), calls=calls)
                 host_us = eager_us(call)
                 gbps = nbytes / us / 1e3
                 row = dict(op=op, m=m, k=k, us=us, gbps=gbps, pct_copy=100 * gbps / copy, compiled_us=ref_us,

@@ -79,6 +79,7 @@ class Call:
     out_dtype: torch.dtype | None = None  # dequantize: the requested output dtype
     group_size: int | None = None  # FP8 group size
     scale_rule: str | None = None  # MXFP4 scale rule
+    scale_layout: str | None = None  # MX block scales: "linear" or "swizzled" [SCALE-SWIZZLE]
     out_given: bool = False  # the caller passed out= buffers
     kv_dtype: torch.dtype | None = None  # attention: the KV cache dtype
     heads: tuple[int, int] | None = None  # attention: (query heads, KV heads)
@@ -91,6 +92,8 @@ class Call:
             parts.append(f"group_size {self.group_size}")
         if self.scale_rule is not None:
             parts.append(f"scale_rule {self.scale_rule!r}")
+        if self.scale_layout not in (None, "linear"):  # the default goes unsaid
+            parts.append(f"scale_layout {self.scale_layout!r}")
         if self.weight_block is not None:
             parts.append("block " + _block_name(self.weight_block))
         if self.kv_dtype is not None:
@@ -143,6 +146,7 @@ class Capability:
     block_size: int | None = None  # the last dim must be a multiple of it
     group_sizes: tuple[int, ...] | str | None = None  # None: the op has no groups; or ANY_GROUP_SIZE
     scale_rules: tuple[str, ...] | None = None
+    scale_layouts: tuple[str, ...] | None = None  # block-scale layouts written or read; None: no choice
     weight_blocks: tuple[tuple[int, int], ...] | None = None  # None: the op has no 2-D blocks, or takes any
     out_dtypes: tuple[torch.dtype, ...] | None = None
     last_dim_contiguous: bool = False  # True: needs stride 1 along the last dim
@@ -220,6 +224,10 @@ class Capability:
             need(call.scale_rule in self.scale_rules,
                  f"scale_rule {call.scale_rule!r} is not one of {_names(map(repr, self.scale_rules))}",
                  f"pass scale_rule={self.scale_rules[0]!r}")
+        if call.scale_layout is not None and self.scale_layouts is not None:
+            need(call.scale_layout in self.scale_layouts,
+                 f"scale_layout {call.scale_layout!r} is not one of {_names(map(repr, self.scale_layouts))}",
+                 f"pass scale_layout={self.scale_layouts[0]!r}")
         if call.weight_block is not None and self.weight_blocks is not None:
             need(call.weight_block in self.weight_blocks,
                  "block {}x{} is not one of ".format(*call.weight_block) + _names(map(_block_name, self.weight_blocks)),
@@ -280,6 +288,7 @@ class Capability:
             "ndim": f"{self.min_ndim}+" if self.max_ndim is None else f"{self.min_ndim}..{self.max_ndim}",
             "sizes": ", ".join(sizes) or "-",
             "rules": "/".join(self.scale_rules) if self.scale_rules else "-",
+            "layouts": "/".join(self.scale_layouts) if self.scale_layouts else "-",
             "strides": strides,
             "fidelity": self.fidelity,
             "graph-safe": "yes" if self.graph_safe else "no",

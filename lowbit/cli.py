@@ -14,8 +14,8 @@ from .capability import arch_name
 from .devices import device_arch, present_device_types
 from .ops import OPS
 
-_COLUMNS = ("backend", "here", "auto", "devices", "arch", "dtypes", "ndim", "sizes", "rules", "strides", "fidelity",
-            "graph-safe", "compile-safe")
+_COLUMNS = ("backend", "here", "auto", "devices", "arch", "dtypes", "ndim", "sizes", "rules", "layouts", "strides",
+            "fidelity", "graph-safe", "compile-safe")
 
 
 def info(out=sys.stdout) -> None:

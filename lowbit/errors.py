@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .spec import float32_value
+from .spec import SCALE_LAYOUTS, float32_value
 
 
 class UnsupportedError(ValueError):
@@ -38,6 +38,14 @@ def require_eps(op: str, eps: float, example: str) -> None:
     if not (math.isfinite(eps) and eps >= 0 and math.isfinite(float32_value(eps))):
         raise ValueError(f"lowbit.{op}: eps={eps} must be finite and >= 0, and finite as a float32 (at most "
                          f"3.4028235e38); pass e.g. eps={example}")
+
+
+def require_scale_layout(op: str, scale_layout: str) -> None:
+    """ValueError unless `scale_layout` names a block-scale layout [SCALE-SWIZZLE]."""
+    if scale_layout not in SCALE_LAYOUTS:
+        raise ValueError(f"lowbit.{op}: scale_layout={scale_layout!r} is not one of "
+                         f"{', '.join(map(repr, SCALE_LAYOUTS))}; pass scale_layout=\"swizzled\" for the "
+                         "128x4 tiles cuBLASLt, CUTLASS and FlashInfer read")
 
 
 def written_in_place(arg: str, buf) -> str | None:

@@ -15,7 +15,7 @@ import torch
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call, dtype_name
-from .errors import require_same_device, require_tensor, require_type
+from .errors import require_same_device, require_scale_layout, require_tensor, require_type
 
 QUANTIZE = "quantize_nvfp4"
 GLOBAL_SCALE = "nvfp4_global_scale"
@@ -120,7 +120,7 @@ def describe_quantize(x: torch.Tensor, global_scale: torch.Tensor | None = None,
                       scale_layout: str = "linear") -> Call:
     """Also checks the layout name and a given global scale [NV-GLOBAL-GIVEN] (ValueError)."""
     _check_quantize_types(x, global_scale, per_row, scale_layout, dispatch.AUTO)
-    _check_layout(QUANTIZE, scale_layout)
+    require_scale_layout(QUANTIZE, scale_layout)
     if global_scale is not None:
         _check_global_scale(QUANTIZE, global_scale, x, per_row)
     return dispatch.call_for(QUANTIZE, x)
@@ -135,7 +135,7 @@ def describe_dequantize(q: torch.Tensor, block_scales: torch.Tensor, global_scal
                         scale_layout: str = "linear", dtype: torch.dtype = torch.bfloat16) -> Call:
     """Also checks that q, its block scales and its global scale belong together (ValueError)."""
     _check_dequantize_types(q, block_scales, global_scale, scale_layout, dtype, dispatch.AUTO)
-    _check_layout(DEQUANTIZE, scale_layout)
+    require_scale_layout(DEQUANTIZE, scale_layout)
     name = f"lowbit.{DEQUANTIZE}"
     if block_scales.dtype not in (spec.NV_SCALE_DTYPE, torch.uint8):
         raise ValueError(f"{name}: block_scales dtype {dtype_name(block_scales.dtype)} is not float8_e4m3fn or "
@@ -149,13 +149,6 @@ def describe_dequantize(q: torch.Tensor, block_scales: torch.Tensor, global_scal
         _check_global_scale(DEQUANTIZE, global_scale, q, per_row=False)
     require_same_device(DEQUANTIZE, "block_scales", block_scales, "q", q)
     return dispatch.call_for(DEQUANTIZE, q, k=2 * int(q.shape[-1]) if q.dim() else 0, out_dtype=dtype)
-
-
-def _check_layout(op: str, scale_layout: str) -> None:
-    if scale_layout not in spec.SCALE_LAYOUTS:
-        raise ValueError(f"lowbit.{op}: scale_layout={scale_layout!r} is not one of "
-                         f"{', '.join(map(repr, spec.SCALE_LAYOUTS))}; pass scale_layout=\"swizzled\" for the "
-                         "128x4 tiles cuBLASLt, CUTLASS and FlashInfer read")
 
 
 def _check_global_scale(op: str, gs: torch.Tensor, x: torch.Tensor, per_row: bool) -> None:

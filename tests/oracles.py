@@ -412,7 +412,7 @@ def nvfp4_oracle(x, gs):
     return pack_nibbles(nib), sb
 
 
-def nv_swizzle(linear):
+def swizzled_bytes(linear):
     """[SCALE-SWIZZLE]: linear (R, C) scale bytes placed at their offsets in the zero-padded tiles."""
     rows, cols = linear.shape
     out = np.zeros((-(-rows // 128) * 128) * (-(-cols // 4) * 4), dtype=np.uint8)

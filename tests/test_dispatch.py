@@ -26,7 +26,7 @@ def fast_backend(calls, name="fast", priority=20, **capability_changes):
                                      any_device=False, dtypes=(torch.bfloat16,), fidelity="bit-exact to SPEC",
                                      **capability_changes)
 
-    def run(x, q, scales, *, scale_rule):
+    def run(x, q, scales, *, scale_rule, swizzled):
         calls.append(tuple(x.shape))
         cpu_mxfp4.quantize(x, q, scales, scale_rule=scale_rule)
 
@@ -220,7 +220,7 @@ def opt(monkeypatch):
     common = dict(backend="opt", devices=("cpu", "cuda"), any_device=False, dtypes=(torch.bfloat16,))
 
     def runner(variant):
-        def run(x, q, scales, *, scale_rule):
+        def run(x, q, scales, *, scale_rule, swizzled):
             seen.runs.append(variant)
             cpu_mxfp4.quantize(x, q, scales, scale_rule=scale_rule)
         return run

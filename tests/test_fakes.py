@@ -28,7 +28,7 @@ from preambles import DEVICES, FAKE_DEVICE
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit
-from lowbit import dispatch
+from lowbit import dispatch, spec
 
 VENDOR_NOT_INSTALLED = pytest.mark.skipif(
     importlib.util.find_spec("vllm_xpu_kernels") is not None,
@@ -299,7 +299,7 @@ OP_VARIANTS = ("quantize_mxfp4", "per_token_group_quant_mxfp4", "dequantize_mxfp
 # The _meta_args calls only the reference takes on fake xpu tensors: xpu has no dequantize kernels, and
 # its FP8 record takes group 128 only (the calls use 32). On fake cuda tensors every call falls back:
 # every cuda record needs an arch and this machine cannot tell a fake cuda device's.
-XPU_FALLBACKS = ("dequantize_mxfp4", "quantize_fp8_group_packed", "quantize_fp8_group_packed_out",
+XPU_FALLBACKS = ("quantize_fp8_group_packed", "quantize_fp8_group_packed_out",
                  "dequantize_fp8_group_packed")
 FALLBACKS = [pytest.param(device, variant, id=f"{device}-{variant}", marks=FAKE_DEVICE[device])
              for device, variants in (("cuda", OP_VARIANTS), ("xpu", XPU_FALLBACKS)) for variant in variants]
@@ -472,6 +472,7 @@ def test_fake_xpu_vendor_opt_in_with_a_non_contiguous_input_runs_triton_and_says
 def _opcheck_cases():
     x3 = randn(2, 5, 256, dtype=torch.bfloat16, seed=20)
     q4, s4 = lowbit.quantize_mxfp4(x3)
+    qz, sz = lowbit.quantize_mxfp4(randn(130, 96, seed=29), scale_layout="swizzled")
     q8, s8 = lowbit.quantize_fp8_group_packed(x3, group_size=32)
     x96 = randn(5, 96, dtype=torch.float16, seed=21)
     q96, s96 = lowbit.quantize_fp8_group_packed(x96, group_size=48)
@@ -480,24 +481,37 @@ def _opcheck_cases():
     group_quant = ops.per_token_group_quant_mxfp4.default
     return {
         "per_token_group_quant_mxfp4-f32-scales": (
-            group_quant, (x3, *_group_quant_buffers(x3, torch.uint8, F32), 32, 1e-10, "auto"), None),
+            group_quant, (x3, *_group_quant_buffers(x3, torch.uint8, F32), 32, 1e-10, "linear", "auto"), None),
         "per_token_group_quant_mxfp4-uint8-scales-eps0-last_dim_strided": (
             group_quant, (randn(64, 6, seed=27).t(), *_group_quant_buffers(randn(6, 64), torch.uint8, torch.uint8),
-                          32, 0.0, "auto"), None),
+                          32, 0.0, "linear", "auto"), None),
         # float8_e8m0fnu / float4_e2m1fn_x2 buffers: no test_schema (see NO_SCHEMA_CHECK)
         "per_token_group_quant_mxfp4-e8m0-scales": (
-            group_quant, (x3, *_group_quant_buffers(x3, torch.uint8, E8M0), 32, 1e-10, "auto"), NO_SCHEMA_CHECK),
+            group_quant, (x3, *_group_quant_buffers(x3, torch.uint8, E8M0), 32, 1e-10, "linear", "auto"),
+            NO_SCHEMA_CHECK),
         "per_token_group_quant_mxfp4-e2m1-e8m0": (
-            group_quant, (x3, *_group_quant_buffers(x3, E2M1, E8M0), 32, 1e-3, "auto"), NO_SCHEMA_CHECK),
-        "quantize_mxfp4-rceil": (ops.quantize_mxfp4.default, (x3, "rceil", "auto"), None),
-        "quantize_mxfp4-floor-f32": (ops.quantize_mxfp4.default, (randn(7, 96, seed=23), "floor", "auto"), None),
+            group_quant, (x3, *_group_quant_buffers(x3, E2M1, E8M0), 32, 1e-3, "linear", "auto"), NO_SCHEMA_CHECK),
+        "per_token_group_quant_mxfp4-uint8-swizzled": (
+            group_quant, (x3, torch.empty(*x3.shape[:-1], x3.shape[-1] // 2, dtype=torch.uint8),
+                          torch.empty(spec.swizzled_scale_shape(x3.numel() // x3.shape[-1], x3.shape[-1] // 32),
+                                      dtype=torch.uint8), 32, 1e-10, "swizzled", "auto"), None),
+        "quantize_mxfp4-rceil": (ops.quantize_mxfp4.default, (x3, "rceil", "linear", "auto"), None),
+        "quantize_mxfp4-floor-f32": (
+            ops.quantize_mxfp4.default, (randn(7, 96, seed=23), "floor", "linear", "auto"), None),
+        "quantize_mxfp4-swizzled": (ops.quantize_mxfp4.default, (randn(130, 96, seed=28), "rceil", "swizzled", "auto"),
+                                    None),
         "quantize_mxfp4-batch_transposed": (
-            ops.quantize_mxfp4.default, (randn(3, 4, 64, seed=24).transpose(0, 1), "rceil", "auto"), None),
+            ops.quantize_mxfp4.default, (randn(3, 4, 64, seed=24).transpose(0, 1), "rceil", "linear", "auto"), None),
         "quantize_mxfp4-last_dim_strided": (
-            ops.quantize_mxfp4.default, (randn(64, 6, seed=25).t(), "rceil", "auto"), None),
+            ops.quantize_mxfp4.default, (randn(64, 6, seed=25).t(), "rceil", "linear", "auto"), None),
         "dequantize_mxfp4-uint8": (
-            ops.dequantize_mxfp4.default, (q4.view(torch.uint8), s4.view(torch.uint8), torch.float32, "auto"), None),
-        "dequantize_mxfp4-e2m1": (ops.dequantize_mxfp4.default, (q4, s4, torch.bfloat16, "auto"), NO_SCHEMA_CHECK),
+            ops.dequantize_mxfp4.default, (q4.view(torch.uint8), s4.view(torch.uint8), torch.float32, "linear", "auto"),
+            None),
+        "dequantize_mxfp4-e2m1": (
+            ops.dequantize_mxfp4.default, (q4, s4, torch.bfloat16, "linear", "auto"), NO_SCHEMA_CHECK),
+        "dequantize_mxfp4-uint8-swizzled": (
+            ops.dequantize_mxfp4.default, (qz.view(torch.uint8), sz.view(torch.uint8), torch.float32, "swizzled", "auto"),
+            None),
         "quantize_fp8-g32-3d-padded": (ops.quantize_fp8_group_packed.default, (x3, 32, 1e-10, "auto"), None),
         "quantize_fp8-g48-k96": (ops.quantize_fp8_group_packed.default, (x96, 48, 0.0, "auto"), None),
         "quantize_fp8-last_dim_strided": (

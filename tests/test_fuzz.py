@@ -25,11 +25,6 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
-from lowbit.backends.cpu import fp8_group as cpu_fp8_group
-from lowbit.backends.cpu import fp8_group_packed as cpu_fp8_packed
-from lowbit.backends.cpu import mxfp4 as cpu_mxfp4
-from lowbit.backends.cpu import nvfp4 as cpu_nvfp4
-from lowbit.backends.cpu import unified_attention as cpu_attention
 from oracles import (
     E2M1_GRID,
     E4M3_ALL,
@@ -44,17 +39,22 @@ from oracles import (
     mxfp4_dequant_oracle,
     mxfp4_oracle,
     nan_masked_amax,
-    nv_swizzle,
     nvfp4_dequant_oracle,
     nvfp4_global_scale_oracle,
     nvfp4_oracle,
     raw_bytes,
     rounded_bits,
+    swizzled_bytes,
     ue8m0_byte_oracle,
 )
 from test_spec_attention import assert_attention_close  # [ATTN-TOLERANCE], checked against the spec
 
 import lowbit
+from lowbit.backends.cpu import fp8_group as cpu_fp8_group
+from lowbit.backends.cpu import fp8_group_packed as cpu_fp8_packed
+from lowbit.backends.cpu import mxfp4 as cpu_mxfp4
+from lowbit.backends.cpu import nvfp4 as cpu_nvfp4
+from lowbit.backends.cpu import unified_attention as cpu_attention
 
 F32, F16, BF16, E4M3, I32 = torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.int32
 FP4, E8M0 = torch.float4_e2m1fn_x2, torch.float8_e8m0fnu
@@ -616,7 +616,7 @@ def nv_input(case):
 
 def check_nv_scales(block_scales, want_sb, rows, layout):
     if layout == "swizzled":
-        want_sb = nv_swizzle(want_sb.reshape(rows, want_sb.shape[-1]))
+        want_sb = swizzled_bytes(want_sb.reshape(rows, want_sb.shape[-1]))
     assert block_scales.dtype == torch.float8_e4m3fn
     assert_bytes(bytes_of(block_scales), u8_tensor(want_sb), "block scales")
 
@@ -677,8 +677,8 @@ def test_fuzz_dequantize_nvfp4(case):
     gs = gs_values(rng, mode, max(math.prod(gs_shape), 1))[:math.prod(gs_shape)].reshape(gs_shape)
     dtype = case["dtype"]
     if case["scale_layout"] == "swizzled":  # padding bytes hold garbage: they are never read
-        tiles = nv_swizzle(sb.reshape(rows, cols))
-        pad = nv_swizzle(np.ones((rows, cols), dtype=np.uint8)) == 0
+        tiles = swizzled_bytes(sb.reshape(rows, cols))
+        pad = swizzled_bytes(np.ones((rows, cols), dtype=np.uint8)) == 0
         tiles[pad] = rng.integers(0, 256, size=int(pad.sum()))
         s = u8_tensor(tiles)
     else:

@@ -161,6 +161,11 @@ QUANTIZE_MXFP4 = [
     R("scale_rule-None", QM, _qm(scale_rule=None), VE,
       'lowbit.quantize_mxfp4: scale_rule=None is of type NoneType, not str; pass e.g. scale_rule="rceil"'),
     R("backend-0", QM, _qm(backend=0), VE, backend_zero(QM)),
+    *[R(f"layout-{layout}", QM, _qm(scale_layout=layout), VE, f"lowbit.quantize_mxfp4: scale_layout={layout!r} is not "
+        "one of 'linear', 'swizzled'; pass scale_layout=\"swizzled\" for the 128x4 tiles")
+      for layout in ("tiled", "Swizzled", "")],
+    R("layout-int", QM, _qm(scale_layout=1), VE,
+      'lowbit.quantize_mxfp4: scale_layout=1 is of type int, not str; pass e.g. scale_layout="linear"'),
 ]
 
 
@@ -258,6 +263,15 @@ GROUP_QUANT_MXFP4 = [
       f"{GQ_HEAD}x_q must be a tensor, not list; pass e.g."),
     R("x_s-None", GQ, lambda d: ((E(4, 64, d=d), E(4, 32, dtype=U8, d=d), None), {}), TE,
       f"{GQ_HEAD}x_s must be a tensor, not NoneType; pass e.g."),
+    # [MX-SWIZZLE]: x_s (128, 4) E8M0 for 4 rows of 2 scales
+    R("swizzled-x_s-float32", GQ, _gq(s=lambda d: E(128, 4, d=d), scale_layout="swizzled"), VE,
+      f"{GQ_HEAD}x_s dtype float32 is not one of float8_e8m0fnu, uint8; pass e.g. torch.empty((128, 4), "
+      "dtype=torch.float8_e8m0fnu)"),
+    R("swizzled-x_s-linear-shape", GQ, _gq(s=lambda d: E(4, 2, dtype=U8, d=d), scale_layout="swizzled"), VE,
+      f"{GQ_HEAD}x_s has shape (4, 2), x (4, 64) needs (128, 4)"),
+    R("linear-x_s-swizzled-shape", GQ, _gq(s=lambda d: E(128, 4, dtype=U8, d=d)), VE,
+      f"{GQ_HEAD}x_s has shape (128, 4), x (4, 64) needs (4, 2)"),
+    R("layout-tiled", GQ, _gq(scale_layout="tiled"), VE, f"{GQ_HEAD}scale_layout='tiled' is not one of"),
 ]
 
 
@@ -293,6 +307,14 @@ DEQUANTIZE_MXFP4 = [
       "lowbit.dequantize_mxfp4: q must be a tensor, not list; pass e.g. the q quantize_mxfp4 returned"),
     R("dtype-str", DM, _dm(dtype="bfloat16"), VE,
       "lowbit.dequantize_mxfp4: dtype='bfloat16' is of type str, not dtype; pass e.g. dtype=torch.bfloat16"),
+    R("swizzled-linear-scales", DM, _dm(scale_layout="swizzled"), VE,
+      "lowbit.dequantize_mxfp4: q (4, 32) and scales (4, 2) do not match: q (..., K/2) takes swizzled scales "
+      "(round_up(R, 128), round_up(K/32, 4)) for its R rows, contiguous; pass the q and scales "
+      "quantize_mxfp4(..., scale_layout=\"swizzled\") returned"),
+    R("swizzled-transposed", DM, lambda d: ((E(4, 32, dtype=E2M1, d=d), E(4, 128, dtype=E8M0, d=d).t()),
+                                            {"scale_layout": "swizzled"}), VE, "takes swizzled scales"),
+    R("linear-swizzled-scales", DM, _dm(s=(128, 4)), VE, "q (4, 32) and scales (128, 4) " + DM_MISMATCH),
+    R("layout-tiled", DM, _dm(scale_layout="tiled"), VE, "lowbit.dequantize_mxfp4: scale_layout='tiled' is not one of"),
 ]
 
 

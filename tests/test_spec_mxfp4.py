@@ -40,6 +40,7 @@ from oracles import (
     fl32,
     from_bits16,
     pack,
+    swizzled_bytes,
     u8,
     up32,
 )
@@ -1019,3 +1020,71 @@ def test_nan_bits_mx_dequant_of_a_nan_block(dtype):
     out = lowbit.dequantize_mxfp4(q, scales, dtype=dtype)
     int_dtype, bits = NAN_BITS[dtype]
     assert torch.equal(out.view(int_dtype), torch.full((1, 32), bits, dtype=int_dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# [MX-SWIZZLE]
+# --------------------------------------------------------------------------------------------
+
+def _scale_bytes(x, rule="rceil"):
+    _, s = lowbit.quantize_mxfp4(x, scale_rule=rule)
+    return s.view(torch.uint8).reshape(-1, s.shape[-1]).numpy()
+
+
+@pytest.mark.parametrize("rule", ["rceil", "floor"])
+@pytest.mark.parametrize("shape", [(130, 96), (1, 32), (2, 65, 64), (128, 128)], ids=str)
+def test_mx_swizzle_bytes_sit_at_the_tile_offsets_with_zero_padding(rule, shape):
+    """The swizzled bytes are the linear ones placed by the [SCALE-SWIZZLE] formula written out in
+    tests/oracles.py; the elements do not change."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-20, 20, shape, generator=g).float())
+    q_lin, _ = lowbit.quantize_mxfp4(x, scale_rule=rule)
+    q, s = lowbit.quantize_mxfp4(x, scale_rule=rule, scale_layout="swizzled")
+    rows, cols = int(np.prod(shape[:-1])), shape[-1] // 32
+    assert s.dtype == torch.float8_e8m0fnu and tuple(s.shape) == (-(-rows // 128) * 128, -(-cols // 4) * 4)
+    assert torch.equal(s.view(torch.uint8), torch.from_numpy(swizzled_bytes(_scale_bytes(x, rule))))
+    assert torch.equal(q.view(torch.uint8), q_lin.view(torch.uint8))
+
+
+def test_mx_swizzle_literal_offsets():
+    """Rows 0, 1, 32 and 129, scale columns 0 and 2 of a (130, 96) input (C = 3, padded to 4): offsets
+    ((r // 128) * 1 + c // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + c % 4 by hand."""
+    x = torch.zeros(130, 96)
+    for r, c, e in [(0, 0, 3), (1, 2, -5), (32, 0, 7), (129, 2, 1)]:
+        x[r, 32 * c] = 6.0 * 2.0**e  # rceil: amax 6 * 2^e gives e, byte e + 127
+    _, s = lowbit.quantize_mxfp4(x, scale_layout="swizzled")
+    flat = s.view(torch.uint8).reshape(-1)
+    assert flat[0] == 130 and flat[16 + 2] == 122 and flat[4] == 134 and flat[512 + 16 + 2] == 128
+    zero_block = 1  # rceil's all-zero block ([MX-GOLDEN])
+    assert flat[2] == zero_block and flat[3] == 0  # a real column, then a padding one
+    assert flat[512 + 2 * 16] == 0  # row 130: a padding row
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e8m0fnu, torch.uint8])
+def test_mx_swizzle_group_quant_writes_the_tiles_of_quantize(dtype):
+    x = torch.randn(3, 50, 64, generator=torch.Generator().manual_seed(4))
+    x_q = torch.empty(3, 50, 32, dtype=torch.uint8)
+    x_s = torch.full((256, 4), 0x5A, dtype=torch.uint8).view(dtype)
+    lowbit.per_token_group_quant_mxfp4(x, x_q, x_s, eps=0.0, scale_layout="swizzled")
+    q, s = lowbit.quantize_mxfp4(x, scale_layout="swizzled")
+    assert torch.equal(x_s.view(torch.uint8), s.view(torch.uint8))
+    assert torch.equal(x_q, q.view(torch.uint8))
+
+
+def test_mx_swizzle_refuses_float32_group_quant_scales():
+    x = torch.randn(4, 64)
+    x_q, x_s = torch.empty(4, 32, dtype=torch.uint8), torch.empty(128, 4)
+    with pytest.raises(ValueError, match="x_s dtype float32 is not one of float8_e8m0fnu, uint8"):
+        lowbit.per_token_group_quant_mxfp4(x, x_q, x_s, scale_layout="swizzled")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mx_swizzle_dequantize_reads_either_layout_alike(dtype):
+    x = torch.randn(130, 96, generator=torch.Generator().manual_seed(6)).to(dtype)
+    lin = lowbit.dequantize_mxfp4(*lowbit.quantize_mxfp4(x), dtype=dtype)
+    swz = lowbit.dequantize_mxfp4(*lowbit.quantize_mxfp4(x, scale_layout="swizzled"), dtype=dtype,
+                                  scale_layout="swizzled")
+    assert torch.equal(lin.view(torch.int16 if dtype != torch.float32 else torch.int32),
+                       swz.view(torch.int16 if dtype != torch.float32 else torch.int32))
+    with pytest.raises(ValueError, match="takes swizzled scales"):
+        lowbit.dequantize_mxfp4(*lowbit.quantize_mxfp4(x), scale_layout="swizzled")

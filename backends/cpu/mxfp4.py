@@ -18,18 +18,39 @@ from .float_bits import (
 )
 
 
-def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str) -> None:
-    """Write MXFP4 of `x` into `q` (..., K/2) and `scales` (..., K/32)."""
+def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str,
+             swizzled: bool = False) -> None:
+    """Write MXFP4 of `x` into `q` (..., K/2) and `scales` ((..., K/32), or the swizzled tiles)."""
     packed, scale_byte = _quantize(x, scale_rule, eps=0.0)
     q.view(torch.uint8).copy_(packed)
-    scales.view(torch.uint8).copy_(scale_byte.reshape(scales.shape))
+    write_scale_bytes(scales, scale_byte, swizzled)
 
 
-def quantize_into(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, *, eps: float) -> None:
+def write_scale_bytes(scales: torch.Tensor, scale_byte: torch.Tensor, swizzled: bool) -> None:
+    """Scale bytes (rows, C) into `scales`: as they are [MX-LINEAR], or at their [MX-SWIZZLE]
+    offsets with every padding byte 0."""
+    if swizzled:
+        scales.view(torch.uint8).zero_()
+        offsets = spec.swizzled_offsets(scale_byte.shape[0], scale_byte.shape[1], scale_byte.device)
+        scales.view(torch.uint8).view(-1)[offsets] = scale_byte.reshape(-1)
+    else:
+        scales.view(torch.uint8).copy_(scale_byte.reshape(scales.shape))
+
+
+def read_scale_bytes(scales: torch.Tensor, rows: int, cols: int, swizzled: bool) -> torch.Tensor:
+    """The (rows, cols) scale bytes of `scales`, linear or swizzled [MX-LINEAR, MX-SWIZZLE]."""
+    flat = scales.view(torch.uint8).reshape(-1)
+    return (flat[spec.swizzled_offsets(rows, cols, scales.device)] if swizzled else flat).reshape(rows, cols)
+
+
+def quantize_into(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, *, eps: float, swizzled: bool = False) -> None:
     """per_token_group_quant_mxfp4: rule rceil with the eps floor [MX-EPS]; a float32 `x_s` gets
     the scales as float32 powers of two [MX-SCALE-F32]."""
     packed, scale_byte = _quantize(x, "rceil", eps=eps)
     x_q.view(torch.uint8).copy_(packed)
+    if swizzled:  # E8M0 bytes only (the op refuses a float32 x_s for it)
+        write_scale_bytes(x_s, scale_byte, swizzled)
+        return
     scale_byte = scale_byte.reshape(x_s.shape)
     if x_s.dtype == torch.float32:
         x_s.copy_(torch.where(scale_byte == spec.E8M0_NAN, torch.nan, pow2(scale_byte.to(torch.int32) - EXPONENT_BIAS)))
@@ -82,16 +103,20 @@ def e2m1_values(q: torch.Tensor, shape) -> torch.Tensor:
     as `shape` (..., K)."""
     packed = q.view(torch.uint8)
     nibbles = torch.stack((packed & 0xF, packed >> 4), dim=-1).reshape(shape).long()
-    magnitudes = torch.tensor(spec.E2M1_MAGNITUDES, dtype=torch.float32, device=q.device)
-    return torch.where(nibbles >= spec.E2M1_SIGN, -magnitudes[nibbles & 7], magnitudes[nibbles & 7])
+    # codes 0..7 as 0, .5, 1, 1.5, 2, 3, 4, 6: (2 + m) * 2^(e - 2) for exponent e >= 1, m * 0.5 below
+    # (arithmetic, not a table: a torch.tensor would copy from the host, which a CUDA graph forbids)
+    e, m = (nibbles & 7) >> 1, (nibbles & 1).to(torch.float32)
+    magnitude = torch.where(e == 0, m * 0.5, (m + 2) * pow2((e - 2).to(torch.int32)))
+    return torch.where(nibbles >= spec.E2M1_SIGN, -magnitude, magnitude)
 
 
-def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor) -> None:
+def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *, swizzled: bool = False) -> None:
     """[MX-DEQUANT] value(code) * 2^(byte - 127) in float32, rounded to out's dtype."""
     values = e2m1_values(q, out.shape)
-    byte = scales.view(torch.uint8).to(torch.int32)
+    rows, cols = math.prod(out.shape[:-1]), out.shape[-1] // spec.MX_BLOCK
+    byte = read_scale_bytes(scales, rows, cols, swizzled).to(torch.int32)
     factor = torch.where(byte == spec.E8M0_NAN, torch.nan, pow2(byte - spec.E8M0_BIAS))
-    blocks = values.reshape(*out.shape[:-1], out.shape[-1] // spec.MX_BLOCK, spec.MX_BLOCK) * factor.unsqueeze(-1)
+    blocks = values.reshape(rows, cols, spec.MX_BLOCK) * factor.unsqueeze(-1)
     out.copy_(blocks.reshape(out.shape))
     write_canonical_nans(out)
 
@@ -105,6 +130,7 @@ _COMMON = dict(
     compile_safe=True,
     min_ndim=1,
     block_size=spec.MX_BLOCK,
+    scale_layouts=spec.SCALE_LAYOUTS,
 )
 
 KERNELS = (

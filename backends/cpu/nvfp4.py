@@ -95,8 +95,10 @@ _COMMON = dict(
 )
 
 KERNELS = (
-    Kernel(Capability(op="quantize_nvfp4", dtypes=spec.INPUT_DTYPES, **_COMMON), quantize),
+    Kernel(Capability(op="quantize_nvfp4", scale_layouts=spec.SCALE_LAYOUTS,
+                      dtypes=spec.INPUT_DTYPES, **_COMMON), quantize),
     Kernel(Capability(op="nvfp4_global_scale", dtypes=spec.INPUT_DTYPES, **_COMMON), global_scale),
-    Kernel(Capability(op="dequantize_nvfp4", dtypes=(spec.NV_Q_DTYPE, torch.uint8), out_dtypes=spec.DEQUANT_DTYPES,
+    Kernel(Capability(op="dequantize_nvfp4", scale_layouts=spec.SCALE_LAYOUTS,
+                      dtypes=(spec.NV_Q_DTYPE, torch.uint8), out_dtypes=spec.DEQUANT_DTYPES,
                       **_COMMON), dequantize),
 )

@@ -1,6 +1,9 @@
 """quantize_mxfp4 and per_token_group_quant_mxfp4 on CUDA: the portable Triton kernel (sm_80+),
 and the same kernel with PTX for the E2M1 pair encoding and the rceil scale on the sm_100
-families. Both give the bits of docs/SPEC.md; capability records below."""
+families; dequantize_mxfp4 by its portable Triton kernel. All give the bits of docs/SPEC.md;
+capability records below."""
+
+import torch
 
 from lowbit import spec
 from lowbit.backend import Kernel
@@ -11,46 +14,57 @@ from lowbit.capability import ArchRange, Capability
 PTX_ARCHS = frozenset({100, 103, 110, 120, 121})
 
 
-def quantize_triton(x, q, scales, *, scale_rule, eps=0.0):
+def quantize_triton(x, q, scales, *, scale_rule, swizzled, eps=0.0):
     """The portable kernel: E2M1 and the scale by integer arithmetic on float32 bits."""
     from lowbit.backends.triton import mxfp4
 
-    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, eps=eps)
+    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, swizzled=swizzled, eps=eps)
 
 
-def quantize_ptx(x, q, scales, *, scale_rule, eps=0.0):
+def quantize_ptx(x, q, scales, *, scale_rule, swizzled, eps=0.0):
     from lowbit.backends.triton import mxfp4
 
     from .ptx import encode_ptx, rceil_exponent_ptx
 
-    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, eps=eps, encode=encode_ptx,
+    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, swizzled=swizzled, eps=eps, encode=encode_ptx,
                    rceil_exponent=rceil_exponent_ptx)
 
 
-def quantize_into_triton(x, x_q, x_s, *, eps):
-    quantize_triton(x, x_q, x_s, scale_rule="rceil", eps=eps)
+def quantize_into_triton(x, x_q, x_s, *, eps, swizzled):
+    quantize_triton(x, x_q, x_s, scale_rule="rceil", swizzled=swizzled, eps=eps)
 
 
-def quantize_into_ptx(x, x_q, x_s, *, eps):
-    quantize_ptx(x, x_q, x_s, scale_rule="rceil", eps=eps)
+def quantize_into_ptx(x, x_q, x_s, *, eps, swizzled):
+    quantize_ptx(x, x_q, x_s, scale_rule="rceil", swizzled=swizzled, eps=eps)
+
+
+def dequantize_triton(q, scales, out, *, swizzled):
+    from lowbit.backends.triton import mxfp4
+
+    mxfp4.dequantize(q, scales, out, swizzled=swizzled)
 
 
 _COMMON = dict(
     backend="cuda",
     devices=("cuda",),
-    dtypes=spec.INPUT_DTYPES,
     fidelity="bit-exact to SPEC",
     graph_safe=True,  # no host sync, no allocation in the kernel path
     compile_safe=True,
     min_ndim=1,
     block_size=spec.MX_BLOCK,
+    scale_layouts=spec.SCALE_LAYOUTS,
 )
 _PTX = dict(variant="ptx", archs={"cuda": PTX_ARCHS})
 _TRITON = dict(variant="triton", archs={"cuda": ArchRange(80)})
 
+_INPUT = dict(dtypes=spec.INPUT_DTYPES)
+
 KERNELS = (
-    Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_PTX, **_COMMON), quantize_ptx),
-    Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_TRITON, **_COMMON), quantize_triton),
-    Kernel(Capability(op="per_token_group_quant_mxfp4", **_PTX, **_COMMON), quantize_into_ptx),
-    Kernel(Capability(op="per_token_group_quant_mxfp4", **_TRITON, **_COMMON), quantize_into_triton),
+    Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_INPUT, **_PTX, **_COMMON), quantize_ptx),
+    Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_INPUT, **_TRITON, **_COMMON),
+           quantize_triton),
+    Kernel(Capability(op="per_token_group_quant_mxfp4", **_INPUT, **_PTX, **_COMMON), quantize_into_ptx),
+    Kernel(Capability(op="per_token_group_quant_mxfp4", **_INPUT, **_TRITON, **_COMMON), quantize_into_triton),
+    Kernel(Capability(op="dequantize_mxfp4", dtypes=(spec.MX_Q_DTYPE, torch.uint8), out_dtypes=spec.DEQUANT_DTYPES,
+                      **_TRITON, **_COMMON), dequantize_triton),
 )

@@ -52,9 +52,12 @@ _PTX = dict(variant="ptx", archs={"cuda": PTX_ARCHS})
 _TRITON = dict(variant="triton", archs={"cuda": ArchRange(80)})
 
 KERNELS = (
-    Kernel(Capability(op="quantize_nvfp4", dtypes=spec.INPUT_DTYPES, **_PTX, **_COMMON), quantize_ptx),
-    Kernel(Capability(op="quantize_nvfp4", dtypes=spec.INPUT_DTYPES, **_TRITON, **_COMMON), quantize_triton),
+    Kernel(Capability(op="quantize_nvfp4", scale_layouts=spec.SCALE_LAYOUTS,
+                      dtypes=spec.INPUT_DTYPES, **_PTX, **_COMMON), quantize_ptx),
+    Kernel(Capability(op="quantize_nvfp4", scale_layouts=spec.SCALE_LAYOUTS,
+                      dtypes=spec.INPUT_DTYPES, **_TRITON, **_COMMON), quantize_triton),
     Kernel(Capability(op="nvfp4_global_scale", dtypes=spec.INPUT_DTYPES, **_TRITON, **_COMMON), global_scale_triton),
-    Kernel(Capability(op="dequantize_nvfp4", dtypes=(spec.NV_Q_DTYPE, torch.uint8),
+    Kernel(Capability(op="dequantize_nvfp4", scale_layouts=spec.SCALE_LAYOUTS,
+                      dtypes=(spec.NV_Q_DTYPE, torch.uint8),
                       out_dtypes=spec.DEQUANT_DTYPES, **_TRITON, **_COMMON), dequantize_triton),
 )

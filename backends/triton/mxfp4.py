@@ -28,7 +28,7 @@ import triton.language as tl
 
 from lowbit import spec
 
-from .float_bits import ceil_exponent_field, exponent_field, pow2, to_f32
+from .float_bits import OUT_BITS, ceil_exponent_field, exponent_field, output_bits, pow2, to_f32
 from .launch import Launch, LaunchConfig, fitting, size_class
 
 BLOCK = tl.constexpr(spec.MX_BLOCK)  # elements per scale
@@ -81,10 +81,10 @@ def rceil_exponent_portable(d):
 
 
 @triton.jit
-def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, stride_xm, stride_xk, eps_bits,
+def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, scale_rows, stride_xm, stride_xk, eps_bits,
                           FLOOR: tl.constexpr, ENCODE: tl.constexpr, RCEIL_EXPONENT: tl.constexpr,
-                          HAS_EPS: tl.constexpr, SCALE_F32: tl.constexpr, BLOCK_M: tl.constexpr,
-                          BLOCK_K: tl.constexpr):
+                          HAS_EPS: tl.constexpr, SCALE_F32: tl.constexpr, SWIZZLED: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     BLOCKS: tl.constexpr = BLOCK_K // BLOCK
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = (row < rows)[:, None]
@@ -111,11 +111,17 @@ def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, stride_xm, stride_xk, ep
     e = tl.minimum(tl.maximum(e, -127), 127)  # [MX-SCALE]
     e = tl.where(amax_bits == F32_INF_BITS, 127, e)  # [MX-INF]
     block = tl.program_id(1) * BLOCKS + tl.arange(0, BLOCKS)
+    cols = k // BLOCK
     if SCALE_F32:  # 2^e as float32 bits: the exponent field e + 127 (2^-127, a subnormal, only under rule floor)
         scale = tl.where(nan, F32_NAN_BITS, tl.where(e == -127, F32_TWO_TO_MINUS_127_BITS, (e + 127) << 23))
+        tl.store(s_ptr + row64 * cols + block[None, :], scale, mask=row_ok & (block < cols)[None, :])
+    elif SWIZZLED:  # [MX-SWIZZLE]: the grid covers the padding rows and columns too, written as 0
+        scale = tl.where(row_ok & (block < cols)[None, :], tl.where(nan, 255, e + 127), 0).to(tl.uint8)
+        tl.store(s_ptr + swizzled_offset(row64, block, cols), scale,
+                 mask=(row < scale_rows)[:, None] & (block < (cols + 3) // 4 * 4)[None, :])
     else:
         scale = tl.where(nan, 255, e + 127).to(tl.uint8)
-    tl.store(s_ptr + row64 * (k // BLOCK) + block[None, :], scale, mask=row_ok & (block < k // BLOCK)[None, :])
+        tl.store(s_ptr + row64 * cols + block[None, :], scale, mask=row_ok & (block < cols)[None, :])
 
     # [MX-SCALING] y = x * 2^-e with a normal factor: 2^-127 is a float32 subnormal, which some
     # targets flush, so e = 127 blocks (Inf only) scale by 2^-126 and the encoder halves them.
@@ -133,35 +139,39 @@ LAUNCH_TABLE = (
 )
 
 
-def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str, eps: float = 0.0,
-             encode=encode_portable, rceil_exponent=rceil_exponent_portable,
+def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str, swizzled: bool = False,
+             eps: float = 0.0, encode=encode_portable, rceil_exponent=rceil_exponent_portable,
              config: LaunchConfig | None = None) -> None:
-    """Write MXFP4 of `x` (..., K) into contiguous `q` (..., K/2) and `scales` (..., K/32): E8M0
-    bytes, or float32 powers of two when `scales` is float32. `eps` is [MX-EPS]'s (rule rceil)."""
+    """Write MXFP4 of `x` (..., K) into contiguous `q` (..., K/2) and `scales`: (..., K/32) E8M0
+    bytes or float32 powers of two (when `scales` is float32), or the swizzled E8M0 tiles
+    [MX-SWIZZLE]. `eps` is [MX-EPS]'s (rule rceil)."""
     k = x.shape[-1]
     rows = x.numel() // k if k else 0
     if rows == 0:
         return
     eps_bits = float32_bits(eps)
     scale_f32 = scales.dtype == torch.float32
+    scale_rows = scales.shape[0] if swizzled else rows
     x2 = x if x.dim() == 2 else x.reshape(rows, k)  # a view when the leading dims' strides allow it, else one copy
     _, block_m, column_blocks, launch = size_class(
-        launches(k, scale_rule == "floor", eps_bits != 0, scale_f32, encode, rceil_exponent, config), rows)
+        launches(k, scale_rule == "floor", eps_bits != 0, scale_f32, swizzled, encode, rceil_exponent, config), rows)
     # float32 scales are written as their bits; q and E8M0 scales go as they are (Launch: their bytes)
-    launch((triton.cdiv(rows, block_m), column_blocks, 1), x2, q, scales.view(torch.int32) if scale_f32 else scales,
-           rows, k, x2.stride(0), x2.stride(1), eps_bits)
+    launch((triton.cdiv(scale_rows, block_m), column_blocks, 1), x2, q,
+           scales.view(torch.int32) if scale_f32 else scales, rows, k, scale_rows, x2.stride(0), x2.stride(1), eps_bits)
 
 
 @functools.lru_cache(maxsize=1024)
-def launches(k: int, floor: bool, has_eps: bool, scale_f32: bool, encode, rceil_exponent,
+def launches(k: int, floor: bool, has_eps: bool, scale_f32: bool, swizzled: bool, encode, rceil_exponent,
              config: LaunchConfig | None) -> tuple[tuple[int | None, int, int, Launch], ...]:
     """(max rows, BLOCK_M, column blocks, launch) for each entry of LAUNCH_TABLE (or just `config`)
     that takes rows of `k` elements: resolved once per kind of call."""
     found = []
     for max_rows, c in fitting(LAUNCH_TABLE, k, config):
         block_k = min(c.block_k, triton.next_power_of_2(k))
+        if swizzled:  # whole groups of 4 scale columns a program, so the last one writes the padding ones
+            block_k = max(block_k, 4 * BLOCK)
         constexprs = dict(FLOOR=floor, ENCODE=encode, RCEIL_EXPONENT=rceil_exponent, HAS_EPS=has_eps,
-                          SCALE_F32=scale_f32, BLOCK_M=c.block_m, BLOCK_K=block_k)
+                          SCALE_F32=scale_f32, SWIZZLED=swizzled, BLOCK_M=c.block_m, BLOCK_K=block_k)
         # fp fusion is exact here: the one product-then-sum, a*h + 2^22, has an exact product
         launch = Launch(quantize_mxfp4_kernel, constexprs, num_warps=c.num_warps, enable_fp_fusion=True)
         found.append((max_rows, c.block_m, triton.cdiv(k, block_k), launch))
@@ -172,3 +182,81 @@ def launches(k: int, floor: bool, has_eps: bool, scale_f32: bool, encode, rceil_
 def float32_bits(value: float) -> int:
     """The bits of fl32(value) (rounded to nearest even) as a signed int."""
     return struct.unpack("<i", struct.pack("<f", value))[0]
+
+
+@triton.jit
+def dequantize_mxfp4_kernel(q_ptr, s_ptr, out_ptr, rows, k, stride_qm, stride_sm, SWIZZLED: tl.constexpr,
+                            OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[MX-DEQUANT] into out_ptr as bits (OUT: 32 float32, 16 bfloat16, 15 float16). value(code) *
+    2^(byte - 127) is built on float32 bits, by exponent arithmetic: exact, and no subnormal
+    operand for a target to flush (byte 0 scales by 2^-127)."""
+    BLOCKS: tl.constexpr = BLOCK_K // BLOCK
+    row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row64 = row.to(tl.int64)[:, None]
+    row_ok = (row < rows)[:, None]
+    byte = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(q_ptr + row64 * stride_qm + byte[None, :], mask=row_ok & (byte < k // 2)[None, :], other=0)
+    packed = packed.to(tl.int32)
+    nibble = tl.reshape(tl.join(packed & 0xF, packed >> 4), (BLOCK_M, BLOCKS, BLOCK))
+
+    col = tl.program_id(1) * BLOCKS + tl.arange(0, BLOCKS)
+    cols = k // BLOCK
+    if SWIZZLED:  # [MX-SWIZZLE]
+        offset = swizzled_offset(row64, col, cols)
+    else:
+        offset = row64 * stride_sm + col[None, :]
+    scale = tl.load(s_ptr + offset, mask=row_ok & (col < cols)[None, :], other=127).to(tl.int32)
+
+    # E2M1 code 1 is 0.5 (exponent field 126); codes 2..7 are (1 + m/2) * 2^((code >> 1) - 1)
+    code = nibble & 7
+    field = tl.where(code >= 2, (code >> 1) + 126, 126) + (scale - 127)[:, :, None]
+    mantissa = tl.where(code >= 2, (code & 1) << 22, 0)
+    normal = (field << 23) | mantissa
+    subnormal = (0x800000 | mantissa) >> tl.minimum(1 - field, 31)  # field >= -1 here: an exact shift
+    bits = tl.where(field >= 255, F32_INF_BITS, tl.where(field >= 1, normal, subnormal))
+    bits = tl.where(code == 0, 0, bits) | ((nibble & 8) << 28)
+    bits = tl.where((scale == 255)[:, :, None], F32_NAN_BITS, bits)  # [MX-DEQUANT]: E8M0's NaN
+    value = tl.reshape(bits, (BLOCK_M, BLOCK_K)).to(tl.float32, bitcast=True)
+
+    col = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    tl.store(out_ptr + row64 * k + col[None, :], output_bits(value, OUT), mask=row_ok & (col < k)[None, :])
+
+
+# (max rows, max K, config), as LAUNCH_TABLE
+DEQUANTIZE_TABLE = (
+    (128, None, LaunchConfig(block_m=4, block_k=256, num_warps=4)),
+    (None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),
+)
+
+
+def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *, swizzled: bool = False,
+               config: LaunchConfig | None = None) -> None:
+    """[MX-DEQUANT] q (..., K/2) with its scales (linear (..., K/32) or the swizzled tiles) into
+    contiguous out (..., K)."""
+    k = out.shape[-1]
+    rows = out.numel() // k if k else 0
+    if rows == 0:
+        return
+    int_dtype, out_bits = OUT_BITS[out.dtype]
+    q2 = q.view(torch.uint8).reshape(rows, k // 2)  # a view when the leading dims allow it, else one copy
+    s2 = scales.view(torch.uint8) if swizzled else scales.view(torch.uint8).reshape(rows, k // BLOCK)
+    if q2.stride(1) != 1:
+        q2 = q2.contiguous()
+    if not swizzled and s2.stride(1) != 1:
+        s2 = s2.contiguous()
+    _, block_m, column_blocks, launch = size_class(dequantize_launches(k, swizzled, out_bits, config), rows)
+    launch((triton.cdiv(rows, block_m), column_blocks, 1), q2, s2, out.view(int_dtype), rows, k, q2.stride(0),
+           s2.stride(0))
+
+
+@functools.lru_cache(maxsize=256)
+def dequantize_launches(k: int, swizzled: bool, out_bits: int,
+                        config: LaunchConfig | None) -> tuple[tuple[int | None, int, int, Launch], ...]:
+    """(max rows, BLOCK_M, column blocks, launch) of dequantize_mxfp4_kernel per DEQUANTIZE_TABLE entry."""
+    found = []
+    for max_rows, c in fitting(DEQUANTIZE_TABLE, k, config):
+        block_k = max(BLOCK.value, min(c.block_k, triton.next_power_of_2(k)))
+        constexprs = dict(SWIZZLED=swizzled, OUT=out_bits, BLOCK_M=c.block_m, BLOCK_K=block_k)
+        launch = Launch(dequantize_mxfp4_kernel, constexprs, num_warps=c.num_warps, enable_fp_fusion=False)
+        found.append((max_rows, c.block_m, triton.cdiv(k, block_k), launch))
+    return tuple(found)

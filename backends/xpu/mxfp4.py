@@ -31,16 +31,22 @@ RCEIL_EPS = 2.0**-126
 
 # --- the portable Triton kernel ------------------------------------------------------------------
 
-def quantize_triton(x, q, scales, *, scale_rule):
+def quantize_triton(x, q, scales, *, scale_rule, swizzled):
     from lowbit.backends.triton import mxfp4
 
-    mxfp4.quantize(x, q, scales, scale_rule=scale_rule)
+    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, swizzled=swizzled)
 
 
-def quantize_into_triton(x, x_q, x_s, *, eps):
+def quantize_into_triton(x, x_q, x_s, *, eps, swizzled):
     from lowbit.backends.triton import mxfp4
 
-    mxfp4.quantize(x, x_q, x_s, scale_rule="rceil", eps=eps)
+    mxfp4.quantize(x, x_q, x_s, scale_rule="rceil", swizzled=swizzled, eps=eps)
+
+
+def dequantize_triton(q, scales, out, *, swizzled):
+    from lowbit.backends.triton import mxfp4
+
+    mxfp4.dequantize(q, scales, out, swizzled=swizzled)
 
 
 # --- the vendor op -------------------------------------------------------------------------------
@@ -65,12 +71,12 @@ def vendor_unavailable() -> str | None:
     return None
 
 
-def quantize_vendor(x, q, scales, *, scale_rule):
-    """quantize_mxfp4 (rule rceil: the record's only one) by the vendor op."""
+def quantize_vendor(x, q, scales, *, scale_rule, swizzled):
+    """quantize_mxfp4 (rule rceil and linear scales: the record's only ones) by the vendor op."""
     _run_vendor(x, q, scales, eps=RCEIL_EPS)
 
 
-def quantize_into_vendor(x, x_q, x_s, *, eps):
+def quantize_into_vendor(x, x_q, x_s, *, eps, swizzled):
     _run_vendor(x, x_q, x_s, eps=eps)
 
 
@@ -103,7 +109,6 @@ def e8m0_bytes(scales_f32: torch.Tensor) -> torch.Tensor:
 _COMMON = dict(
     backend="xpu",
     devices=("xpu",),
-    dtypes=spec.INPUT_DTYPES,
     compile_safe=True,
     min_ndim=1,
     block_size=spec.MX_BLOCK,
@@ -116,18 +121,25 @@ _VENDOR = dict(
     graph_safe=False,  # allocates a float32 scale buffer for E8M0 output; the SYCL op's capture is not ours to claim
     contiguous=True,  # the vendor op asserts a contiguous input
     opt_in=f"{PROVIDER_SETTING}=vendor",
+    scale_layouts=("linear",),  # the vendor op writes linear scales only
 )
 _TRITON = dict(
     variant="triton",
     fidelity="bit-exact to SPEC",
     graph_safe=True,  # no host sync, no allocation: the launcher CUDA uses
+    scale_layouts=spec.SCALE_LAYOUTS,
 )
 
+_INPUT = dict(dtypes=spec.INPUT_DTYPES)
+
 KERNELS = (
-    Kernel(Capability(op="quantize_mxfp4", scale_rules=("rceil",), **_VENDOR, **_COMMON), quantize_vendor,
+    Kernel(Capability(op="quantize_mxfp4", scale_rules=("rceil",), **_INPUT, **_VENDOR, **_COMMON), quantize_vendor,
            unavailable=vendor_unavailable),
-    Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_TRITON, **_COMMON), quantize_triton),
-    Kernel(Capability(op="per_token_group_quant_mxfp4", **_VENDOR, **_COMMON), quantize_into_vendor,
+    Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_INPUT, **_TRITON, **_COMMON),
+           quantize_triton),
+    Kernel(Capability(op="per_token_group_quant_mxfp4", **_INPUT, **_VENDOR, **_COMMON), quantize_into_vendor,
            unavailable=vendor_unavailable),
-    Kernel(Capability(op="per_token_group_quant_mxfp4", **_TRITON, **_COMMON), quantize_into_triton),
+    Kernel(Capability(op="per_token_group_quant_mxfp4", **_INPUT, **_TRITON, **_COMMON), quantize_into_triton),
+    Kernel(Capability(op="dequantize_mxfp4", dtypes=(spec.MX_Q_DTYPE, torch.uint8), out_dtypes=spec.DEQUANT_DTYPES,
+                      **_TRITON, **_COMMON), dequantize_triton),
 )

@@ -27,6 +27,7 @@ from oracles import (
 from preambles import ARCH, on_cuda
 
 import lowbit
+from lowbit import spec
 
 pytestmark = [*on_cuda(80, "the cuda backend's MXFP4 kernels need sm_80+"), pytest.mark.usefixtures("strict_dispatch")]
 
@@ -441,3 +442,81 @@ def test_per_token_group_quant_under_compile_fullgraph_writes_the_eager_bytes(sc
         for (x_q, x_s), eps in ((got[:2], 1e-10), (got[2:], 0.75)):
             assert_same_group_quant((x_q, x_s), reference_group_quant(x, scale_dtype, eps), x,
                                     f"compiled, {rows} rows, eps {eps}")
+
+
+# --- [MX-SWIZZLE] and dequantize_mxfp4 on the GPU ---------------------------------------------------------
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("shape", [(130, 96), (3, 32), (2, 65, 7168), (4096, 7168)], ids=str)
+def test_swizzled_scales_match_the_reference(shape, rule, spicy):
+    x = spicy(shape, torch.bfloat16, seed=41, exponent_run=BLOCK)
+    q, s = lowbit.quantize_mxfp4(x.cuda(), scale_rule=rule, scale_layout="swizzled")
+    q_want, s_want = lowbit.quantize_mxfp4(x, scale_rule=rule, scale_layout="swizzled", backend="cpu")
+    assert_same_bytes(q, q_want, "q", x, elements_per_byte=2)
+    assert_same_bytes(s, s_want, "swizzled scales")
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.float8_e8m0fnu, torch.uint8], ids=dtype_id)
+def test_group_quant_into_swizzled_scales_matches_the_reference(scale_dtype, spicy):
+    x = spicy((3, 50, 2048), torch.bfloat16, seed=42, exponent_run=BLOCK)
+    bufs = []
+    for device in ("cuda", "cpu"):
+        x_q = torch.full((3, 50, 1024), 0x5A, dtype=torch.uint8, device=device)
+        x_s = torch.full((256, 64), 0x5A, dtype=torch.uint8, device=device).view(scale_dtype)
+        lowbit.per_token_group_quant_mxfp4(x.to(device), x_q, x_s, scale_layout="swizzled",
+                                           backend="auto" if device == "cuda" else "cpu")
+        bufs.append((x_q, x_s))
+    assert_same_bytes(bufs[0][0], bufs[1][0], "x_q")
+    assert_same_bytes(bufs[0][1], bufs[1][1], "swizzled x_s")
+
+
+def _every_byte_under_every_scale(layout):
+    q = torch.arange(256, dtype=torch.uint8).repeat(256, 1)  # every element byte, in every row
+    linear = torch.arange(256, dtype=torch.uint8)[:, None].expand(256, 16).contiguous()  # row r: scale byte r
+    if layout == "linear":
+        return q, linear
+    scales = torch.zeros(spec.swizzled_scale_shape(256, 16), dtype=torch.uint8)
+    scales.view(-1)[spec.swizzled_offsets(256, 16, "cpu")] = linear.reshape(-1)
+    return q, scales
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("layout", ["linear", "swizzled"])
+def test_dequantize_every_byte_under_every_scale_byte_matches_the_reference(layout, out_dtype):
+    q, scales = _every_byte_under_every_scale(layout)
+    got = lowbit.dequantize_mxfp4(q.cuda(), scales.cuda(), dtype=out_dtype, scale_layout=layout)
+    want = lowbit.dequantize_mxfp4(q, scales, dtype=out_dtype, scale_layout=layout, backend="cpu")
+    assert_same_bytes(got, want, f"dequantize {layout} {out_dtype}")
+
+
+@pytest.mark.parametrize("layout", ["linear", "swizzled"])
+def test_dequantize_runs_on_cuda_and_round_trips_a_large_tensor(layout, spicy):
+    x = spicy((4096, 7168), torch.bfloat16, seed=43, exponent_run=BLOCK).cuda()
+    verdict = lowbit.supports("dequantize_mxfp4", *lowbit.quantize_mxfp4(x, scale_layout=layout),
+                              scale_layout=layout)
+    assert (verdict.backend, verdict.variant, verdict.fallback) == ("cuda", "triton", False)
+    q, s = lowbit.quantize_mxfp4(x, scale_layout=layout)
+    got = lowbit.dequantize_mxfp4(q, s, scale_layout=layout)
+    want = lowbit.dequantize_mxfp4(q.cpu(), s.cpu(), scale_layout=layout, backend="cpu")
+    assert_same_bytes(got, want, f"dequantize {layout}")
+
+
+def test_quantize_and_dequantize_are_captured_in_a_cuda_graph(spicy):
+    """The issue's failure: dequantize_mxfp4 on CUDA tensors could not be captured (a host-to-device copy)."""
+    static = spicy((256, 2048), torch.bfloat16, seed=44, exponent_run=BLOCK).cuda()
+    for layout in ("linear", "swizzled"):
+        lowbit.dequantize_mxfp4(*lowbit.quantize_mxfp4(static, scale_layout=layout), scale_layout=layout)  # warm-up
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            q, s = lowbit.quantize_mxfp4(static, scale_layout=layout)
+            back = lowbit.dequantize_mxfp4(q, s, scale_layout=layout)
+        new = spicy((256, 2048), torch.bfloat16, seed=45, exponent_run=BLOCK)
+        static.copy_(new)
+        graph.replay()
+        torch.cuda.synchronize()
+        q_want, s_want = lowbit.quantize_mxfp4(new, scale_layout=layout, backend="cpu")
+        assert_same_bytes(q, q_want, f"q, replayed ({layout})")
+        assert_same_bytes(s, s_want, f"scales, replayed ({layout})")
+        assert_same_bytes(back, lowbit.dequantize_mxfp4(q_want, s_want, scale_layout=layout, backend="cpu"),
+                          f"dequantized, replayed ({layout})")

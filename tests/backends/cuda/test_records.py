@@ -69,9 +69,10 @@ def test_mxfp4_takes_both_scale_rules():
         assert kernel.capability.scale_rules == ("rceil", "floor")
 
 
-def test_cuda_has_no_dequantize_kernels_yet():
-    assert cuda.BACKEND.kernel("dequantize_mxfp4") is None
-    assert cuda.BACKEND.kernel("dequantize_fp8_group_packed") is None
+def test_cuda_dequantizes_mxfp4_with_its_triton_kernel_from_sm80():
+    verdict = lowbit.supports("dequantize_mxfp4", meta(4, 64, dtype=torch.uint8), meta(4, 4, dtype=torch.uint8),
+                              device="cuda", arch="sm_80")
+    assert (verdict.backend, verdict.variant, verdict.fallback) == ("cuda", "triton", False), verdict.explain()
 
 
 # --- dispatch: PTX -> portable Triton -> reference ----------------------------------------------

@@ -51,15 +51,16 @@ def compile_kernel(fn, signature, constexprs, arch, divisible, **options):
     return triton.compile(src, target=target(arch), options={"num_warps": NUM_WARPS, **options})
 
 
-def compile_mxfp4(arch, *, dtype="*bf16", floor=False, hooks="portable", index="i32", scale_f32=False, has_eps=False):
+def compile_mxfp4(arch, *, dtype="*bf16", floor=False, hooks="portable", index="i32", scale_f32=False, has_eps=False,
+                  swizzled=False):
     encode, rceil = {"portable": (mxfp4.encode_portable, mxfp4.rceil_exponent_portable),
                      "ptx": (ptx.encode_ptx, ptx.rceil_exponent_ptx)}[hooks]
     signature = {"x_ptr": dtype, "q_ptr": "*u8", "s_ptr": "*i32" if scale_f32 else "*u8", "rows": "i32", "k": "i32",
-                 "stride_xm": index, "stride_xk": "constexpr", "eps_bits": "i32", "FLOOR": "constexpr",
-                 "ENCODE": "constexpr", "RCEIL_EXPONENT": "constexpr", "HAS_EPS": "constexpr",
-                 "SCALE_F32": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
+                 "scale_rows": "i32", "stride_xm": index, "stride_xk": "constexpr", "eps_bits": "i32",
+                 "FLOOR": "constexpr", "ENCODE": "constexpr", "RCEIL_EXPONENT": "constexpr", "HAS_EPS": "constexpr",
+                 "SCALE_F32": "constexpr", "SWIZZLED": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
     constexprs = {"stride_xk": 1, "FLOOR": floor, "ENCODE": encode, "RCEIL_EXPONENT": rceil, "HAS_EPS": has_eps,
-                  "SCALE_F32": scale_f32, "BLOCK_M": BLOCK_M, "BLOCK_K": BLOCK_K}
+                  "SCALE_F32": scale_f32, "SWIZZLED": swizzled, "BLOCK_M": BLOCK_M, "BLOCK_K": BLOCK_K}
     return compile_kernel(mxfp4.quantize_mxfp4_kernel, signature, constexprs, arch,
                           divisible=("x_ptr", "q_ptr", "s_ptr", "k", "stride_xm"))
 
@@ -133,6 +134,29 @@ def test_mxfp4_portable_kernel_compiles_for_the_oldest_arch_its_record_claims():
     oldest = record.archs["cuda"].min
     assert oldest in CUDA and oldest in record.archs["cuda"]
     assert_compiled_without_flushing_subnormals(compile_mxfp4(oldest), oldest)
+
+
+@pytest.mark.parametrize("arch", [*MATRIX_CUDA, *MATRIX_HIP], ids=ARCH_IDS)
+@pytest.mark.parametrize("hooks", ["portable", "ptx"])
+def test_mxfp4_swizzled_scales_compile(arch, hooks):
+    if hooks == "ptx" and arch not in cuda_mxfp4.PTX_ARCHS:
+        pytest.skip("the PTX hooks assemble on the sm_100 families only")
+    assert_compiled_without_flushing_subnormals(compile_mxfp4(arch, hooks=hooks, swizzled=True), arch)
+
+
+@pytest.mark.parametrize("arch", [80, *MATRIX_CUDA, *MATRIX_HIP], ids=ARCH_IDS)
+@pytest.mark.parametrize("out_bits", [32, 16, 15], ids=["f32", "bf16", "f16"])
+@pytest.mark.parametrize("swizzled", [False, True], ids=["linear", "swizzled"])
+def test_mxfp4_dequantize_kernel_compiles_without_flushing_subnormals(arch, out_bits, swizzled):
+    """From sm_80 (the cuda record's oldest arch): E8M0 scales down to 2^-127 make subnormal outputs."""
+    out = {32: "*i32", 16: "*i16", 15: "*i16"}[out_bits]
+    signature = {"q_ptr": "*u8", "s_ptr": "*u8", "out_ptr": out, "rows": "i32", "k": "i32", "stride_qm": "i32",
+                 "stride_sm": "i32", "SWIZZLED": "constexpr", "OUT": "constexpr", "BLOCK_M": "constexpr",
+                 "BLOCK_K": "constexpr"}
+    constexprs = {"SWIZZLED": swizzled, "OUT": out_bits, "BLOCK_M": BLOCK_M, "BLOCK_K": BLOCK_K}
+    compiled = compile_kernel(mxfp4.dequantize_mxfp4_kernel, signature, constexprs, arch,
+                              divisible=("q_ptr", "s_ptr", "out_ptr", "k", "stride_qm", "stride_sm"))
+    assert_compiled_without_flushing_subnormals(compiled, arch)
 
 
 @pytest.mark.parametrize("arch", sorted(cuda_mxfp4.PTX_ARCHS), ids=ARCH_IDS)

@@ -28,6 +28,7 @@ from oracles import (  # noqa: E402
     nearest_even_e2m1_code,
 )
 
+from lowbit import spec  # noqa: E402
 from lowbit.mxfp4 import quantize_outputs  # noqa: E402
 
 pytestmark = interpreted()
@@ -38,6 +39,8 @@ POISON = 0xAA
 WIDE = LaunchConfig(block_m=1024, block_k=32, num_warps=4)
 TALL = LaunchConfig(block_m=64, block_k=512, num_warps=4)
 NAN, INF = float("nan"), float("inf")
+
+
 # --- running both sides ---------------------------------------------------------------------------
 
 def triton_bytes(x, rule, config):
@@ -378,3 +381,54 @@ def test_to_f32_widens_every_16_bit_pattern_exactly(dtype):
     nan = want.isnan()
     assert torch.equal(got.isnan(), nan)
     assert torch.equal(got[~nan].view(torch.int32), want[~nan].view(torch.int32))
+
+
+# --- [MX-SWIZZLE]: the kernel writes the tiles itself, padding included --------------------------------
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize(("shape", "config"), [((130, 96), None), ((3, 32), None), ((2, 65, 64), TALL),
+                                               ((257, 1024), WIDE)], ids=str)
+def test_swizzled_scales_match_reference(spicy, rule, shape, config):
+    """Rows past one tile, scale columns not a multiple of 4 (the padding columns), a 3-D input."""
+    x = spicy(shape, torch.bfloat16, seed=31, exponent_run=32)
+    q, s = quantize_outputs(x, "swizzled")
+    q.view(torch.uint8).fill_(POISON)
+    s.view(torch.uint8).fill_(POISON)  # padding bytes must be written as 0, not left
+    kernels.quantize(x, q, s, scale_rule=rule, swizzled=True, config=config)
+    q_want, s_want = quantize_outputs(x, "swizzled")
+    reference.quantize(x, q_want, s_want, scale_rule=rule, swizzled=True)
+    assert_bytes_equal(q.view(torch.uint8), q_want.view(torch.uint8), "q")
+    assert_bytes_equal(s.view(torch.uint8), s_want.view(torch.uint8), "swizzled scales")
+
+
+# --- [MX-DEQUANT] on the kernel: every nibble pair under every scale byte -------------------------------
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["linear", "swizzled"])
+def test_dequantize_every_byte_under_every_scale_byte_matches_reference(out_dtype, layout):
+    """256 rows, one per scale byte (0 and 255, E8M0's NaN, included); each row holds all 256 element
+    bytes, so every E2M1 pair meets every scale, in every output dtype."""
+    q = torch.arange(256, dtype=torch.uint8).repeat(256, 1)  # (256, 256): K = 512, 16 blocks a row
+    linear = torch.arange(256, dtype=torch.uint8)[:, None].expand(256, 16).contiguous()
+    if layout == "swizzled":
+        scales = torch.full(spec.swizzled_scale_shape(256, 16), POISON, dtype=torch.uint8)
+        scales.view(-1)[spec.swizzled_offsets(256, 16, "cpu")] = linear.reshape(-1)
+    else:
+        scales = linear
+    got = torch.full((256, 512), 7.0, dtype=out_dtype)
+    want = torch.empty((256, 512), dtype=out_dtype)
+    kernels.dequantize(q, scales, got, swizzled=layout == "swizzled")
+    reference.dequantize(q, scales, want, swizzled=layout == "swizzled")
+    ints = torch.int32 if out_dtype == torch.float32 else torch.int16
+    assert_bytes_equal(got.view(ints), want.view(ints), f"{layout} {out_dtype}")
+
+
+def test_dequantize_strided_q_and_scales_and_3d_match_reference():
+    g = torch.Generator().manual_seed(5)
+    wide_q = torch.randint(0, 256, (2, 5, 80), dtype=torch.uint8, generator=g)
+    wide_s = torch.randint(100, 160, (2, 5, 7), dtype=torch.uint8, generator=g)
+    q, s = wide_q[..., 8:72], wide_s[..., 1:5]  # (2, 5, 64) bytes: K = 128, 4 scales a row, strided rows
+    got, want = torch.empty(2, 5, 128), torch.empty(2, 5, 128)
+    kernels.dequantize(q, s, got, config=TALL)
+    reference.dequantize(q, s, want)
+    assert_bytes_equal(got.view(torch.int32), want.view(torch.int32), "strided")

@@ -54,9 +54,9 @@ def test_the_backend_is_xpu_of_priority_10_on_xpu_devices_only():
     for kernel in xpu.BACKEND.kernels:
         cap = kernel.capability
         assert (cap.backend, cap.devices, cap.any_device, dict(cap.archs)) == ("xpu", ("xpu",), False, {}), cap.label
-    assert {k.op for k in xpu.BACKEND.kernels} == {MX, GROUP, FP8, ATTN, "quantize_nvfp4", "nvfp4_global_scale",
-                                                 "dequantize_nvfp4", "quantize_fp8_group", "dequantize_fp8_group",
-                                                 "quantize_fp8_block", "dequantize_fp8_block"}
+    assert {k.op for k in xpu.BACKEND.kernels} == {MX, GROUP, "dequantize_mxfp4", FP8, ATTN, "quantize_nvfp4",
+                                                 "nvfp4_global_scale", "dequantize_nvfp4", "quantize_fp8_group",
+                                                 "dequantize_fp8_group", "quantize_fp8_block", "dequantize_fp8_block"}
 
 
 @pytest.mark.parametrize("op", [MX, GROUP])
@@ -145,12 +145,22 @@ def test_supports_on_xpu_picks_the_xpu_backend_for_each_public_op(op):
     assert (verdict.backend, verdict.variant, verdict.fallback) == ("xpu", "triton", False), verdict.explain()
 
 
-@pytest.mark.parametrize("op", ["dequantize_mxfp4", "dequantize_fp8_group_packed"])
+def test_opted_in_vendor_leaves_swizzled_scales_to_triton(monkeypatch):
+    monkeypatch.setenv(SETTING, "vendor")
+    verdict = lowbit.supports(MX, meta(4, 64), device="xpu", scale_layout="swizzled")
+    assert (verdict.backend, verdict.variant) == ("xpu", "triton")
+    assert "scale_layout 'swizzled' is not one of 'linear'" in verdict.reasons["xpu/vendor"]
+
+
+def test_dequantize_mxfp4_on_xpu_runs_the_triton_kernel():
+    q, scales = meta(4, 128, dtype=torch.uint8), meta(4, 8, dtype=torch.uint8)
+    verdict = lowbit.supports("dequantize_mxfp4", q, scales, device="xpu")
+    assert (verdict.backend, verdict.variant, verdict.fallback) == ("xpu", "triton", False)
+
+
+@pytest.mark.parametrize("op", ["dequantize_fp8_group_packed"])
 def test_dequantize_on_xpu_falls_back_to_the_reference(op):
-    if op == "dequantize_mxfp4":
-        q, scales = meta(4, 128, dtype=torch.uint8), meta(4, 8, dtype=torch.uint8)
-    else:
-        q, scales = meta(4, 128, dtype=E4M3), meta(4, 1, dtype=torch.int32)
+    q, scales = meta(4, 128, dtype=E4M3), meta(4, 1, dtype=torch.int32)
     verdict = lowbit.supports(op, q, scales, device="xpu")
     assert (verdict.backend, verdict.fallback) == ("cpu", True)
 

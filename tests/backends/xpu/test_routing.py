@@ -352,7 +352,7 @@ def test_quantize_mxfp4_gives_the_vendor_2d_views_and_the_rceil_eps(shape, stand
     rows, k = x.numel() // shape[-1], shape[-1]
     kernel = vendor_kernel_for(mx_op.describe_quantize(x, "rceil"))
     q, s = mx_op.quantize_outputs(x)
-    kernel.run(x, q, s, scale_rule="rceil")
+    kernel.run(x, q, s, scale_rule="rceil", swizzled=False)
     assert len(stand_in.calls) == 1
     call = stand_in.calls[0]
     assert (tuple(call.x.shape), call.x.dtype) == ((rows, k), torch.bfloat16)
@@ -376,7 +376,7 @@ def test_group_quant_gives_the_vendor_the_callers_buffers_and_eps(shape, q_dtype
     scales = torch.tensor([3.0, -1.5, 1e-3, 0.1], dtype=torch.float32)  # no power of two: nothing converts them
     stand_in.scales = scales.repeat(rows * k // 32)[: rows * k // 32]
     kernel = vendor_kernel_for(mx_op.describe_group_quant(x, x_q, x_s, 32, 1e-6))
-    kernel.run(x, x_q, x_s, eps=1e-6)
+    kernel.run(x, x_q, x_s, eps=1e-6, swizzled=False)
     assert len(stand_in.calls) == 1
     call = stand_in.calls[0]
     assert (tuple(call.x.shape), call.x.dtype) == ((rows, k), torch.float16)
@@ -393,7 +393,7 @@ def test_an_empty_input_does_not_call_the_vendor(stand_in, monkeypatch):
     monkeypatch.setenv(SETTING, "vendor")
     x = torch.empty(0, 64, dtype=torch.bfloat16)
     kernel = vendor_kernel_for(mx_op.describe_quantize(x, "rceil"))
-    kernel.run(x, *mx_op.quantize_outputs(x), scale_rule="rceil")
+    kernel.run(x, *mx_op.quantize_outputs(x), scale_rule="rceil", swizzled=False)
     assert stand_in.calls == []
 
 
@@ -426,7 +426,7 @@ def test_quantize_mxfp4_turns_the_vendors_float32_scales_into_their_exponent_fie
     vendor_writes_the_table(stand_in)
     x = torch.randn(TABLE_SHAPE)
     q, s = mx_op.quantize_outputs(x)
-    vendor_kernel_for(mx_op.describe_quantize(x, "rceil")).run(x, q, s, scale_rule="rceil")
+    vendor_kernel_for(mx_op.describe_quantize(x, "rceil")).run(x, q, s, scale_rule="rceil", swizzled=False)
     assert s.dtype == torch.float8_e8m0fnu and s.shape == (5, 1, 2)
     assert torch.equal(s.view(torch.uint8), u8([byte for _, byte in F32_TO_E8M0]).reshape(5, 1, 2))
     assert torch.equal(q.view(torch.uint8), TABLE_Q.reshape(5, 1, 32))
@@ -438,7 +438,7 @@ def test_group_quant_turns_the_vendors_float32_scales_into_their_exponent_fields
     monkeypatch.setenv(SETTING, "vendor")
     vendor_writes_the_table(stand_in)
     x, x_q, x_s = group_args(torch.randn(TABLE_SHAPE), x_s_dtype)
-    vendor_kernel_for(mx_op.describe_group_quant(x, x_q, x_s, 32, 1e-10)).run(x, x_q, x_s, eps=1e-10)
+    vendor_kernel_for(mx_op.describe_group_quant(x, x_q, x_s, 32, 1e-10)).run(x, x_q, x_s, eps=1e-10, swizzled=False)
     assert not same_storage(stand_in.calls[0].s, x_s)
     assert torch.equal(x_s.view(torch.uint8), u8([byte for _, byte in F32_TO_E8M0]).reshape(5, 1, 2))
     assert torch.equal(x_q, TABLE_Q.reshape(5, 1, 32))
@@ -448,7 +448,7 @@ def test_group_quant_passes_float32_scales_through_bit_for_bit(stand_in, monkeyp
     monkeypatch.setenv(SETTING, "vendor")
     vendor_writes_the_table(stand_in)
     x, x_q, x_s = group_args(torch.randn(TABLE_SHAPE), torch.float32)
-    vendor_kernel_for(mx_op.describe_group_quant(x, x_q, x_s, 32, 1e-10)).run(x, x_q, x_s, eps=1e-10)
+    vendor_kernel_for(mx_op.describe_group_quant(x, x_q, x_s, 32, 1e-10)).run(x, x_q, x_s, eps=1e-10, swizzled=False)
     assert torch.equal(x_s.view(torch.int32).reshape(-1),
                        torch.tensor([bits for bits, _ in F32_TO_E8M0], dtype=torch.int64).to(torch.int32))
 
