@@ -25,6 +25,11 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
+from lowbit.backends.cpu import fp8_group as cpu_fp8_group
+from lowbit.backends.cpu import fp8_group_packed as cpu_fp8_packed
+from lowbit.backends.cpu import mxfp4 as cpu_mxfp4
+from lowbit.backends.cpu import nvfp4 as cpu_nvfp4
+from lowbit.backends.cpu import unified_attention as cpu_attention
 from oracles import (
     E2M1_GRID,
     E4M3_ALL,
@@ -50,11 +55,6 @@ from oracles import (
 from test_spec_attention import assert_attention_close  # [ATTN-TOLERANCE], checked against the spec
 
 import lowbit
-from lowbit.backends.cpu import fp8_group as cpu_fp8_group
-from lowbit.backends.cpu import fp8_group_packed as cpu_fp8_packed
-from lowbit.backends.cpu import mxfp4 as cpu_mxfp4
-from lowbit.backends.cpu import nvfp4 as cpu_nvfp4
-from lowbit.backends.cpu import unified_attention as cpu_attention
 
 F32, F16, BF16, E4M3, I32 = torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.int32
 FP4, E8M0 = torch.float4_e2m1fn_x2, torch.float8_e8m0fnu
