@@ -1,10 +1,11 @@
-"""`python -m lowbit bench quant`: both quantize ops against the copy bandwidth and against
-torch.compile of the reference (the plain-PyTorch code a user would otherwise compile).
+"""`python -m lowbit bench quant`: the quantize ops and the FP8 packed dequantize against the copy
+bandwidth and against torch.compile of the reference (the plain-PyTorch code a user would otherwise
+compile).
 
 Bytes counted per call (the fewest a kernel must move): the input read once, q and the scales
 written once. MXFP4: M*K*s + M*K/2 + M*K/32. per_token_group_quant_mxfp4 (float32 scales, vLLM's
 convention): M*K*s + M*K/2 + 4*M*K/32. FP8 packed: M*K*s + M*K + 4*ceil(G/4)*A. FP8 with float32
-scales: M*K*s + M*K + 4*M*G.
+scales: M*K*s + M*K + 4*M*G. FP8 packed dequantize (bfloat16 out): M*K + 2*M*K + 4*ceil(G/4)*A.
 """
 
 from __future__ import annotations
@@ -83,6 +84,22 @@ def _reference_fp8(x):
     return q, storage
 
 
+def fp8_dequantize_bytes(m: int, k: int, itemsize: int) -> int:
+    return m * k + m * k * itemsize + 4 * spec.scale_words(k // spec.FP8_DEFAULT_GROUP) * spec.tma_rows(m)
+
+
+def _fp8_quantized(x):
+    """The (q, packed scales) a dequantize row reads, made once per shape outside the timing."""
+    return lowbit.quantize_fp8_group_packed(x)
+
+
+def _reference_fp8_dequantize(q, s):
+    out = torch.empty(q.shape, dtype=torch.bfloat16, device=q.device)
+    reference_fp8.dequantize(q, s, out, group_size=spec.FP8_DEFAULT_GROUP)
+    return out
+
+
+# op: (lowbit's call, the reference, bytes per call[, what both take, made from x; without it, x])
 OPS = {
     "quantize_mxfp4": (lambda x: lowbit.quantize_mxfp4(x), _reference_mxfp4, mxfp4_bytes),
     "per_token_group_quant_mxfp4": (_group_quant, _reference_group_quant, group_quant_bytes),
@@ -91,6 +108,8 @@ OPS = {
                            fp8_float_scale_bytes),
     "quantize_fp8_group (ue8m0)": (lambda x: lowbit.quantize_fp8_group(x, ue8m0=True, scale_layout="column_major"),
                                    lambda x: _reference_fp8_group(x, ue8m0=True), fp8_float_scale_bytes),
+    "dequantize_fp8_group_packed": (lambda q, s: lowbit.dequantize_fp8_group_packed(q, s), _reference_fp8_dequantize,
+                                    fp8_dequantize_bytes, _fp8_quantized),
 }
 
 
@@ -103,7 +122,7 @@ def run(rows=ROWS, ks=KS, dtype=torch.bfloat16, compare=True, ops=tuple(OPS), ou
           f"{dtype} | device-to-device copy {copy:.0f} GB/s (read + write)", file=out)
     results = []
     for op in ops:
-        ours, reference, count = OPS[op]
+        ours, reference, count, *made = OPS[op]
         compiled = torch.compile(reference) if compare else None
         print(f"\n{op}\n| M | K | µs | GB/s | % of copy | torch.compile µs | speed-up | eager µs/call |", file=out)
         print("|---:|---:|---:|---:|---:|---:|---:|---:|", file=out)
@@ -112,9 +131,11 @@ def run(rows=ROWS, ks=KS, dtype=torch.bfloat16, compare=True, ops=tuple(OPS), ou
                 x = torch.randn(m, k, device="cuda", dtype=dtype)
                 nbytes = count(m, k, x.element_size())
                 calls = 20 if m * k <= 1 << 24 else 5
-                call = lambda x=x, fn=ours: fn(x)  # noqa: E731
+                args = made[0](x) if made else (x,)
+                call = lambda args=args, fn=ours: fn(*args)  # noqa: E731
                 us = graph_replay_us(call, calls=calls)
-                ref_us = graph_replay_us(lambda x=x, fn=compiled: fn(x), calls=calls) if compare else float("nan")
+                ref_us = graph_replay_us(lambda args=args, fn=compiled: fn(*args), calls=calls) if compare \
+                    else float("nan")
                 host_us = eager_us(call)
                 gbps = nbytes / us / 1e3
                 row = dict(op=op, m=m, k=k, us=us, gbps=gbps, pct_copy=100 * gbps / copy, compiled_us=ref_us,
