@@ -117,6 +117,15 @@ HOST_TABLE = "torch.tensor(" in inspect.getsource(cpu_mxfp4.e2m1_values)
 HOST_COPY_PENDING = {"dequantize_mxfp4", "dequantize_nvfp4"}
 
 
+def expect_host_copy(name: str, backend: str, request) -> None:
+    """Mark the case xfail (strict) while it runs the MXFP4 table's host copy: the forced reference, or
+    auto-dispatch falling back to it (dequantize_mxfp4 has no cuda kernel yet)."""
+    runs_reference = backend == "cpu" or registry.get("cuda").kernel(name) is None
+    if HOST_TABLE and name in HOST_COPY_PENDING and runs_reference:
+        request.applymarker(pytest.mark.xfail(reason="the MXFP4 reference's E2M1 table is copied from the host",
+                                              strict=True))
+
+
 def outputs(result) -> tuple:
     return result if isinstance(result, tuple) else (result,)
 
@@ -126,8 +135,6 @@ def run_case(name: str, backend: str, monkeypatch) -> None:
     if name == "scaled_fp4_quant" and backend != "auto":
         monkeypatch.setenv("LOWBIT_BACKEND", backend)
     static = [to_cuda(t) for t in make(0)]
-    if backend == "auto":  # what auto-dispatch runs on this GPU: no fallback (LOWBIT_STRICT=1)
-        monkeypatch.setenv("LOWBIT_STRICT", "1")
 
     side = torch.cuda.Stream()  # warm-up (compiles, fills the dispatch caches) off the capture stream
     side.wait_stream(torch.cuda.current_stream())
@@ -141,8 +148,10 @@ def run_case(name: str, backend: str, monkeypatch) -> None:
         new = make(seed)
         for s, n in zip(static, new):
             copy_into(s, n)
-        for out in captured:
-            cpu_copy(out).fill_(0x5A if out.element_size() == 1 else 7)  # the replay must write every byte
+        inputs = {t.untyped_storage().data_ptr() for t in static}
+        for out in captured:  # the replay must write every byte; a global scale given is returned as it is
+            if out.untyped_storage().data_ptr() not in inputs:
+                cpu_copy(out).fill_(0x5A if out.element_size() == 1 else 7)
         graph.replay()
         torch.cuda.synchronize()
         eager = outputs(call(backend, *[to_cuda(t) for t in new]))
@@ -153,15 +162,16 @@ def run_case(name: str, backend: str, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_auto_dispatch_path_is_captured_and_replays_the_eager_bytes(name, monkeypatch):
+def test_auto_dispatch_path_is_captured_and_replays_the_eager_bytes(name, monkeypatch, request):
+    # whatever auto-dispatch picks on this GPU, a fallback included (tests/backends/cuda/
+    # test_dispatch_on_gpu.py says which it should be)
+    expect_host_copy(name, "auto", request)
     run_case(name, "auto", monkeypatch)
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_forced_reference_on_cuda_tensors_is_captured_and_replays_the_eager_bytes(name, monkeypatch, request):
-    if HOST_TABLE and name in HOST_COPY_PENDING:
-        request.applymarker(pytest.mark.xfail(reason="the MXFP4 reference's E2M1 table is copied from the host",
-                                              strict=True))
+    expect_host_copy(name, "cpu", request)
     run_case(name, "cpu", monkeypatch)
 
 
@@ -181,8 +191,7 @@ def _attend(q, k, v, cu, used, table, out):
                                     max_seqlen_k=64, out=out)
 
 
-def test_unified_attention_auto_dispatch_path_is_captured_and_replays_the_eager_bytes(monkeypatch):
-    monkeypatch.setenv("LOWBIT_STRICT", "1")
+def test_unified_attention_auto_dispatch_path_is_captured_and_replays_the_eager_bytes():
     static = [t.cuda() for t in _attention_case(0)]
     out = torch.zeros(static[0].shape, dtype=torch.bfloat16, device="cuda")  # rows outside sequences stay 0
     side = torch.cuda.Stream()
