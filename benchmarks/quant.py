@@ -1,11 +1,13 @@
-"""`python -m lowbit bench quant`: both quantize ops against the copy bandwidth and against
-torch.compile of the reference (the plain-PyTorch code a user would otherwise compile).
+"""`python -m lowbit bench quant`: the quantize ops and the FP8 packed dequantize against the copy
+bandwidth and against torch.compile of the reference (the plain-PyTorch code a user would otherwise
+compile).
 
 Bytes counted per call (the fewest a kernel must move): the input read once, q and the scales
 written once. MXFP4: M*K*s + M*K/2 + M*K/32. per_token_group_quant_mxfp4 (float32 scales, vLLM's
 convention): M*K*s + M*K/2 + 4*M*K/32. FP8 packed: M*K*s + M*K + 4*ceil(G/4)*A. FP8 with float32
 scales: M*K*s + M*K + 4*M*G. Swizzled MXFP4 scales: round_up(M, 128) * round_up(K/32, 4) bytes.
 dequantize_mxfp4: M*K/2 + M*K/32 read, M*K*s' written (s' the output's itemsize, bfloat16 here).
+FP8 packed dequantize (bfloat16 out): M*K + 2*M*K + 4*ceil(G/4)*A.
 """
 
 from __future__ import annotations
@@ -104,6 +106,16 @@ def _reference_fp8(x):
     return q, storage
 
 
+def fp8_dequantize_bytes(m: int, k: int, itemsize: int) -> int:
+    return m * k + m * k * itemsize + 4 * spec.scale_words(k // spec.FP8_DEFAULT_GROUP) * spec.tma_rows(m)
+
+
+def _reference_fp8_dequantize(q, s):
+    out = torch.empty(q.shape, dtype=torch.bfloat16, device=q.device)
+    reference_fp8.dequantize(q, s, out, group_size=spec.FP8_DEFAULT_GROUP)
+    return out
+
+
 # name: (lowbit's call, the plain-torch reference torch.compile gets, bytes moved, the arguments from x (or None: x))
 OPS = {
     "quantize_mxfp4": (lambda x: lowbit.quantize_mxfp4(x), _reference_mxfp4, mxfp4_bytes, None),
@@ -117,6 +129,8 @@ OPS = {
                            fp8_float_scale_bytes, None),
     "quantize_fp8_group (ue8m0)": (lambda x: lowbit.quantize_fp8_group(x, ue8m0=True, scale_layout="column_major"),
                                    lambda x: _reference_fp8_group(x, ue8m0=True), fp8_float_scale_bytes, None),
+    "dequantize_fp8_group_packed": (lambda q, s: lowbit.dequantize_fp8_group_packed(q, s), _reference_fp8_dequantize,
+                                    fp8_dequantize_bytes, lambda x: lowbit.quantize_fp8_group_packed(x)),
 }
 
 

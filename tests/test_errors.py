@@ -153,8 +153,10 @@ def test_supports_meta_dequantize_dtypes():
     s = torch.empty_strided((4, 1), (1, 4), dtype=torch.int32, device="meta")
     v = lowbit.supports("dequantize_fp8_group_packed", q, s, dtype=torch.float64, device="cuda")
     assert not v.ok
-    assert v.reasons == {"cpu": ["input dtype bfloat16 is not one of float8_e4m3fn, uint8",
-                                 "output dtype float64 is not one of bfloat16, float16, float32"]}
+    dtypes = ["input dtype bfloat16 is not one of float8_e4m3fn, uint8",
+              "output dtype float64 is not one of bfloat16, float16, float32"]
+    assert v.reasons == {"cuda/triton": ["needs sm_89+ and cannot tell this cuda device's arch", *dtypes],
+                         "cpu": dtypes}
 
 
 def test_supports_meta_forced_unknown_backend():

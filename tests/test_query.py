@@ -12,12 +12,10 @@ import lowbit
 def test_capabilities_lists_every_op_of_every_backend():
     records = lowbit.capabilities()
     assert {(c.backend, c.op) for c in records} == {
-        ("cpu", "quantize_mxfp4"), ("cpu", "per_token_group_quant_mxfp4"), ("cpu", "dequantize_mxfp4"),
-        ("cpu", "quantize_fp8_group_packed"), ("cpu", "dequantize_fp8_group_packed"),
-        ("cuda", "quantize_mxfp4"), ("cuda", "per_token_group_quant_mxfp4"), ("cuda", "dequantize_mxfp4"),
-        ("cuda", "quantize_fp8_group_packed"),
-        ("xpu", "quantize_mxfp4"), ("xpu", "per_token_group_quant_mxfp4"), ("xpu", "dequantize_mxfp4"),
-        ("xpu", "quantize_fp8_group_packed"),
+        *((b, op) for b in ("cpu", "cuda", "xpu") for op in ("quantize_fp8_group_packed",
+                                                             "dequantize_fp8_group_packed")),
+        *((b, op) for b in ("cpu", "cuda", "xpu") for op in ("quantize_mxfp4", "per_token_group_quant_mxfp4",
+                                                             "dequantize_mxfp4")),
         ("cpu", "unified_attention"), ("xpu", "unified_attention"),
         *((b, op) for b in ("cpu", "cuda", "xpu") for op in ("quantize_nvfp4", "nvfp4_global_scale", "dequantize_nvfp4")),
         *((b, op) for b in ("cpu", "cuda", "xpu") for op in ("quantize_fp8_group", "dequantize_fp8_group",
@@ -37,10 +35,8 @@ def test_capabilities_for_a_device_include_the_any_device_reference():
     assert {c.backend for c in lowbit.capabilities("xpu")} == {"xpu", "cpu"}
     for device in ("cuda", "xpu"):
         assert all(c.any_device or c.devices == (device,) for c in lowbit.capabilities(device))
-    # packed FP8 dequantize has no xpu kernel: only the any-device reference takes xpu tensors
-    dequantize = [c for c in lowbit.capabilities("xpu") if c.op == "dequantize_fp8_group_packed"]
-    assert len(dequantize) == 1 and all(c.any_device and c.backend == "cpu" for c in dequantize)
-    for op in ("dequantize_nvfp4", "dequantize_mxfp4"):
+    # no dequantize lacks an xpu kernel now: each is the xpu backend's and the any-device reference's
+    for op in ("dequantize_nvfp4", "dequantize_fp8_group_packed", "dequantize_mxfp4"):
         assert {c.backend for c in lowbit.capabilities("xpu") if c.op == op} == {"xpu", "cpu"}
 
 

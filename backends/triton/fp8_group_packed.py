@@ -1,6 +1,7 @@
-"""quantize_fp8_group_packed (docs/SPEC.md "FP8") as one portable Triton kernel, and its launcher.
+"""quantize_fp8_group_packed and dequantize_fp8_group_packed (docs/SPEC.md "FP8") as portable Triton
+kernels, and their launchers.
 
-One pass: each program owns BLOCK_M rows x one packed scale word (4 groups of GROUP elements). It
+Quantize, one pass: each program owns BLOCK_M rows x one packed scale word (4 groups of GROUP elements). It
 loads that tile, reduces each group's amax in registers (the reductions stay within a warp's lanes:
 shuffles, no shared memory), derives the UE8M0 byte from exponent bits, writes the E4M3 elements
 and then the int32 word straight into DeepGEMM's MN-major, TMA-aligned layout: rows of one word
@@ -11,6 +12,11 @@ the TMA padding.
 The E4M3 conversion has two forms behind the HARDWARE_E4M3 constexpr: the float8e4nv cast (one
 instruction on sm_89+), and integer round-to-nearest-even, which every target and the interpreter
 run exactly (the interpreter's own fp8 cast is wrong near binade edges and for NaN).
+
+Dequantize, one pass: each program owns BLOCK_M rows x BLOCK_K elements. It reads the E4M3 bytes and
+the packed words of its groups through their strides (a word serves 4 groups, so the scales add
+under 1 % to the bytes read), decodes both by integer arithmetic and writes the output dtype's
+bits: every target and the interpreter compute the same bits.
 """
 
 from __future__ import annotations
@@ -24,13 +30,25 @@ import triton.language as tl
 
 from lowbit import spec
 
-from .float_bits import e4m3_integer, exponent_field, is_inf, pow2_or_subnormal, times_pow2, to_f32
+from .float_bits import (
+    OUT_BITS,
+    e4m3_integer,
+    e4m3_value,
+    exponent_field,
+    is_inf,
+    output_bits,
+    pow2_or_subnormal,
+    times_pow2,
+    to_f32,
+)
 from .launch import Launch, LaunchConfig, fitting, size_class
 
 GROUPS_PER_WORD = tl.constexpr(spec.FP8_GROUPS_PER_WORD)
 MIN_SCALE_BYTE = tl.constexpr(94)  # the power-of-two ceiling of fl32(1e-10) is 2^-33
 MAX_SCALE_BYTE = tl.constexpr(spec.FP8_MAX_SCALE_BYTE)
 FP8_NAN_BYTE = tl.constexpr(spec.FP8_NAN_BYTE)  # whatever the NaN's sign
+E8M0_NAN = tl.constexpr(spec.E8M0_NAN)
+F32_NAN_BITS = tl.constexpr(0x7FC00000)
 
 
 @triton.jit
@@ -90,6 +108,38 @@ def quantize_fp8_group_packed_kernel(
     tl.store(s_ptr + batch * stride_sb + word * stride_sw + row64, packed, mask=row < s_rows)
 
 
+@triton.jit
+def dequantize_fp8_group_packed_kernel(
+        q_ptr, s_ptr, out_ptr, mn, k, groups, tiles_per_batch,
+        stride_qb, stride_qm, stride_qk, stride_sb, stride_sm, stride_sw,
+        OUT: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[FP8-DEQUANT] q (batches, mn, k) bytes with packed words (batches, mn, ceil(G/4)), both through
+    their strides, into contiguous out_ptr as bits (OUT: see output_bits)."""
+    GROUPS: tl.constexpr = BLOCK_K // GROUP
+    batch = (tl.program_id(0) // tiles_per_batch).to(tl.int64)
+    row = (tl.program_id(0) % tiles_per_batch) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row64 = row.to(tl.int64)  # int64 offsets: tensors past 2^31 elements
+    row_ok = (row < mn)[:, None]
+    col = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = row_ok & (col < k)[None, :]
+    byte = tl.load(q_ptr + batch * stride_qb + row64[:, None] * stride_qm + col.to(tl.int64)[None, :] * stride_qk,
+                   mask=mask, other=0).to(tl.int32)
+
+    # [FP8-PACK]: group g is byte g % 4 (little-endian) of word g // 4
+    group = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
+    word = tl.load(s_ptr + batch * stride_sb + row64[:, None] * stride_sm + (group // GROUPS_PER_WORD)[None, :] *
+                   stride_sw, mask=row_ok & (group < groups)[None, :], other=0)
+    scale = (word >> ((group % GROUPS_PER_WORD) * 8)[None, :]) & 0xFF
+    # q * 2^(byte - 127) as two normal factors: every product is exact (or overflows to Inf, as the
+    # reference's does), and no target that flushes a subnormal 2^-127 (byte 0) can lose it
+    value = times_pow2(tl.reshape(e4m3_value(byte), (BLOCK_M, GROUPS, GROUP)), (scale - 127)[:, :, None])
+    # byte 0xFF is E8M0's NaN: NaN for the whole group, zeros included
+    nan = tl.full((), F32_NAN_BITS, tl.int32).to(tl.float32, bitcast=True)
+    value = tl.where((scale == E8M0_NAN)[:, :, None], nan, value)
+    tl.store(out_ptr + (batch * mn + row64)[:, None] * k + col[None, :],
+             output_bits(tl.reshape(value, (BLOCK_M, BLOCK_K)), OUT), mask=mask)
+
+
 # (max rows, max K, config): the first entry that fits wins; block_k is fixed by the group (one
 # packed word per program). Tuned on an H100; see docs/benchmarks.md.
 LAUNCH_TABLE = (
@@ -97,6 +147,8 @@ LAUNCH_TABLE = (
     (1024, None, LaunchConfig(block_m=2, block_k=4 * spec.FP8_DEFAULT_GROUP, num_warps=2)),
     (None, None, LaunchConfig(block_m=4, block_k=4 * spec.FP8_DEFAULT_GROUP, num_warps=4)),
 )
+# dequantize: block_k elements per program (at least one group). Tuned on an H100; see docs/benchmarks.md.
+DEQUANTIZE_TABLE = ((None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),)
 
 
 def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, group_size: int, eps: float,
@@ -112,6 +164,21 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, group_si
     tiles = triton.cdiv(max(q_rows, s_rows), block_m)
     launch((batches * tiles, words, 1), x, q.view(torch.uint8), scales, mn, k, k // group_size, q_rows, s_rows, tiles,
            stride_b, stride_m, stride_k, q_rows * k, words * stride_word, stride_word, float(eps))
+
+
+def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *, group_size: int,
+               config: LaunchConfig | None = None) -> None:
+    """[FP8-DEQUANT] q (..., mn, K) with packed scales (..., mn, ceil(G/4)), any strides, into contiguous
+    out (..., mn, K)."""
+    if out.numel() == 0:
+        return
+    q, batches, (mn, k), (stride_qb, stride_qm, stride_qk) = batched(q.view(torch.uint8))
+    scales, _, _, (stride_sb, stride_sm, stride_sw) = batched(scales)
+    int_dtype, out_bits = OUT_BITS[out.dtype]
+    _, block_m, block_k, launch = size_class(dequantize_launches(k, group_size, out_bits, config), batches * mn)
+    tiles = triton.cdiv(mn, block_m)
+    launch((batches * tiles, triton.cdiv(k, block_k), 1), q, scales, out.view(int_dtype), mn, k, k // group_size,
+           tiles, stride_qb, stride_qm, stride_qk, stride_sb, stride_sm, stride_sw)
 
 
 def batched(x: torch.Tensor) -> tuple[torch.Tensor, int, tuple[int, int], tuple[int, int, int]]:
@@ -134,3 +201,18 @@ def launches(k: int, group_size: int, hardware_e4m3: bool,
                                      dict(HARDWARE_E4M3=hardware_e4m3, GROUP=group_size, BLOCK_M=c.block_m),
                                      num_warps=c.num_warps, enable_fp_fusion=True))
         for max_rows, c in fitting(LAUNCH_TABLE, k, config))
+
+
+@functools.lru_cache(maxsize=1024)
+def dequantize_launches(k: int, group_size: int, out_bits: int,
+                        config: LaunchConfig | None) -> tuple[tuple[int | None, int, int, Launch], ...]:
+    """(max rows, BLOCK_M, BLOCK_K, launch) of dequantize_fp8_group_packed_kernel per DEQUANTIZE_TABLE entry
+    (or just `config`) for rows of `k` elements."""
+    found = []
+    for max_rows, c in fitting(DEQUANTIZE_TABLE, k, config):
+        block_k = max(group_size, min(c.block_k, triton.next_power_of_2(k)))  # whole groups per program
+        constexprs = dict(OUT=out_bits, GROUP=group_size, BLOCK_M=c.block_m, BLOCK_K=block_k)
+        # the products are exact: fusion has nothing to change
+        launch = Launch(dequantize_fp8_group_packed_kernel, constexprs, num_warps=c.num_warps, enable_fp_fusion=False)
+        found.append((max_rows, c.block_m, block_k, launch))
+    return tuple(found)

@@ -1,5 +1,8 @@
-"""quantize_fp8_group_packed on NVIDIA GPUs (lowbit.backends.cuda) against the CPU reference, byte
-for byte: every bfloat16/float16 bit pattern in every position of a group, random tensors of every
+"""quantize_fp8_group_packed and dequantize_fp8_group_packed on NVIDIA GPUs (lowbit.backends.cuda)
+against the CPU reference, byte for byte. Dequantize: every E4M3 byte under every scale byte (0xFF
+included) for both group sizes into every dtype, random bytes over odd row counts, N-D and strided
+q and scales, quantize's own output, dispatch without a warning, CUDA-graph capture and replay,
+torch.compile. Quantize: every bfloat16/float16 bit pattern in every position of a group, random tensors of every
 input dtype over a grid of row counts and last dims, N-D and non-contiguous inputs, NaN/Inf/zero/
 max groups, eps, preallocated out= buffers (TMA padding, no allocation, CUDA-graph capture), the
 two E4M3 conversions of the Triton kernel (integer and hardware) against each other over all 2^32
@@ -11,6 +14,7 @@ The GPU side goes through the public API with auto-dispatch, which must pick the
 expectation is `backend="cpu"` on the CPU copy of the same input. Never a tolerance.
 """
 
+import logging
 import math
 from fractions import Fraction
 
@@ -517,3 +521,157 @@ def test_compile_fullgraph_matches_eager(dynamic, spicy):
         assert torch.equal(got_bufs[0].view(torch.uint8), want_bufs[0].view(torch.uint8))
         assert torch.equal(got_bufs[2], want_bufs[2])
         assert_same_fp8(want[4:], lowbit.quantize_fp8_group_packed(x.cpu(), backend="cpu"))
+
+
+# --- dequantize [FP8-DEQUANT] ---------------------------------------------------------------------
+
+DEQUANTIZE = "dequantize_fp8_group_packed"
+DEQUANTIZE_GROUPS = [64, 128]  # what the cuda record says it takes, written out here
+OUT_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+
+
+def packed_scales(scale_bytes: torch.Tensor) -> torch.Tensor:
+    """Scale bytes (..., mn, G) as packed words in the [FP8-PACK] layout (built on the CPU), the padding
+    rows poisoned."""
+    *lead, mn, groups = scale_bytes.shape
+    words = -(-groups // 4)
+    padded = torch.nn.functional.pad(scale_bytes.to(torch.int64), (0, 4 * words - groups))
+    word = sum(padded[..., j::4] << (8 * j) for j in range(4))
+    storage = torch.full((*lead, words, tma_rows(mn)), POISON_S, dtype=torch.int32)
+    scales = storage.transpose(-1, -2)[..., :mn, :]
+    scales.copy_(torch.where(word >= 2**31, word - 2**32, word).to(torch.int32))
+    return scales
+
+
+def random_bytes(shape, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, shape, generator=g, dtype=torch.int32).to(torch.uint8)
+
+
+def check_dequantize(q: torch.Tensor, scales: torch.Tensor, group_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Auto-dispatch on the GPU copies (cuda/triton, asserted) against the reference on the CPU ones."""
+    qd, sd = q.cuda(), scales.cuda()
+    verdict = lowbit.supports(DEQUANTIZE, qd, sd, group_size=group_size, dtype=dtype)
+    assert (verdict.kernel.capability.label, verdict.fallback) == ("cuda/triton", False), verdict.explain()
+    got = lowbit.dequantize_fp8_group_packed(qd, sd, group_size=group_size, dtype=dtype)
+    want = lowbit.dequantize_fp8_group_packed(q, scales, group_size=group_size, dtype=dtype, backend="cpu")
+    assert got.device.type == "cuda" and (got.dtype, got.shape) == (want.dtype, want.shape)
+    g, w = bits(got).cpu(), bits(want)
+    if not torch.equal(g, w):
+        raise AssertionError(first_difference(g, w, f"{dtype_id(dtype)} group {group_size} {tuple(q.shape)}")[0])
+    return got
+
+
+@pytest.mark.parametrize("group_size", DEQUANTIZE_GROUPS)
+@pytest.mark.parametrize("dtype", OUT_DTYPES, ids=dtype_id)
+def test_dequantize_every_e4m3_byte_under_every_scale_byte(group_size, dtype):
+    # runs of 256 elements hold every E4M3 byte under one scale byte: 2 runs a row x 128 rows give all
+    # 256 scale bytes; row 128 (an odd mn) repeats 0xFF and 0x7F
+    q = torch.arange(256, dtype=torch.int32).to(torch.uint8).repeat(129, 2)
+    run = torch.cat([torch.arange(256), torch.tensor([0xFF, 0x7F])]).reshape(129, 2)
+    got = check_dequantize(q.view(torch.float8_e4m3fn), packed_scales(run.repeat_interleave(256 // group_size, 1)),
+                           group_size, dtype)
+    nan_bits = {torch.float32: 0x7FC00000, torch.bfloat16: 0x7FC0, torch.float16: 0x7E00}[dtype]
+    assert (bits(got).cpu()[run.repeat_interleave(256, 1) == 0xFF] == nan_bits).all()
+
+
+@pytest.mark.parametrize("group_size", DEQUANTIZE_GROUPS)
+@pytest.mark.parametrize("shape", [(1, 128), (3, 384), (127, 7168), (4097, 2048), (3, 5, 1280), (2, 3, 13, 384),
+                                   (2, 0, 256), (8192, 7168)], ids=str)
+def test_dequantize_random_bytes(group_size, shape):
+    q = random_bytes(shape, seed=sum(shape) + group_size)
+    scales = packed_scales(random_bytes((*shape[:-1], shape[-1] // group_size), seed=group_size))
+    for dtype in OUT_DTYPES:
+        check_dequantize(q, scales, group_size, dtype)
+
+
+@pytest.mark.parametrize("kind", ["row_major_scales", "vllm_minimal_storage", "q_rows_sliced", "q_batch_transposed",
+                                  "q_columns_strided"])
+def test_dequantize_reads_q_and_scales_through_their_strides(kind):
+    q = random_bytes((2, 9, 1024), seed=3)
+    scales = packed_scales(random_bytes((2, 9, 8), seed=4))
+    if kind == "row_major_scales":
+        scales = scales.contiguous()
+    elif kind == "vllm_minimal_storage":  # mn + (words - 1) * A words per batch [FP8-OUT]
+        minimal = torch.full((2 * 21 + 64,), POISON_S, dtype=torch.int32).as_strided((2, 9, 2), (21, 1, 12))
+        minimal.copy_(scales)
+        scales = minimal
+    elif kind == "q_rows_sliced":
+        q = random_bytes((2, 17, 1024), seed=5)[:, ::2]
+    elif kind == "q_batch_transposed":
+        q = random_bytes((9, 2, 1024), seed=6).transpose(0, 1)
+    else:
+        q = random_bytes((2, 9, 2048), seed=7)[..., ::2]
+    qd, sd = q.cuda(), scales.cuda()
+    if kind != "q_batch_transposed":  # a copy to the device keeps the strides the test means
+        qd, sd = torch.empty_strided(q.shape, q.stride(), dtype=q.dtype, device="cuda").copy_(q), \
+            torch.empty_strided(scales.shape, scales.stride(), dtype=torch.int32, device="cuda").copy_(scales)
+    for dtype in OUT_DTYPES:
+        got = lowbit.dequantize_fp8_group_packed(qd.view(torch.float8_e4m3fn), sd, dtype=dtype)
+        want = lowbit.dequantize_fp8_group_packed(q.view(torch.float8_e4m3fn), scales, dtype=dtype, backend="cpu")
+        assert torch.equal(bits(got).cpu(), bits(want)), (kind, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_dequantize_of_quantize_on_the_gpu(dtype, spicy):
+    x = spicy((3, 77, 7168), dtype, seed=60, exponent_run=GROUP).cuda()
+    q, s = lowbit.quantize_fp8_group_packed(x)
+    for out in OUT_DTYPES:
+        got = lowbit.dequantize_fp8_group_packed(q, s, dtype=out)
+        want = lowbit.dequantize_fp8_group_packed(q.cpu(), s.cpu(), dtype=out, backend="cpu")
+        assert torch.equal(bits(got).cpu(), bits(want)), out
+
+
+def test_dequantize_dispatch_picks_cuda_without_a_warning(caplog, monkeypatch):
+    monkeypatch.delenv("LOWBIT_STRICT", raising=False)  # a fallback would run and warn: the warning is the check
+    q, s = lowbit.quantize_fp8_group_packed(torch.randn(5, 2048, device="cuda", dtype=torch.bfloat16))
+    verdict = lowbit.supports(DEQUANTIZE, q, s)
+    assert (verdict.backend, verdict.variant, verdict.fallback) == ("cuda", "triton", False), verdict.explain()
+    assert "falls back" not in verdict.explain()
+    with caplog.at_level(logging.DEBUG, logger="lowbit"):
+        lowbit.dequantize_fp8_group_packed(q, s)
+        lowbit.dequantize_fp8_group_packed(q.view(torch.uint8), s, dtype=torch.float32)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_dequantize_cuda_graph_capture_and_replay_on_new_data():
+    shapes = {"2d": ((127, 7168), 128, torch.bfloat16), "3d": ((2, 5, 1280), 64, torch.float32)}
+    static = {}
+    for i, (name, (shape, group, _)) in enumerate(shapes.items()):
+        static[name] = (random_bytes(shape, seed=90 + i).cuda(),
+                        packed_scales(random_bytes((*shape[:-1], shape[-1] // group), seed=95 + i)).cuda())
+    outs = {}
+
+    def run():
+        for name, (_, group, dtype) in shapes.items():
+            outs[name] = lowbit.dequantize_fp8_group_packed(*static[name], group_size=group, dtype=dtype)
+
+    side = torch.cuda.Stream()  # warm-up (compiles, fills the dispatch caches) off the capture stream
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for seed in (100, 101):
+        for i, (name, (shape, group, _)) in enumerate(shapes.items()):
+            q, s = static[name]
+            q.copy_(random_bytes(shape, seed=seed + i))
+            s.copy_(packed_scales(random_bytes((*shape[:-1], shape[-1] // group), seed=seed + 10 + i)))
+            outs[name].view(torch.uint8).fill_(0xAB)
+        graph.replay()
+        torch.cuda.synchronize()
+        for name, (_, group, dtype) in shapes.items():
+            q, s = static[name]
+            want = lowbit.dequantize_fp8_group_packed(q.cpu(), s.cpu(), group_size=group, dtype=dtype, backend="cpu")
+            assert torch.equal(bits(outs[name]).cpu(), bits(want)), (name, seed)
+
+
+def test_dequantize_compile_fullgraph_matches_eager():
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, s: lowbit.dequantize_fp8_group_packed(q, s, dtype=torch.float16),
+                             fullgraph=True)
+    q, s = random_bytes((7, 1024), seed=110).cuda(), packed_scales(random_bytes((7, 8), seed=111)).cuda()
+    got = compiled(q, s)
+    assert torch.equal(bits(got), bits(lowbit.dequantize_fp8_group_packed(q, s, dtype=torch.float16)))

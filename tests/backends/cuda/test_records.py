@@ -75,6 +75,17 @@ def test_cuda_dequantizes_mxfp4_with_its_triton_kernel_from_sm80():
     assert (verdict.backend, verdict.variant, verdict.fallback) == ("cuda", "triton", False), verdict.explain()
 
 
+def test_fp8_group_packed_dequantize_on_sm90_runs_cuda_and_on_sm80_falls_back():
+    q, scales = meta(4, 256, dtype=torch.float8_e4m3fn), meta(4, 1, dtype=torch.int32)
+    for group_size in (64, 128):
+        verdict = lowbit.supports("dequantize_fp8_group_packed", q, scales, group_size=group_size, device="cuda",
+                                  arch="sm_90")
+        assert (verdict.backend, verdict.variant, verdict.fallback) == ("cuda", "triton", False), verdict.explain()
+    older = lowbit.supports("dequantize_fp8_group_packed", q, scales, device="cuda", arch="sm_80")
+    assert (older.backend, older.fallback) == ("cpu", True)
+    assert older.reasons["cuda/triton"] == ["needs sm_89+, not sm_80"]
+
+
 # --- dispatch: PTX -> portable Triton -> reference ----------------------------------------------
 
 def test_sm90_runs_the_portable_variant_without_a_fallback_warning():

@@ -427,9 +427,40 @@ def test_fp8_kernel_takes_64_bit_batch_strides():
 
 
 def test_fp8_cuda_record_claims_only_archs_with_the_hardware_e4m3_cast():
-    (kernel,) = CUDA_BACKEND.kernels_for("quantize_fp8_group_packed")
-    archs = kernel.capability.archs["cuda"]
-    assert 89 in archs and 90 in archs and 100 in archs and 120 in archs and 80 not in archs
+    for op in ("quantize_fp8_group_packed", "dequantize_fp8_group_packed"):
+        (kernel,) = CUDA_BACKEND.kernels_for(op)
+        archs = kernel.capability.archs["cuda"]
+        assert 89 in archs and 90 in archs and 100 in archs and 120 in archs and 80 not in archs
+
+
+def compile_fp8_dequantize(arch, *, out_bits, group=GROUP, index="i32"):
+    """dequantize_fp8_group_packed_kernel as its launcher specialises it on contiguous q and MN-major
+    packed scales (column and row strides 1)."""
+    signature = {"q_ptr": "*u8", "s_ptr": "*i32", "out_ptr": "*i32" if out_bits == 32 else "*i16", "mn": "i32",
+                 "k": "i32", "groups": "i32", "tiles_per_batch": "i32", "stride_qb": index, "stride_qm": "i32",
+                 "stride_qk": "constexpr", "stride_sb": index, "stride_sm": "constexpr", "stride_sw": "i32",
+                 "OUT": "constexpr", "GROUP": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
+    constexprs = {"stride_qk": 1, "stride_sm": 1, "OUT": out_bits, "GROUP": group, "BLOCK_M": 4, "BLOCK_K": 1024}
+    return compile_kernel(fp8_group_packed.dequantize_fp8_group_packed_kernel, signature, constexprs, arch,
+                          divisible=("q_ptr", "s_ptr", "out_ptr", "k", "stride_qb", "stride_qm", "stride_sb",
+                                     "stride_sw"), enable_fp_fusion=False)
+
+
+@pytest.mark.parametrize("arch", [89, *MATRIX_CUDA, *MATRIX_HIP], ids=ARCH_IDS)
+@pytest.mark.parametrize("out_bits", [32, 16, 15])
+@pytest.mark.parametrize("group", [64, 128])
+def test_fp8_group_packed_dequantize_kernel_compiles_with_vector_accesses(arch, out_bits, group):
+    compiled = compile_fp8_dequantize(arch, out_bits=out_bits, group=group)
+    assert_compiled_without_flushing_subnormals(compiled, arch)  # byte 0 scales by 2^-127: subnormal results
+    if isinstance(arch, int):  # bandwidth: q bytes and the output in 16-byte vectors, no fp8 conversion
+        ops = ptx_ops(compiled)
+        assert "ld.global.v4.b32" in ops and "st.global.v4.b32" in ops, sorted(o for o in ops if o[:3] in ("ld.", "st."))
+        assert "e4m3" not in compiled.asm["ptx"]
+
+
+def test_fp8_group_packed_dequantize_kernel_takes_64_bit_batch_strides():
+    for arch in (90, "gfx942"):
+        assert_compiled_without_flushing_subnormals(compile_fp8_dequantize(arch, out_bits=16, index="i64"), arch)
 
 
 # --- FP8 with float32 scales -------------------------------------------------------------------------

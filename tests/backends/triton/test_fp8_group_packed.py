@@ -1,5 +1,8 @@
-"""The portable Triton FP8 group-packed kernel (backends/triton/fp8_group_packed.py), run by the
-Triton interpreter on CPU tensors, byte for byte against the CPU reference: every bfloat16 and
+"""The portable Triton FP8 group-packed kernels (backends/triton/fp8_group_packed.py), run by the
+Triton interpreter on CPU tensors, byte for byte against the CPU reference. Dequantize: every E4M3
+byte under every scale byte (0xFF included) for each group size the GPU records take, into every
+output dtype, also against an independent oracle; random bytes with odd row counts, 3-D and 4-D
+batches, G not a multiple of 4, strided q and scales in any layout. Quantize: every bfloat16 and
 float16 bit pattern under several group scales, random tensors for K = 128, 384 (G not a multiple
 of 4), 640 and 1024, batches, strided inputs, eps, special groups, and caller out= buffers with the
 minimal storage [FP8-OUT]. Only the integer E4M3 path runs here (hardware_e4m3=False): the
@@ -18,10 +21,21 @@ triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
 from lowbit.backends.cpu import fp8_group_packed as reference  # noqa: E402
+from lowbit.backends.cuda import fp8_group_packed as cuda_records  # noqa: E402
 from lowbit.backends.triton import fp8_group_packed as kernels  # noqa: E402
 from lowbit.backends.triton.float_bits import e4m3_integer, times_pow2  # noqa: E402
 from lowbit.backends.triton.launch import LaunchConfig  # noqa: E402
-from oracles import ALL16, E4M3_POS, F32_MAX, arrangements, bits16, from_bits16, packed_strides  # noqa: E402
+from oracles import (  # noqa: E402
+    ALL16,
+    E4M3_ALL,
+    E4M3_POS,
+    F32_MAX,
+    arrangements,
+    bits16,
+    from_bits16,
+    packed_strides,
+    rounded_bits,
+)
 
 from lowbit.fp8_group_packed import check_out_buffers, quantize_outputs  # noqa: E402
 
@@ -360,3 +374,115 @@ def test_times_pow2_is_exact_whenever_the_product_is_a_normal_float32():
     # [FP8-ELEMENT] an underflowing product keeps its sign (-0.0 stays 0x80) and stays below 2^-126
     tiny = np.abs(exact) < 2.0**-126
     assert (np.signbit(got[tiny]) == np.signbit(x[tiny])).all() and (np.abs(got[tiny]) <= 2.0**-126).all()
+
+
+# --- dequantize [FP8-DEQUANT] ---------------------------------------------------------------------
+
+DEQUANTIZE_GROUPS = next(k.capability.group_sizes for k in cuda_records.KERNELS
+                         if k.capability.op == "dequantize_fp8_group_packed")
+OUT_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+OUT_IDS = ["bf16", "f16", "f32"]
+INT_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+DEQUANT_TALL = LaunchConfig(block_m=64, block_k=512, num_warps=4)
+DEQUANT_ODD = LaunchConfig(block_m=2, block_k=256, num_warps=4)  # tiles that straddle an odd mn
+
+
+def packed(scale_bytes: torch.Tensor) -> torch.Tensor:
+    """Scale bytes (..., mn, G) as packed words in the [FP8-PACK] layout, the padding rows poisoned."""
+    *lead, mn, groups = scale_bytes.shape
+    words = -(-groups // 4)
+    padded = torch.nn.functional.pad(scale_bytes.to(torch.int64), (0, 4 * words - groups))
+    word = sum(padded[..., j::4] << (8 * j) for j in range(4))
+    word = torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
+    rows = -(-mn // 4) * 4
+    storage = torch.full((*lead, words, rows), POISON_S, dtype=torch.int32)
+    scales = storage.transpose(-1, -2)[..., :mn, :]
+    scales.copy_(word)
+    return scales
+
+
+def dequantize_both(q, scales, group_size, dtype, config=DEQUANT_TALL):
+    """(kernel, reference) output bits, the kernel's from a poisoned buffer."""
+    got = torch.full(q.shape, -21555, dtype=INT_VIEW[dtype]).view(dtype)  # 0xABCD
+    kernels.dequantize(q, scales, got, group_size=group_size, config=config)
+    want = torch.empty(q.shape, dtype=dtype)
+    reference.dequantize(q, scales, want, group_size=group_size)
+    return got.view(INT_VIEW[dtype]), want.view(INT_VIEW[dtype])
+
+
+def dequantize_oracle(q_bytes: torch.Tensor, scale_bytes: torch.Tensor, dtype) -> torch.Tensor:
+    """[FP8-DEQUANT] from the value tables: E4M3 value * 2^(byte - 127) in float64 (exact), NaN for
+    byte 0xFF, rounded once to float32 and then to dtype; as the dtype's integer bits."""
+    group = q_bytes.shape[-1] // scale_bytes.shape[-1]
+    exponent = np.repeat(scale_bytes.numpy().astype(np.int64), group, axis=-1)
+    value = np.ldexp(E4M3_ALL[q_bytes.numpy().astype(np.int64)], exponent - 127)
+    value = np.where(exponent == 0xFF, np.nan, value)
+    return rounded_bits(value, dtype).view(INT_VIEW[dtype])
+
+
+@pytest.mark.parametrize("group_size", DEQUANTIZE_GROUPS)
+@pytest.mark.parametrize("dtype", OUT_DTYPES, ids=OUT_IDS)
+def test_dequantize_every_e4m3_byte_under_every_scale_byte(group_size, dtype):
+    # each run of 256 elements holds every E4M3 byte under one scale byte; 2 runs a row x 128 rows
+    # give all 256 scale bytes, and row 128 (mn odd, a tile of one row) repeats 0xFF and 0x7F
+    mn, k = 129, 512
+    q = torch.arange(256, dtype=torch.int32).to(torch.uint8).repeat(mn, k // 256)
+    run = torch.cat([torch.arange(256), torch.tensor([0xFF, 0x7F])]).reshape(mn, 2)
+    scale_bytes = run.repeat_interleave(256 // group_size, dim=1)
+    scales = packed(scale_bytes)
+    for config in (DEQUANT_TALL, DEQUANT_ODD):
+        got, want = dequantize_both(q.view(torch.float8_e4m3fn), scales, group_size, dtype, config)
+        assert_equal(got, want, f"{dtype} group {group_size} {config}")
+    assert_equal(want, dequantize_oracle(q, scale_bytes, dtype), "reference against the oracle")
+    nan_bits = {torch.float32: 0x7FC00000, torch.bfloat16: 0x7FC0, torch.float16: 0x7E00}[dtype]
+    assert (got[run.repeat_interleave(256, dim=1) == 0xFF] == nan_bits).all(), "byte 0xFF: NaN for its whole group"
+
+
+def random_bytes(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, shape, generator=g, dtype=torch.int32).to(torch.uint8)
+
+
+@pytest.mark.parametrize("group_size", DEQUANTIZE_GROUPS)
+@pytest.mark.parametrize("shape", [(1, 384), (7, 640), (3, 5, 1280), (2, 3, 13, 384), (2, 1, 1, 768)])
+def test_dequantize_random_bytes_odd_rows_and_batches(group_size, shape):
+    q = random_bytes(shape, seed=sum(shape) + group_size)
+    scale_bytes = random_bytes((*shape[:-1], shape[-1] // group_size), seed=group_size)
+    scales = packed(scale_bytes)
+    for dtype in OUT_DTYPES:
+        for config in (DEQUANT_ODD, None):  # None: the launch table
+            got, want = dequantize_both(q, scales, group_size, dtype, config)
+            assert_equal(got, want, f"{shape} {dtype} {config}")
+
+
+@pytest.mark.parametrize("kind", ["row_major_scales", "vllm_minimal_storage", "q_rows_sliced", "q_batch_transposed",
+                                  "q_columns_strided"])
+def test_dequantize_reads_q_and_scales_through_their_strides(kind):
+    group_size = 128
+    q = random_bytes((2, 9, 1024), seed=3)
+    scale_bytes = random_bytes((2, 9, 8), seed=4)
+    scales = packed(scale_bytes)
+    if kind == "row_major_scales":
+        scales = scales.contiguous()
+    elif kind == "vllm_minimal_storage":  # mn + (words - 1) * A words per batch [FP8-OUT]
+        flat = torch.full((2 * 9 * 2 + 64,), POISON_S, dtype=torch.int32)
+        minimal = flat.as_strided((2, 9, 2), (9 + 12, 1, 12))
+        minimal.copy_(scales)
+        scales = minimal
+    elif kind == "q_rows_sliced":
+        q = random_bytes((2, 17, 1024), seed=5)[:, ::2]
+    elif kind == "q_batch_transposed":
+        q = random_bytes((9, 2, 1024), seed=6).transpose(0, 1)
+    else:
+        q = random_bytes((2, 9, 2048), seed=7)[..., ::2]
+    for dtype in OUT_DTYPES:
+        got, want = dequantize_both(q.view(torch.float8_e4m3fn), scales, group_size, dtype, DEQUANT_ODD)
+        assert_equal(got, want, f"{kind} {dtype}")
+
+
+@pytest.mark.parametrize("shape", [(0, 128), (2, 0, 256), (0, 3, 128)])
+def test_dequantize_of_empty_tensors_writes_nothing(shape):
+    q = torch.empty(shape, dtype=torch.float8_e4m3fn)
+    scales = packed(torch.empty((*shape[:-1], shape[-1] // 128), dtype=torch.uint8))
+    out = torch.empty(shape, dtype=torch.bfloat16)
+    kernels.dequantize(q, scales, out, group_size=128)

@@ -56,7 +56,8 @@ def test_the_backend_is_xpu_of_priority_10_on_xpu_devices_only():
         assert (cap.backend, cap.devices, cap.any_device, dict(cap.archs)) == ("xpu", ("xpu",), False, {}), cap.label
     assert {k.op for k in xpu.BACKEND.kernels} == {MX, GROUP, "dequantize_mxfp4", FP8, ATTN, "quantize_nvfp4",
                                                  "nvfp4_global_scale", "dequantize_nvfp4", "quantize_fp8_group",
-                                                 "dequantize_fp8_group", "quantize_fp8_block", "dequantize_fp8_block"}
+                                                 "dequantize_fp8_group", "quantize_fp8_block", "dequantize_fp8_block",
+                                                 "dequantize_fp8_group_packed"}
 
 
 @pytest.mark.parametrize("op", [MX, GROUP])
@@ -158,11 +159,11 @@ def test_dequantize_mxfp4_on_xpu_runs_the_triton_kernel():
     assert (verdict.backend, verdict.variant, verdict.fallback) == ("xpu", "triton", False)
 
 
-@pytest.mark.parametrize("op", ["dequantize_fp8_group_packed"])
-def test_dequantize_on_xpu_falls_back_to_the_reference(op):
-    q, scales = meta(4, 128, dtype=E4M3), meta(4, 1, dtype=torch.int32)
-    verdict = lowbit.supports(op, q, scales, device="xpu")
-    assert (verdict.backend, verdict.fallback) == ("cpu", True)
+@pytest.mark.parametrize("group_size", [64, 128])
+def test_dequantize_fp8_group_packed_on_xpu_picks_the_xpu_kernel(group_size):
+    q, scales = meta(4, 256, dtype=E4M3), meta(4, 1, dtype=torch.int32)
+    verdict = lowbit.supports("dequantize_fp8_group_packed", q, scales, group_size=group_size, device="xpu")
+    assert (verdict.backend, verdict.variant, verdict.fallback) == ("xpu", "triton", False), verdict.explain()
 
 
 def test_explain_on_xpu_says_the_vendor_needs_the_setting_and_triton_is_bit_exact():
