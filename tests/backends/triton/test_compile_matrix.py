@@ -604,13 +604,16 @@ def compile_attention(arch, dtypes="bf16", head_size=128, launch="prefill", opti
 
 def compile_reduce_splits(arch, head_size=128, sinks=False, v_descale=False, out_type="*bf16"):
     fn = unified_attention.reduce_splits_kernel
-    signature = {"out_ptr": out_type, "partials": "*fp32", "parts": "i32", "cu_seqlens_q": "*i32", "sinks_ptr": "*fp32" if sinks else "*i32",
-                 "v_descale": "*fp32" if v_descale else "*i32", "stride_o_token": "i32", "stride_o_head": "i32",
+    signature = {"out_ptr": out_type, "partials": "*fp32", "parts": "i32", "cu_seqlens_q": "*i32",
+                 "seqused_k": "*i32", "sinks_ptr": "*fp32" if sinks else "*i32",
+                 "v_descale": "*fp32" if v_descale else "*i32", "num_seqs": "i32", "num_tokens": "i32",
+                 "max_seqlen_q": "i32", "max_seqlen_k": "i32", "stride_o_token": "i32", "stride_o_head": "i32",
                  "stride_vd_seq": "i32", "stride_vd_head": "i32", "NUM_HEADS": "constexpr", "GROUP": "constexpr",
-                 "HEAD": "constexpr", "HEAD_PAD": "constexpr", "SPLITS": "constexpr", "SINKS": "constexpr",
-                 "V_DESCALE": "constexpr"}
+                 "HEAD": "constexpr", "HEAD_PAD": "constexpr", "SPLITS": "constexpr", "BLOCK_Q": "constexpr",
+                 "SINKS": "constexpr", "V_DESCALE": "constexpr"}
     constexprs = dict(NUM_HEADS=ATTN_HEADS, GROUP=ATTN_HEADS // ATTN_KV_HEADS, HEAD=head_size,
-                      HEAD_PAD=triton.next_power_of_2(head_size), SPLITS=4, SINKS=sinks, V_DESCALE=v_descale)
+                      HEAD_PAD=triton.next_power_of_2(head_size), SPLITS=4, BLOCK_Q=4, SINKS=sinks,
+                      V_DESCALE=v_descale)
     return compile_kernel(fn, signature, constexprs, arch,
                           divisible=("out_ptr", "partials", "parts", "cu_seqlens_q", "stride_o_token", "stride_o_head"),
                           enable_fp_fusion=True)
