@@ -98,7 +98,7 @@ def test_a_launch_keeps_one_compiled_kernel_per_specialisation():
     lowbit.quantize_mxfp4(x)
     lowbit.quantize_mxfp4(x)
     lowbit.quantize_mxfp4(torch.cat([x, x], 1)[:, 1:4097])  # unaligned, row stride 8192: another specialisation
-    tiers = triton_mxfp4.launches(4096, False, False, False, triton_mxfp4.encode_portable,
+    tiers = triton_mxfp4.launches(4096, False, False, False, False, triton_mxfp4.encode_portable,
                                   triton_mxfp4.rceil_exponent_portable, None)
     max_rows, _, _, launch = tiers[0]
     assert max_rows >= 16 and len(launch.compiled) >= 2

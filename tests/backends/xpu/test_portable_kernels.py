@@ -55,7 +55,7 @@ def check_quantize_mxfp4(x: torch.Tensor, rules=RULES) -> None:
     run = xpu_run("quantize_mxfp4")
     for rule in rules:
         q, s = poisoned(*mxfp4.quantize_outputs(x))
-        run(x, q, s, scale_rule=rule)
+        run(x, q, s, scale_rule=rule, swizzled=False)
         want_q, want_s = lowbit.quantize_mxfp4(x, scale_rule=rule, backend="cpu")
         assert_same_bits(s, want_s, f"scales ({rule})")
         assert_same_bits(q, want_q, f"q ({rule})")
@@ -135,7 +135,7 @@ def group_quant_buffers(x: torch.Tensor, scale_dtype: torch.dtype, q_dtype=torch
 def check_group_quant(x: torch.Tensor, scale_dtype: torch.dtype, eps: float, q_dtype=torch.uint8):
     """The xpu run's (x_q, x_s) against the reference's, bit for bit; returns the xpu run's."""
     x_q, x_s = poisoned(*group_quant_buffers(x, scale_dtype, q_dtype))
-    xpu_run("per_token_group_quant_mxfp4")(x, x_q, x_s, eps=eps)
+    xpu_run("per_token_group_quant_mxfp4")(x, x_q, x_s, eps=eps, swizzled=False)
     want_q, want_s = group_quant_buffers(x, scale_dtype, q_dtype)
     lowbit.per_token_group_quant_mxfp4(x, want_q, want_s, 32, eps, backend="cpu")
     assert_same_bits(x_s, want_s, f"x_s ({dtype_id(scale_dtype)}, eps {eps})")
