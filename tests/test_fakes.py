@@ -332,23 +332,26 @@ def _meta_args(device):
     s8 = torch.empty_strided((5, 2), (1, 8), dtype=torch.int32, device=device)
     qb = torch.empty(8, 256, dtype=torch.float8_e4m3fn, device=device)
     sb = torch.empty_strided((5, 2), (1, 8), dtype=torch.int32, device=device)
+    s_swizzled = torch.empty(128, 8, dtype=torch.float8_e8m0fnu, device=device)
     return {
         "quantize_mxfp4": ((x,), {"scale_rule": "floor"}),
         "per_token_group_quant_mxfp4": ((x, x_q, x_s), {}),
         "dequantize_mxfp4": ((q4, s4), {"dtype": torch.float16}),
+        "quantize_mxfp8": ((x,), {"scale_rule": "floor", "scale_layout": "swizzled"}),
+        "dequantize_mxfp8": ((q8, s_swizzled), {"scale_layout": "swizzled", "dtype": torch.float32}),
         "quantize_fp8_group_packed": ((x,), {"group_size": 32}),
         "quantize_fp8_group_packed_out": ((x,), {"group_size": 32, "out": (qb, sb)}),
         "dequantize_fp8_group_packed": ((q8, s8), {"group_size": 32}),
     }
 
 
-OP_VARIANTS = ("quantize_mxfp4", "per_token_group_quant_mxfp4", "dequantize_mxfp4", "quantize_fp8_group_packed",
-               "quantize_fp8_group_packed_out", "dequantize_fp8_group_packed")
+OP_VARIANTS = ("quantize_mxfp4", "per_token_group_quant_mxfp4", "dequantize_mxfp4", "quantize_mxfp8", "dequantize_mxfp8",
+               "quantize_fp8_group_packed", "quantize_fp8_group_packed_out", "dequantize_fp8_group_packed")
 # The _meta_args calls only the reference takes on fake xpu tensors: xpu has no dequantize kernels, and
 # its FP8 record takes group 128 only (the calls use 32). On fake cuda tensors every call falls back:
 # every cuda record needs an arch and this machine cannot tell a fake cuda device's.
-XPU_FALLBACKS = ("dequantize_mxfp4", "quantize_fp8_group_packed", "quantize_fp8_group_packed_out",
-                 "dequantize_fp8_group_packed")
+XPU_FALLBACKS = ("dequantize_mxfp4", "quantize_mxfp8", "dequantize_mxfp8", "quantize_fp8_group_packed",
+                 "quantize_fp8_group_packed_out", "dequantize_fp8_group_packed")
 FALLBACKS = [pytest.param(device, variant, id=f"{device}-{variant}", marks=FAKE_DEVICE[device])
              for device, variants in (("cuda", OP_VARIANTS), ("xpu", XPU_FALLBACKS)) for variant in variants]
 
@@ -550,6 +553,11 @@ def _opcheck_cases():
             ops.quantize_mxfp4.default, (randn(3, 4, 64, seed=24).transpose(0, 1), "rceil", "auto"), None),
         "quantize_mxfp4-last_dim_strided": (
             ops.quantize_mxfp4.default, (randn(64, 6, seed=25).t(), "rceil", "auto"), None),
+        # quantize_mxfp8 and dequantize_mxfp8: more cases in tests/test_mxfp8_api.py
+        "quantize_mxfp8-floor-swizzled": (ops.quantize_mxfp8.default, (x3, "floor", "swizzled", "auto"), None),
+        "dequantize_mxfp8-uint8": (
+            ops.dequantize_mxfp8.default, (*(t.view(torch.uint8) for t in lowbit.quantize_mxfp8(x3)), torch.float32,
+                                           "linear", "auto"), None),
         "dequantize_mxfp4-uint8": (
             ops.dequantize_mxfp4.default, (q4.view(torch.uint8), s4.view(torch.uint8), torch.float32, "auto"), None),
         "dequantize_mxfp4-e2m1": (ops.dequantize_mxfp4.default, (q4, s4, torch.bfloat16, "auto"), NO_SCHEMA_CHECK),
