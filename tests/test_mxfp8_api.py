@@ -5,12 +5,15 @@ themselves are tests/test_spec_mxfp8.py's; every refused call is in tests/test_r
 * Fake outputs (FakeTensorMode, on fake cpu, cuda and xpu tensors) have the shapes, dtypes and strides of
   the real CPU outputs, which are the SPEC's: q float8_e4m3fn of x's shape; scales float8_e8m0fnu
   (..., K/32) linear or (round_up(R, 128), round_up(K/32, 4)) swizzled; dequantize (..., K) in the dtype asked.
+  On fake cuda the kernel is picked by arch (cuda/triton from sm_89, the cpu fallback with one warning below
+  it and where the arch cannot be told); on fake xpu it is xpu/triton, silently.
 * The eager fast path (lowbit/dispatch.py, `kernel_for`) refuses what a first call refuses, and runs the
   kernel the torch.library op runs.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -20,7 +23,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit
-from lowbit import dispatch
+from lowbit import dispatch, registry
 
 F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
 E4M3, E8M0, U8 = torch.float8_e4m3fn, torch.float8_e8m0fnu, torch.uint8
@@ -158,6 +161,87 @@ def test_fake_dequantize_output_matches_real_layout(name, dtype, scale_layout, r
                                        scale_layout=scale_layout)
         got = (layout(fake), fake.device.type)
     assert got == (layout(real), device)
+
+
+# --- fakes on fake accelerators: which kernel -------------------------------------------------------
+
+def _accelerator_calls(d):
+    """op: (args, kwargs) on device d, tensors holding no data."""
+    return {
+        QUANTIZE: ((E(5, 64, dtype=BF16, d=d),), {"scale_rule": "floor", "scale_layout": "swizzled"}),
+        DEQUANTIZE: ((E(5, 64, dtype=E4M3, d=d), E(5, 2, dtype=E8M0, d=d)), {"dtype": F32}),
+    }
+
+
+def _needs_backend(name):
+    if registry.unavailable(name) is not None:
+        pytest.skip(f"the {name} backend cannot load here: {registry.unavailable(name)}")
+
+
+@pytest.fixture(name="fake_arch")
+def _fake_arch(monkeypatch):
+    """Set the arch dispatch sees for (fake) cuda tensors: this CPU-only machine cannot tell it."""
+    def set_arch(arch):
+        monkeypatch.setattr(dispatch, "device_arch", lambda device: arch if device.type == "cuda" else None)
+    return set_arch
+
+
+@FAKE_DEVICE["cuda"]
+@pytest.mark.parametrize("arch", [89, 90, 100, 120])
+@pytest.mark.parametrize("op", MX8_OPS)
+def test_fake_cuda_from_sm89_resolves_to_cuda_triton_without_a_warning(op, arch, fake_arch, resolved, caplog,
+                                                                       monkeypatch):
+    _needs_backend("cuda")
+    fake_arch(arch)
+    monkeypatch.setenv("LOWBIT_STRICT", "1")  # not a fallback: strict lets it through
+    with caplog.at_level(logging.DEBUG, logger="lowbit"), FakeTensorMode():
+        for _ in range(2):
+            args, kwargs = _accelerator_calls("cuda")[op]
+            result = getattr(lowbit, op)(*args, **kwargs)
+            assert {t.device.type for t in (result if isinstance(result, tuple) else (result,))} == {"cuda"}
+    assert resolved == ["cuda/triton", "cuda/triton"]
+    assert [r for r in caplog.records if r.name == "lowbit"] == []
+
+
+@FAKE_DEVICE["cuda"]
+@pytest.mark.parametrize("arch", [80, 86, None])
+@pytest.mark.parametrize("op", MX8_OPS)
+def test_fake_cuda_below_sm89_or_of_unknown_arch_falls_back_to_cpu_with_one_warning(op, arch, fake_arch, resolved,
+                                                                                     caplog, monkeypatch):
+    _needs_backend("cuda")
+    fake_arch(arch)
+    margs, mkwargs = _accelerator_calls("meta")[op]
+    where = {} if arch is None else {"arch": arch}
+    expected = lowbit.explain(op, *margs, device="cuda", **where, **mkwargs)
+    need = "needs sm_89+ and cannot tell this cuda device's arch" if arch is None else f"needs sm_89+, not sm_{arch}"
+    assert "falls back to backend 'cpu'" in expected and f"  - cuda/triton: {need}" in expected.splitlines()
+    with caplog.at_level(logging.WARNING, logger="lowbit"), FakeTensorMode():
+        for _ in range(3):
+            args, kwargs = _accelerator_calls("cuda")[op]
+            getattr(lowbit, op)(*args, **kwargs)
+    assert resolved == ["cpu"] * 3
+    assert [r.getMessage() for r in caplog.records if r.name == "lowbit"] == [expected]
+    monkeypatch.setenv("LOWBIT_STRICT", "1")
+    dispatch.clear_cache()
+    with FakeTensorMode(), pytest.raises(lowbit.UnsupportedError, match="LOWBIT_STRICT=1 refuses fallbacks"):
+        args, kwargs = _accelerator_calls("cuda")[op]
+        getattr(lowbit, op)(*args, **kwargs)
+
+
+@FAKE_DEVICE["xpu"]
+@pytest.mark.parametrize("op", MX8_OPS)
+def test_fake_xpu_resolves_to_xpu_triton_without_a_warning(op, resolved, caplog, monkeypatch):
+    _needs_backend("xpu")
+    margs, mkwargs = _accelerator_calls("meta")[op]
+    verdict = lowbit.supports(op, *margs, device="xpu", **mkwargs)
+    assert (verdict.backend, verdict.variant, verdict.fallback, verdict.reasons) == ("xpu", "triton", False, {})
+    monkeypatch.setenv("LOWBIT_STRICT", "1")
+    with caplog.at_level(logging.DEBUG, logger="lowbit"), FakeTensorMode():
+        for _ in range(2):
+            args, kwargs = _accelerator_calls("xpu")[op]
+            getattr(lowbit, op)(*args, **kwargs)
+    assert resolved == ["xpu/triton", "xpu/triton"]
+    assert [r for r in caplog.records if r.name == "lowbit"] == []
 
 
 # --- the eager fast path ---------------------------------------------------------------------------
@@ -337,6 +421,38 @@ def _op(name):
     return next(op for op in MX8_OPS if name.startswith(op))
 
 
+@pytest.mark.parametrize("arch", ["sm_89", "sm_90", (10, 0), "sm_120"])
+@pytest.mark.parametrize("name", META_CALLS)
+def test_supports_cuda_from_sm89_runs_cuda_triton(name, arch):
+    _needs_backend("cuda")
+    args, kwargs = _meta_calls()[name]
+    verdict = lowbit.supports(_op(name), *args, device="cuda", arch=arch, **kwargs)
+    assert (verdict.ok, verdict.backend, verdict.variant, verdict.fallback, verdict.reasons) == (
+        True, "cuda", "triton", False, {})
+    assert "fidelity: bit-exact to SPEC" in verdict.explain()
+
+
+@pytest.mark.parametrize("name", META_CALLS)
+def test_supports_cuda_sm80_falls_back_naming_sm89_and_forcing_cuda_refuses(name):
+    _needs_backend("cuda")
+    args, kwargs = _meta_calls()[name]
+    op = _op(name)
+    verdict = lowbit.supports(op, *args, device="cuda", arch="sm_80", **kwargs)
+    assert (verdict.ok, verdict.backend, verdict.fallback) == (True, "cpu", True)
+    assert verdict.reasons == {"cuda/triton": ["needs sm_89+, not sm_80"]}
+    assert verdict.explain().splitlines()[-1] == "Alternative: pass backend='cpu' to choose the slower backend explicitly"
+    forced = lowbit.supports(op, *args, device="cuda", arch="sm_80", backend="cuda", **kwargs)
+    assert not forced.ok and "backend='cpu' can run this call" in forced.explain()
+
+
+@pytest.mark.parametrize("name", META_CALLS)
+def test_supports_xpu_runs_xpu_triton(name):
+    _needs_backend("xpu")
+    args, kwargs = _meta_calls()[name]
+    verdict = lowbit.supports(_op(name), *args, device="xpu", **kwargs)
+    assert (verdict.ok, verdict.backend, verdict.variant, verdict.fallback) == (True, "xpu", "triton", False)
+
+
 @pytest.mark.parametrize("name", META_CALLS)
 def test_supports_cpu_runs_the_reference(name):
     args, kwargs = _meta_calls()[name]
@@ -364,6 +480,11 @@ def test_capability_records():
     assert set(records[(DEQUANTIZE, "cpu")].dtypes) == {E4M3, U8}
     assert set(records[(QUANTIZE, "cpu")].dtypes) == {F32, F16, BF16}
     assert records[(QUANTIZE, "cpu")].scale_rules == ("rceil", "floor")
+    if registry.unavailable("cuda") is None and registry.unavailable("xpu") is None:
+        for op in MX8_OPS:
+            assert [label for o, label in records if o == op] == ["cuda/triton", "xpu/triton", "cpu"]
+            assert records[(op, "cuda/triton")].graph_safe and records[(op, "xpu/triton")].graph_safe
+        assert records[(QUANTIZE, "cuda/triton")].scale_rules == ("rceil", "floor")
 
 
 # --- python -m lowbit info --------------------------------------------------------------------------
@@ -386,5 +507,9 @@ def test_info_lists_the_mxfp8_ops():
         assert "\n  on cpu: cpu" in section
         rows = _info_rows(text, op)
         assert rows["cpu"]["here"] == "yes" and rows["cpu"]["sizes"] == "block 32"
+        assert all(row["auto"] == "yes" for row in rows.values())
+        if registry.unavailable("cuda") is None and registry.unavailable("xpu") is None:
+            assert list(rows) == ["cuda/triton", "xpu/triton", "cpu"]
+            assert rows["cuda/triton"]["arch"] == "cuda sm_89+"
     assert _info_rows(text, QUANTIZE)["cpu"]["rules"] == "rceil/floor"
     assert _info_rows(text, DEQUANTIZE)["cpu"]["dtypes"] == "float8_e4m3fn/uint8"

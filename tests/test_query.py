@@ -16,7 +16,7 @@ def test_capabilities_lists_every_op_of_every_backend():
     records = lowbit.capabilities()
     assert {(c.backend, c.op) for c in records} == {
         ("cpu", "quantize_mxfp4"), ("cpu", "per_token_group_quant_mxfp4"), ("cpu", "dequantize_mxfp4"),
-        ("cpu", "quantize_mxfp8"), ("cpu", "dequantize_mxfp8"),
+        *((b, op) for b in ("cpu", "cuda", "xpu") for op in ("quantize_mxfp8", "dequantize_mxfp8")),
         ("cpu", "quantize_fp8_group_packed"), ("cpu", "dequantize_fp8_group_packed"),
         ("cuda", "quantize_mxfp4"), ("cuda", "per_token_group_quant_mxfp4"), ("cuda", "quantize_fp8_group_packed"),
         ("xpu", "quantize_mxfp4"), ("xpu", "per_token_group_quant_mxfp4"), ("xpu", "quantize_fp8_group_packed"),
