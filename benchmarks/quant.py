@@ -1,10 +1,11 @@
-"""`python -m lowbit bench quant`: both quantize ops against the copy bandwidth and against
-torch.compile of the reference (the plain-PyTorch code a user would otherwise compile).
+"""`python -m lowbit bench quant`: the quantize ops (and MXFP8's dequantize) against the copy bandwidth
+and against torch.compile of the reference (the plain-PyTorch code a user would otherwise compile).
 
 Bytes counted per call (the fewest a kernel must move): the input read once, q and the scales
 written once. MXFP4: M*K*s + M*K/2 + M*K/32. per_token_group_quant_mxfp4 (float32 scales, vLLM's
-convention): M*K*s + M*K/2 + 4*M*K/32. FP8 packed: M*K*s + M*K + 4*ceil(G/4)*A. FP8 with float32
-scales: M*K*s + M*K + 4*M*G.
+convention): M*K*s + M*K/2 + 4*M*K/32. MXFP8: M*K*s + M*K + M*K/32 (swizzled: the padded tiles'
+bytes). dequantize_mxfp8 to bfloat16: M*K + M*K/32 read, 2*M*K written. FP8 packed: M*K*s + M*K +
+4*ceil(G/4)*A. FP8 with float32 scales: M*K*s + M*K + 4*M*G.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import torch
 from lowbit.backends.cpu import fp8_group as reference_fp8_group
 from lowbit.backends.cpu import fp8_group_packed as reference_fp8
 from lowbit.backends.cpu import mxfp4 as reference_mxfp4
+from lowbit.backends.cpu import mxfp8 as reference_mxfp8
 
 import lowbit
-from lowbit import fp8_group, spec
+from lowbit import fp8_group, mxfp8, spec
 
 from .timing import copy_gbps, eager_us, graph_replay_us
 
@@ -52,6 +54,32 @@ def _reference_group_quant(x):
     return x_q, x_s
 
 
+def mxfp8_bytes(m: int, k: int, itemsize: int, scale_layout: str = "linear") -> int:
+    scales = m * k // spec.MX_BLOCK
+    if scale_layout == "swizzled":
+        rows, cols = spec.swizzled_scale_shape(m, k // spec.MX_BLOCK)
+        scales = rows * cols
+    return m * k * itemsize + m * k + scales
+
+
+def mxfp8_dequantize_bytes(m: int, k: int, itemsize: int) -> int:
+    """q and linear scales read, bfloat16 written (`itemsize` is the input's, which q no longer has)."""
+    return m * k + m * k // spec.MX_BLOCK + 2 * m * k
+
+
+def _reference_mxfp8(x, scale_layout="linear"):
+    """Into uint8 buffers (the reference writes bytes): inductor's CPU code has no float8_e8m0fnu."""
+    q, s = (torch.empty(t.shape, dtype=torch.uint8, device=x.device) for t in mxfp8.quantize_outputs(x, scale_layout))
+    reference_mxfp8.quantize(x, q, s, scale_rule="rceil", swizzled=scale_layout == "swizzled")
+    return q, s
+
+
+def _reference_dequantize_mxfp8(q, s):
+    out = torch.empty(q.shape, dtype=torch.bfloat16, device=q.device)
+    reference_mxfp8.dequantize(q, s, out, swizzled=False)
+    return out
+
+
 def fp8_bytes(m: int, k: int, itemsize: int) -> int:
     return m * k * itemsize + m * k + 4 * spec.scale_words(k // spec.FP8_DEFAULT_GROUP) * spec.tma_rows(m)
 
@@ -83,15 +111,25 @@ def _reference_fp8(x):
     return q, storage
 
 
-OPS = {
+OPS = {  # name: (lowbit's call, the reference it is timed against, bytes moved); both take PREPARE's arguments
     "quantize_mxfp4": (lambda x: lowbit.quantize_mxfp4(x), _reference_mxfp4, mxfp4_bytes),
     "per_token_group_quant_mxfp4": (_group_quant, _reference_group_quant, group_quant_bytes),
+    "quantize_mxfp8": (lambda x: lowbit.quantize_mxfp8(x), _reference_mxfp8, mxfp8_bytes),
+    "quantize_mxfp8 (swizzled)": (lambda x: lowbit.quantize_mxfp8(x, scale_layout="swizzled"),
+                                  lambda x: _reference_mxfp8(x, "swizzled"),
+                                  lambda m, k, itemsize: mxfp8_bytes(m, k, itemsize, "swizzled")),
+    "dequantize_mxfp8": (lambda q, s: lowbit.dequantize_mxfp8(q, s), _reference_dequantize_mxfp8,
+                         mxfp8_dequantize_bytes),
     "quantize_fp8_group_packed": (lambda x: lowbit.quantize_fp8_group_packed(x), _reference_fp8, fp8_bytes),
     "quantize_fp8_group": (lambda x: lowbit.quantize_fp8_group(x, scale_layout="column_major"), _reference_fp8_group,
                            fp8_float_scale_bytes),
     "quantize_fp8_group (ue8m0)": (lambda x: lowbit.quantize_fp8_group(x, ue8m0=True, scale_layout="column_major"),
                                    lambda x: _reference_fp8_group(x, ue8m0=True), fp8_float_scale_bytes),
 }
+
+
+# The arguments an op is timed on, made from the input x outside the timing: x itself, but for a dequantize
+PREPARE = {"dequantize_mxfp8": lambda x: tuple(t.view(torch.uint8) for t in lowbit.quantize_mxfp8(x))}
 
 
 def run(rows=ROWS, ks=KS, dtype=torch.bfloat16, compare=True, ops=tuple(OPS), out=sys.stdout) -> list[dict]:
@@ -110,11 +148,14 @@ def run(rows=ROWS, ks=KS, dtype=torch.bfloat16, compare=True, ops=tuple(OPS), ou
         for k in ks:
             for m in rows:
                 x = torch.randn(m, k, device="cuda", dtype=dtype)
+                args = PREPARE.get(op, lambda x: (x,))(x)
                 nbytes = count(m, k, x.element_size())
                 calls = 20 if m * k <= 1 << 24 else 5
-                call = lambda x=x, fn=ours: fn(x)  # noqa: E731
+                call = lambda args=args, fn=ours: fn(*args)  # noqa: E731
                 us = graph_replay_us(call, calls=calls)
-                ref_us = graph_replay_us(lambda x=x, fn=compiled: fn(x), calls=calls) if compare else float("nan")
+                ref_us = float("nan")
+                if compare:
+                    ref_us = graph_replay_us(lambda args=args, fn=compiled: fn(*args), calls=calls)
                 host_us = eager_us(call)
                 gbps = nbytes / us / 1e3
                 row = dict(op=op, m=m, k=k, us=us, gbps=gbps, pct_copy=100 * gbps / copy, compiled_us=ref_us,
