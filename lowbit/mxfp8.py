@@ -26,7 +26,7 @@ def quantize_mxfp8(x: torch.Tensor, *, scale_rule: str = spec.MX_DEFAULT_SCALE_R
     """Quantize `x` (..., K) to MXFP8: E4M3 elements in blocks of 32 with E8M0 scales.
 
     Returns `q` (..., K) float8_e4m3fn and `scales` float8_e8m0fnu. `scale_rule` is "rceil"
-    (TransformerEngine's and cuBLAS's, the default) or "floor" (OCP MX v1.0). `scale_layout` is
+    (TransformerEngine's, the default) or "floor" (OCP MX v1.0). `scale_layout` is
     "linear" ((..., K/32)) or "swizzled" (the 128x4 tiles Blackwell GEMMs read, (round_up(R, 128),
     round_up(K/32, 4)) for R rows). Bits follow docs/SPEC.md on every backend.
     """

@@ -389,6 +389,18 @@ def test_mx8_element_saturates_under_floor_and_never_needs_to_under_rceil():
     assert (sb.item(), qb[0, :5].tolist()) == (0x80, [0x78, 0x76, 0x76, 0x77, 0xF8])
 
 
+def test_mx8_element_rceil_saturates_only_above_448_times_2_pow_minus_127():
+    # amax bits 0x04600001 = 448 * 2^-127 * (1 + 2^-23/1.75): d = fl32(amax * fl32(1/448)) is a subnormal that
+    # rounds down to 2^-127, so e = -127 and amax * 2^127 = 448 (1 + 0.57 * 2^-23) saturates to 448 (0x7E);
+    # 0x04600000 is 448 * 2^-127 exactly (448, no saturation); from 0x04600002 on, e = -126
+    x = f32_bits_tensor([block([b, b | 0x80000000], fill=0) for b in (0x04600000, 0x04600001, 0x04600002)])
+    qb, sb = quant(x, "rceil")
+    assert sb.reshape(-1).tolist() == [0, 0, 1]
+    # 0x04600002 * 2^126 = 224 (1 + 2 * 2^-23/1.75) -> 224 (0x76)
+    assert qb[:, :2].tolist() == [[0x7E, 0xFE], [0x7E, 0xFE], [0x76, 0xF6]]
+    assert float(Fraction(f32_from_bits(0x04600001)) * 2**127) > 448
+
+
 @pytest.mark.parametrize("rule", RULES)
 def test_mx8_element_sign_of_zero_and_underflow(rule):
     # anchor 448: -0 -> 0x80; -2^-11 rounds to -0 (0x80); 2^-11 -> 0x00; -2^-9 -> 0x81
@@ -823,7 +835,8 @@ def test_mx8_peers_transformer_engine_before_2_13_tiny_and_inf_blocks():
     qb, sb = quant(f32_tensor(v), "rceil")
     assert old_s.tolist() == new_s.tolist() == sb.reshape(-1).tolist() == [0x00, 0xFE]
     assert np.array_equal(new_q, qb.numpy())
-    # lowbit and TE 2.13: 1.75*2^-118*(1 - ...) * 2^127 ~ 448 -> 0x7E; 2^-120 * 2^127 = 128 -> 0x70; -2^-125 -> -4 (0xC8)
+    # lowbit and TE 2.13: (bits 0x04600001) * 2^127 = 448 (1 + 0.57 * 2^-23) -> 448 (0x7E, saturated);
+    # 2^-120 * 2^127 = 128 -> 0x70; -2^-125 * 2^127 = -4 -> 0xC8
     assert qb[0, :3].tolist() == [0x7E, 0x70, 0xC8] and old_q[0, :3].tolist() == [0x00, 0x00, 0x80]
     # the Inf block before 2.13: Inf * 0 = NaN -> 0x7F, finite * +0 -> +-0
     assert qb[1, :4].tolist() == [0x7E, 0xFE, 0x38, 0x80] and old_q[1, :4].tolist() == [0x7F, 0x7F, 0x00, 0x80]
