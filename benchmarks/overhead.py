@@ -80,6 +80,7 @@ def cases() -> dict:
     x_q = torch.empty(M, K // 2, dtype=torch.uint8, device="cuda")
     x_s = torch.empty(M, K // 32, dtype=torch.float32, device="cuda")
     q4, s4 = lowbit.quantize_mxfp4(x)
+    q_mx8, s_mx8 = lowbit.quantize_mxfp8(x, scale_layout="swizzled")
     q8, s8 = lowbit.quantize_fp8_group_packed(x)
     q_buf, s_buf = torch.empty_like(q8), torch.empty_strided(s8.shape, s8.stride(), dtype=s8.dtype, device="cuda")
     qg, sg = lowbit.quantize_fp8_group(x, scale_layout="column_major")
@@ -89,6 +90,10 @@ def cases() -> dict:
         f"quantize_mxfp4 ({M}, {K})": (lambda: lowbit.quantize_mxfp4(x), x),
         f"per_token_group_quant_mxfp4 ({M}, {K}), float32 scales": (
             lambda: lowbit.per_token_group_quant_mxfp4(x, x_q, x_s), x),
+        f"quantize_mxfp8 ({M}, {K})": (lambda: lowbit.quantize_mxfp8(x), x),
+        f"quantize_mxfp8 ({M}, {K}), swizzled": (lambda: lowbit.quantize_mxfp8(x, scale_layout="swizzled"), x),
+        f"dequantize_mxfp8 ({M}, {K}), swizzled": (
+            lambda: lowbit.dequantize_mxfp8(q_mx8, s_mx8, scale_layout="swizzled"), x),
         f"quantize_fp8_group_packed ({M}, {K})": (lambda: lowbit.quantize_fp8_group_packed(x), x),
         f"quantize_fp8_group_packed ({M}, {K}), out=": (
             lambda: lowbit.quantize_fp8_group_packed(x, out=(q_buf, s_buf)), x),

@@ -1,13 +1,13 @@
-"""`python -m lowbit bench quant`: the quantize ops and the FP8 packed dequantize against the copy
-bandwidth and against torch.compile of the reference (the plain-PyTorch code a user would otherwise
-compile).
+"""`python -m lowbit bench quant`: the quantize and dequantize ops against the copy bandwidth and
+against torch.compile of the reference (the plain-PyTorch code a user would otherwise compile).
 
 Bytes counted per call (the fewest a kernel must move): the input read once, q and the scales
 written once. MXFP4: M*K*s + M*K/2 + M*K/32. per_token_group_quant_mxfp4 (float32 scales, vLLM's
-convention): M*K*s + M*K/2 + 4*M*K/32. FP8 packed: M*K*s + M*K + 4*ceil(G/4)*A. FP8 with float32
-scales: M*K*s + M*K + 4*M*G. Swizzled MXFP4 scales: round_up(M, 128) * round_up(K/32, 4) bytes.
-dequantize_mxfp4: M*K/2 + M*K/32 read, M*K*s' written (s' the output's itemsize, bfloat16 here).
-FP8 packed dequantize (bfloat16 out): M*K + 2*M*K + 4*ceil(G/4)*A.
+convention): M*K*s + M*K/2 + 4*M*K/32. Swizzled scales: round_up(M, 128) * round_up(K/32, 4) bytes.
+dequantize_mxfp4 to bfloat16: M*K/2 + M*K/32 read, 2*M*K written. MXFP8: M*K*s + M*K + M*K/32.
+dequantize_mxfp8 to bfloat16: M*K + M*K/32 read, 2*M*K written. FP8 packed: M*K*s + M*K +
+4*ceil(G/4)*A; its dequantize (bfloat16 out): M*K + 2*M*K + 4*ceil(G/4)*A. FP8 with float32 scales:
+M*K*s + M*K + 4*M*G.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import torch
 from lowbit.backends.cpu import fp8_group as reference_fp8_group
 from lowbit.backends.cpu import fp8_group_packed as reference_fp8
 from lowbit.backends.cpu import mxfp4 as reference_mxfp4
+from lowbit.backends.cpu import mxfp8 as reference_mxfp8
 
 import lowbit
-from lowbit import fp8_group, mxfp4, spec
+from lowbit import fp8_group, mxfp4, mxfp8, spec
 
 from .timing import copy_gbps, eager_us, graph_replay_us
 
@@ -75,6 +76,36 @@ def _reference_mxfp4_dequant(q, s):
     return out
 
 
+def mxfp8_bytes(m: int, k: int, itemsize: int, scale_layout: str = "linear") -> int:
+    scales = m * k // spec.MX_BLOCK
+    if scale_layout == "swizzled":
+        rows, cols = spec.swizzled_scale_shape(m, k // spec.MX_BLOCK)
+        scales = rows * cols
+    return m * k * itemsize + m * k + scales
+
+
+def mxfp8_dequantize_bytes(m: int, k: int, itemsize: int) -> int:
+    """q and linear scales read, bfloat16 written (`itemsize` is the input's, which q no longer has)."""
+    return m * k + m * k // spec.MX_BLOCK + 2 * m * k
+
+
+def _reference_mxfp8(x, scale_layout="linear"):
+    """Into uint8 buffers (the reference writes bytes): inductor's CPU code has no float8_e8m0fnu."""
+    q, s = (torch.empty(t.shape, dtype=torch.uint8, device=x.device) for t in mxfp8.quantize_outputs(x, scale_layout))
+    reference_mxfp8.quantize(x, q, s, scale_rule="rceil", swizzled=scale_layout == "swizzled")
+    return q, s
+
+
+def _mxfp8_quantized(x):
+    return tuple(t.view(torch.uint8) for t in lowbit.quantize_mxfp8(x))
+
+
+def _reference_dequantize_mxfp8(q, s):
+    out = torch.empty(q.shape, dtype=torch.bfloat16, device=q.device)
+    reference_mxfp8.dequantize(q, s, out, swizzled=False)
+    return out
+
+
 def fp8_bytes(m: int, k: int, itemsize: int) -> int:
     return m * k * itemsize + m * k + 4 * spec.scale_words(k // spec.FP8_DEFAULT_GROUP) * spec.tma_rows(m)
 
@@ -124,6 +155,12 @@ OPS = {
     "dequantize_mxfp4": (lambda q, s: lowbit.dequantize_mxfp4(q, s), _reference_mxfp4_dequant, mxfp4_dequant_bytes,
                          lambda x: tuple(t.view(torch.uint8) for t in lowbit.quantize_mxfp4(x))),
     "per_token_group_quant_mxfp4": (_group_quant, _reference_group_quant, group_quant_bytes, None),
+    "quantize_mxfp8": (lambda x: lowbit.quantize_mxfp8(x), _reference_mxfp8, mxfp8_bytes, None),
+    "quantize_mxfp8 (swizzled)": (lambda x: lowbit.quantize_mxfp8(x, scale_layout="swizzled"),
+                                  lambda x: _reference_mxfp8(x, "swizzled"),
+                                  lambda m, k, itemsize: mxfp8_bytes(m, k, itemsize, "swizzled"), None),
+    "dequantize_mxfp8": (lambda q, s: lowbit.dequantize_mxfp8(q, s), _reference_dequantize_mxfp8,
+                         mxfp8_dequantize_bytes, _mxfp8_quantized),
     "quantize_fp8_group_packed": (lambda x: lowbit.quantize_fp8_group_packed(x), _reference_fp8, fp8_bytes, None),
     "quantize_fp8_group": (lambda x: lowbit.quantize_fp8_group(x, scale_layout="column_major"), _reference_fp8_group,
                            fp8_float_scale_bytes, None),
@@ -132,6 +169,7 @@ OPS = {
     "dequantize_fp8_group_packed": (lambda q, s: lowbit.dequantize_fp8_group_packed(q, s), _reference_fp8_dequantize,
                                     fp8_dequantize_bytes, lambda x: lowbit.quantize_fp8_group_packed(x)),
 }
+
 
 
 def run(rows=ROWS, ks=KS, dtype=torch.bfloat16, compare=True, ops=tuple(OPS), out=sys.stdout) -> list[dict]:

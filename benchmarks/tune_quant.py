@@ -1,5 +1,5 @@
 """`python -m lowbit bench tune-quant`: time candidate launch configs per size class, to choose the
-launch tables of backends/triton/{mxfp4,nvfp4,fp8_group_packed,fp8_group}.py (kept as data, never tuned
+launch tables of backends/triton/{mxfp4,mxfp8,nvfp4,fp8_group_packed,fp8_group}.py (kept as data, never tuned
 at run time). Prints, per shape, every candidate's median µs and % of the copy bandwidth."""
 
 from __future__ import annotations
@@ -12,19 +12,34 @@ import torch
 from lowbit.backends.triton import fp8_group as triton_fp8_group
 from lowbit.backends.triton import fp8_group_packed as triton_fp8
 from lowbit.backends.triton import mxfp4 as triton_mxfp4
+from lowbit.backends.triton import mxfp8 as triton_mxfp8
 from lowbit.backends.triton import nvfp4 as triton_nvfp4
 from lowbit.backends.triton.launch import LaunchConfig
 
-from lowbit import fp8_group, fp8_group_packed, mxfp4, nvfp4, spec
+import lowbit
+from lowbit import fp8_group, fp8_group_packed, mxfp4, mxfp8, nvfp4, spec
 
 from .nvfp4 import quantize_bytes as nvfp4_bytes
-from .quant import fp8_bytes, fp8_float_scale_bytes, mxfp4_bytes
+from .quant import fp8_bytes, fp8_float_scale_bytes, mxfp4_bytes, mxfp8_bytes, mxfp8_dequantize_bytes
 from .timing import copy_gbps, median_us
 
 
 def _mxfp4_runner(x, config):
     q, s = mxfp4.quantize_outputs(x)
     return lambda: triton_mxfp4.quantize(x, q, s, scale_rule="rceil", config=config)
+
+
+def _mxfp8_runner(x, config):
+    """Swizzled scales: the layout Blackwell GEMMs read (the kernel's tile is the same for both)."""
+    q, s = mxfp8.quantize_outputs(x, "swizzled")
+    return lambda: triton_mxfp8.quantize(x, q, s, scale_rule="rceil", swizzled=True, hardware_e4m3=True, config=config)
+
+
+def _mxfp8_dequantize_runner(x, config):
+    """To bfloat16, from linear scales."""
+    q, s = lowbit.quantize_mxfp8(x)
+    out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
+    return lambda: triton_mxfp8.dequantize(q, s, out, swizzled=False, config=config)
 
 
 def _nvfp4_runner(x, config):
@@ -56,6 +71,12 @@ def _sensible(m: int, k: int, warps: int) -> bool:
 CANDIDATES = {
     "quantize_mxfp4": (_mxfp4_runner, mxfp4_bytes, [LaunchConfig(m, k, w) for m, k, w in itertools.product(
         (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
+    "quantize_mxfp8": (_mxfp8_runner, lambda m, k, itemsize: mxfp8_bytes(m, k, itemsize, "swizzled"), [
+        LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (128, 256, 512, 1024), (1, 2, 4, 8))
+        if _sensible(m, k, w)]),
+    "dequantize_mxfp8": (_mxfp8_dequantize_runner, mxfp8_dequantize_bytes, [  # 8 elements a thread: no shuffle
+        LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4), (256, 512, 1024, 2048, 4096), (1, 2, 4, 8))
+        if 4 <= m * k // (32 * w) <= 32]),
     "quantize_nvfp4": (_nvfp4_runner, nvfp4_bytes, [LaunchConfig(m, k, w) for m, k, w in itertools.product(
         (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
     "quantize_fp8_group_packed": (_fp8_runner, fp8_bytes, [LaunchConfig(m, 512, w) for m, w in itertools.product(

@@ -2,6 +2,7 @@
 
     import lowbit
     q, scales = lowbit.quantize_mxfp4(x)                      # MXFP4, blocks of 32, E8M0 scales
+    q8, s8 = lowbit.quantize_mxfp8(x, scale_layout="swizzled")  # MXFP8: E4M3, blocks of 32, E8M0 scales
     q8, packed = lowbit.quantize_fp8_group_packed(x)          # E4M3 + DeepGEMM-packed UE8M0 scales
     q8, s = lowbit.quantize_fp8_group(x, scale_layout="column_major")  # float32 scales for F.scaled_mm
     qw, sw = lowbit.quantize_fp8_block(w)                     # one float32 scale per 128x128 weight block
@@ -21,6 +22,7 @@ from .errors import UnsupportedError
 from .fp8_group import dequantize_fp8_block, dequantize_fp8_group, quantize_fp8_block, quantize_fp8_group
 from .fp8_group_packed import dequantize_fp8_group_packed, quantize_fp8_group_packed
 from .mxfp4 import dequantize_mxfp4, per_token_group_quant_mxfp4, quantize_mxfp4
+from .mxfp8 import dequantize_mxfp8, quantize_mxfp8
 from .nvfp4 import dequantize_nvfp4, nvfp4_global_scale, quantize_nvfp4, scaled_fp4_quant
 from .ops import OPS
 from .query import capabilities, explain, supports
@@ -40,6 +42,7 @@ __all__ = [
     "dequantize_fp8_group",
     "dequantize_fp8_group_packed",
     "dequantize_mxfp4",
+    "dequantize_mxfp8",
     "dequantize_nvfp4",
     "explain",
     "nvfp4_global_scale",
@@ -48,6 +51,7 @@ __all__ = [
     "quantize_fp8_group",
     "quantize_fp8_group_packed",
     "quantize_mxfp4",
+    "quantize_mxfp8",
     "quantize_nvfp4",
     "scaled_fp4_quant",
     "supports",

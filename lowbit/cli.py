@@ -95,11 +95,13 @@ def demo(out=sys.stdout) -> None:
         dequantize_fp8_group,
         dequantize_fp8_group_packed,
         dequantize_mxfp4,
+        dequantize_mxfp8,
         dequantize_nvfp4,
         quantize_fp8_block,
         quantize_fp8_group,
         quantize_fp8_group_packed,
         quantize_mxfp4,
+        quantize_mxfp8,
         quantize_nvfp4,
         supports,
     )
@@ -111,6 +113,7 @@ def demo(out=sys.stdout) -> None:
     xd = x.to(device)
     cases = (
         ("quantize_mxfp4", quantize_mxfp4, dequantize_mxfp4),
+        ("quantize_mxfp8", quantize_mxfp8, dequantize_mxfp8),
         ("quantize_nvfp4", quantize_nvfp4, dequantize_nvfp4),
         ("quantize_fp8_group_packed", quantize_fp8_group_packed, dequantize_fp8_group_packed),
         ("quantize_fp8_group", quantize_fp8_group, dequantize_fp8_group),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import fp8_group, fp8_group_packed, mxfp4, nvfp4, unified_attention
+from . import fp8_group, fp8_group_packed, mxfp4, mxfp8, nvfp4, unified_attention
 from .capability import Call
 
 
@@ -31,6 +31,10 @@ OPS = {
               mxfp4.describe_group_quant),
         OpDef("dequantize_mxfp4", "MXFP4", "MXFP4 back to bfloat16/float16/float32",
               mxfp4.describe_dequantize),
+        OpDef("quantize_mxfp8", "MXFP8", "E4M3 elements, blocks of 32, E8M0 scales (linear or swizzled)",
+              mxfp8.describe_quantize),
+        OpDef("dequantize_mxfp8", "MXFP8", "MXFP8 back to bfloat16/float16/float32",
+              mxfp8.describe_dequantize),
         OpDef("quantize_nvfp4", "NVFP4", "E2M1 elements, blocks of 16, E4M3 scales, float32 global scale",
               nvfp4.describe_quantize),
         OpDef("nvfp4_global_scale", "NVFP4", "the encode global scale 2688/amax, on the device",

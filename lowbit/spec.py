@@ -24,13 +24,20 @@ MX_DEFAULT_EPS = 1e-10
 MX_BUFFER_Q_DTYPES = (torch.uint8, MX_Q_DTYPE)
 MX_BUFFER_SCALE_DTYPES = (torch.float32, MX_SCALE_DTYPE, torch.uint8)
 
+# MXFP8 [MX8-*]: E4M3 elements in blocks of MX_BLOCK, E8M0 scales by the rules of MX_SCALE_RULES,
+# clamped to [SCALE_EXP_MIN, SCALE_EXP_MAX], in the layouts of SCALE_LAYOUTS
+MX8_E4M3_EMAX = 8  # [MX8-FLOOR]: floor(log2 448), the largest exponent of an E4M3 value
+MX8_NAN_BYTE = 0x7F  # [MX8-NAN]: every element of a NaN block
+MX8_Q_DTYPE = torch.float8_e4m3fn
+MX8_SCALE_DTYPE = torch.float8_e8m0fnu
+
 # NVFP4 [NV-*]
 NV_BLOCK = 16  # elements per block along the last dim
 NV_GLOBAL_NUMERATOR = 448.0 * 6.0  # [NV-GLOBAL]: gs = 2688 / amax, the encode scale
 NV_GS_MAX = 2.0**118  # [NV-GLOBAL] caps gs here; [NV-GLOBAL-GIVEN]: usable gs lie in [2^-118, 2^118]
 NV_GS_MIN = 2.0**-118
 NV_SCALE_NAN = 0x7F  # [NV-NAN, NV-GLOBAL-GIVEN]: the block scale byte of a NaN block
-SCALE_LAYOUTS = ("linear", "swizzled")  # of MX and NVFP4 block scales
+SCALE_LAYOUTS = ("linear", "swizzled")  # of MXFP8 and NVFP4 block scales
 SWIZZLE_ROWS, SWIZZLE_COLS = 128, 4  # [SCALE-SWIZZLE]: 128 x 4 tiles of 512 bytes
 NV_Q_DTYPE = torch.float4_e2m1fn_x2
 NV_SCALE_DTYPE = torch.float8_e4m3fn

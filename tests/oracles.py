@@ -378,6 +378,42 @@ def mxfp4_dequant_oracle(q, scale_bytes):
     return np.where(byte == 255, np.nan, f32_np(np.ldexp(v, byte - 127)))
 
 
+F32_RECIP448 = float(fl32(Fraction(1, 448)))  # fl32(1/448) = 0x3B124925
+
+
+def mxfp8_oracle(x, rule="rceil"):
+    """[MX8-*] of exact input values x (float64 (..., K)): (E4M3 bytes (..., K), linear scale bytes
+    (..., K/32)). d = fl32(amax * fl32(1/448)) keeps float32's subnormals (f32_np rounds into them);
+    exponents come from frexp."""
+    x = np.asarray(x, dtype=np.float64)
+    lead, k = x.shape[:-1], x.shape[-1]
+    b = x.reshape(math.prod(lead), k // 32, 32)
+    with np.errstate(all="ignore"):
+        nan_blk = np.isnan(b).any(-1)
+        amax = np.where(np.isnan(b), 0.0, np.abs(b)).max(-1, initial=0.0)
+        if rule == "rceil":
+            d = f32_np(amax * F32_RECIP448)
+            usable = np.isfinite(d) & (d > 0)
+            e = np.where(usable, ceil_log2_np(np.where(usable, d, 1.0)), -1000)  # log2 0 = -inf
+        else:
+            usable = np.isfinite(amax) & (amax > 0)
+            e = np.where(usable, floor_log2_np(np.where(usable, amax, 1.0)) - 8, -1000)
+        e = np.where(np.isinf(amax), 127, np.clip(e, -127, 127))
+        y = np.ldexp(np.where(np.isnan(b), 0.0, b), -e[..., None])  # exact in float64
+    q = np.where(nan_blk[..., None], 0x7F, e4m3_bytes_np(y)).astype(np.uint8).reshape(*lead, k)
+    scale = np.where(nan_blk, 255, e + 127).astype(np.uint8).reshape(*lead, k // 32)
+    return q, scale
+
+
+def mxfp8_dequant_oracle(q, scale_bytes):
+    """[MX8-DEQUANT] float32 values (float64; NaN for scale byte 0xFF and E4M3 NaN) of E4M3 bytes
+    (..., K) and linear scale bytes (..., K/32)."""
+    v = E4M3_ALL[np.asarray(q, dtype=np.int64)]
+    byte = np.repeat(np.asarray(scale_bytes, dtype=np.int64), 32, axis=-1)
+    with np.errstate(all="ignore"):
+        return np.where(byte == 255, np.nan, f32_np(np.ldexp(v, byte - 127)))
+
+
 def nvfp4_global_scale_oracle(x, per_row=False):
     """[NV-GLOBAL]: min(fl32(2688 / amax), 2^118), amax over the finite elements (of each row)."""
     x = np.asarray(x, dtype=np.float64)

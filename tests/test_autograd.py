@@ -19,6 +19,7 @@ def raw(t):
 
 QUANTIZE = {
     "quantize_mxfp4": lambda x: lowbit.quantize_mxfp4(x),
+    "quantize_mxfp8": lambda x: lowbit.quantize_mxfp8(x, scale_layout="swizzled"),
     "quantize_nvfp4": lambda x: lowbit.quantize_nvfp4(x),
     "nvfp4_global_scale": lambda x: (lowbit.nvfp4_global_scale(x),),
     "quantize_fp8_group_packed": lambda x: lowbit.quantize_fp8_group_packed(x),
@@ -43,8 +44,10 @@ def test_err_grad_no_dequantize_output_requires_grad_when_the_scales_do():
     q8, s8 = lowbit.quantize_fp8_group(x)
     qb, sb = lowbit.quantize_fp8_block(x)
     q8p, s8p = lowbit.quantize_fp8_group_packed(x)
+    qm, sm = lowbit.quantize_mxfp8(x)
     outs = [lowbit.dequantize_mxfp4(q4, s4), lowbit.dequantize_nvfp4(qn, sn, gn.clone().requires_grad_()),
             lowbit.dequantize_fp8_group(q8, s8.clone().requires_grad_()),
-            lowbit.dequantize_fp8_block(qb, sb.clone().requires_grad_()), lowbit.dequantize_fp8_group_packed(q8p, s8p)]
+            lowbit.dequantize_fp8_block(qb, sb.clone().requires_grad_()), lowbit.dequantize_fp8_group_packed(q8p, s8p),
+            lowbit.dequantize_mxfp8(qm, sm)]
     assert not any(t.requires_grad for t in outs)
     assert torch.equal(raw(outs[2]), raw(lowbit.dequantize_fp8_group(q8, s8)))

@@ -32,7 +32,8 @@ def test_info_shows_every_op_with_its_backends_and_the_choice_here():
     out = io.StringIO()
     cli.info(out)
     text = out.getvalue()
-    for op in ("quantize_mxfp4", "dequantize_mxfp4", "quantize_fp8_group_packed", "dequantize_fp8_group_packed",
+    for op in ("quantize_mxfp4", "dequantize_mxfp4", "quantize_mxfp8", "dequantize_mxfp8", "quantize_fp8_group_packed",
+               "dequantize_fp8_group_packed",
                "quantize_fp8_group", "dequantize_fp8_group", "quantize_fp8_block", "dequantize_fp8_block"):
         assert f"\n{op}: " in text
     assert "\nunified_attention: " in text and "no installed backend implements it" not in text
@@ -43,7 +44,7 @@ def test_info_shows_every_op_with_its_backends_and_the_choice_here():
         assert column in header
     assert "block 32" in text and "rceil/floor" in text and "any divisor of the last dim" in text
     assert "group 64/128" in text and "block 128x128" in text
-    assert text.count("  on cpu: cpu") == len(OPS) == 13
+    assert text.count("  on cpu: cpu") == len(OPS) == 15
 
 
 def test_info_has_an_auto_column_that_names_the_opt_in():
@@ -102,7 +103,7 @@ def test_info_refuses_an_undeclared_provider_value(monkeypatch):
 def test_demo_runs_and_checks_bits_against_the_reference():
     result = subprocess.run([sys.executable, "-m", "lowbit", "demo"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("bits identical to the CPU reference: yes") == 5
+    assert result.stdout.count("bits identical to the CPU reference: yes") == 6
     assert "relative RMS error" in result.stdout
 
 

@@ -426,6 +426,16 @@ def _dequantize_mxfp4_call(rows):
     return lambda: lowbit.dequantize_mxfp4(q, s)
 
 
+def _quantize_mxfp8_call(rows):
+    x = torch.randn(rows, 64)
+    return lambda: lowbit.quantize_mxfp8(x, scale_layout="swizzled")
+
+
+def _dequantize_mxfp8_call(rows):
+    q, s = lowbit.quantize_mxfp8(torch.randn(rows, 64), scale_layout="swizzled")
+    return lambda: lowbit.dequantize_mxfp8(q, s, scale_layout="swizzled")
+
+
 def _fp8_call(rows):
     x = torch.randn(rows, 256)
     return lambda: lowbit.quantize_fp8_group_packed(x)
@@ -447,6 +457,8 @@ FAST_PATH_CALLS = {
     "quantize_mxfp4": _quantize_mxfp4_call,
     "per_token_group_quant_mxfp4": _group_quant_call,
     "dequantize_mxfp4": _dequantize_mxfp4_call,
+    "quantize_mxfp8": _quantize_mxfp8_call,
+    "dequantize_mxfp8": _dequantize_mxfp8_call,
     "quantize_fp8_group_packed": _fp8_call,
     "quantize_fp8_group_packed out=": _fp8_out_call,
     "dequantize_fp8_group_packed": _dequantize_fp8_call,

@@ -4,10 +4,10 @@
   strides, storage offsets and storage sizes of the real outputs computed on CPU.
 * Refused calls: tests/test_refusals.py runs each through the real call, the fake and lowbit.supports.
 * Where only the CPU reference takes a call (every op on fake cuda tensors, whose arch this machine
-  cannot tell; the dequantize ops and FP8 groups other than 128 on xpu), dispatch falls back to it
-  (one warning), and LOWBIT_STRICT=1 turns the fallback into lowbit.UnsupportedError.
-* On fake xpu tensors quantize_mxfp4, per_token_group_quant_mxfp4, quantize_fp8_group_packed and
-  unified_attention resolve to backend "xpu" (triton) without a warning; LOWBIT_XPU_PROVIDER=vendor
+  cannot tell; the MXFP4 and FP8 dequantize ops and FP8 groups other than 128 on xpu), dispatch falls back
+  to it (one warning), and LOWBIT_STRICT=1 turns the fallback into lowbit.UnsupportedError.
+* On fake xpu tensors quantize_mxfp4, per_token_group_quant_mxfp4, both MXFP8 ops, quantize_fp8_group_packed
+  and unified_attention resolve to backend "xpu" (triton) without a warning; LOWBIT_XPU_PROVIDER=vendor
   without vllm-xpu-kernels still runs triton, with one warning that says why.
 * torch.library.opcheck passes on every op; torch.compile(fullgraph=True) gives the eager bits.
 """
@@ -284,20 +284,23 @@ def _meta_args(device):
     s8 = torch.empty_strided((5, 2), (1, 8), dtype=torch.int32, device=device)
     qb = torch.empty(8, 256, dtype=torch.float8_e4m3fn, device=device)
     sb = torch.empty_strided((5, 2), (1, 8), dtype=torch.int32, device=device)
+    s_swizzled = torch.empty(128, 8, dtype=torch.float8_e8m0fnu, device=device)
     return {
         "quantize_mxfp4": ((x,), {"scale_rule": "floor"}),
         "per_token_group_quant_mxfp4": ((x, x_q, x_s), {}),
         "dequantize_mxfp4": ((q4, s4), {"dtype": torch.float16}),
+        "quantize_mxfp8": ((x,), {"scale_rule": "floor", "scale_layout": "swizzled"}),
+        "dequantize_mxfp8": ((q8, s_swizzled), {"scale_layout": "swizzled", "dtype": torch.float32}),
         "quantize_fp8_group_packed": ((x,), {"group_size": 32}),
         "quantize_fp8_group_packed_out": ((x,), {"group_size": 32, "out": (qb, sb)}),
         "dequantize_fp8_group_packed": ((q8, s8), {"group_size": 32}),
     }
 
 
-OP_VARIANTS = ("quantize_mxfp4", "per_token_group_quant_mxfp4", "dequantize_mxfp4", "quantize_fp8_group_packed",
-               "quantize_fp8_group_packed_out", "dequantize_fp8_group_packed")
-# The _meta_args calls only the reference takes on fake xpu tensors: xpu has no dequantize kernels, and
-# its FP8 record takes group 128 only (the calls use 32). On fake cuda tensors every call falls back:
+OP_VARIANTS = ("quantize_mxfp4", "per_token_group_quant_mxfp4", "dequantize_mxfp4", "quantize_mxfp8", "dequantize_mxfp8",
+               "quantize_fp8_group_packed", "quantize_fp8_group_packed_out", "dequantize_fp8_group_packed")
+# The _meta_args calls only the reference takes on fake xpu tensors: xpu has no MXFP4 or FP8 dequantize kernels,
+# and its FP8 record takes group 128 only (the calls use 32). On fake cuda tensors every call falls back:
 # every cuda record needs an arch and this machine cannot tell a fake cuda device's.
 XPU_FALLBACKS = ("quantize_fp8_group_packed", "quantize_fp8_group_packed_out",
                  "dequantize_fp8_group_packed")
@@ -394,11 +397,15 @@ def _xpu_native_calls(d):
             E(8, 256, dtype=E4M3, device=d), _s_buf((), 5, 1, d))},
             [((8, 256), E4M3, (256, 1)), ((5, 1), torch.int32, (1, 8))]),
         "unified_attention": ("unified_attention", *_attention_call(d), [((7, 8, 128), BF16, (1024, 128, 1))]),
+        "quantize_mxfp8": ("quantize_mxfp8", (x,), {"scale_layout": "swizzled"},
+                           [((5, 256), E4M3, (256, 1)), ((128, 8), E8M0, (8, 1))]),
+        "dequantize_mxfp8": ("dequantize_mxfp8", (E(5, 256, dtype=E4M3, device=d), E(5, 8, dtype=E8M0, device=d)),
+                             {}, [((5, 256), BF16, (256, 1))]),
     }
 
 
 XPU_NATIVE = ("quantize_mxfp4", "per_token_group_quant_mxfp4", "quantize_fp8_group_packed",
-              "quantize_fp8_group_packed_out", "unified_attention")
+              "quantize_fp8_group_packed_out", "unified_attention", "quantize_mxfp8", "dequantize_mxfp8")
 XPU_VENDOR_SKIPPED = ("auto-dispatch uses it only with LOWBIT_XPU_PROVIDER=vendor (fidelity: ties toward zero, "
                       "not bit-exact to SPEC)")
 
@@ -504,6 +511,11 @@ def _opcheck_cases():
             ops.quantize_mxfp4.default, (randn(3, 4, 64, seed=24).transpose(0, 1), "rceil", "linear", "auto"), None),
         "quantize_mxfp4-last_dim_strided": (
             ops.quantize_mxfp4.default, (randn(64, 6, seed=25).t(), "rceil", "linear", "auto"), None),
+        # quantize_mxfp8 and dequantize_mxfp8: more cases in tests/test_mxfp8_api.py
+        "quantize_mxfp8-floor-swizzled": (ops.quantize_mxfp8.default, (x3, "floor", "swizzled", "auto"), None),
+        "dequantize_mxfp8-uint8": (
+            ops.dequantize_mxfp8.default, (*(t.view(torch.uint8) for t in lowbit.quantize_mxfp8(x3)), torch.float32,
+                                           "linear", "auto"), None),
         "dequantize_mxfp4-uint8": (
             ops.dequantize_mxfp4.default, (q4.view(torch.uint8), s4.view(torch.uint8), torch.float32, "linear", "auto"),
             None),

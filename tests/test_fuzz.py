@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from lowbit.backends.cpu import fp8_group as cpu_fp8_group
 from lowbit.backends.cpu import fp8_group_packed as cpu_fp8_packed
 from lowbit.backends.cpu import mxfp4 as cpu_mxfp4
+from lowbit.backends.cpu import mxfp8 as cpu_mxfp8
 from lowbit.backends.cpu import nvfp4 as cpu_nvfp4
 from lowbit.backends.cpu import unified_attention as cpu_attention
 from oracles import (
@@ -43,6 +44,8 @@ from oracles import (
     f32_np,
     mxfp4_dequant_oracle,
     mxfp4_oracle,
+    mxfp8_dequant_oracle,
+    mxfp8_oracle,
     nan_masked_amax,
     nvfp4_dequant_oracle,
     nvfp4_global_scale_oracle,
@@ -280,6 +283,66 @@ def test_fuzz_dequantize_mxfp4(case):
     out = lowbit.dequantize_mxfp4(q, s, dtype=case["dtype"])
     assert (out.dtype, tuple(out.shape)) == (case["dtype"], (*lead, k))
     assert_bytes(bytes_of(out), rounded_bits(mxfp4_dequant_oracle(qb, sb), case["dtype"]), "out")
+
+
+# --------------------------------------------------------------------------------------------
+# MXFP8
+# --------------------------------------------------------------------------------------------
+
+SCALE_LAYOUTS = st.sampled_from(["linear", "swizzled"])
+
+
+@st.composite
+def mx8_inputs(draw):
+    return dict(dtype=draw(st.sampled_from(IN_DTYPES)), lead=draw(lead_dims()),
+                rows=draw(st.sampled_from([0, 1, 1, 2, 3, 5, 33])), k=32 * draw(st.sampled_from([0, 1, 1, 2, 3, 5])),
+                layout=draw(LAYOUTS), p_special=draw(P_SPECIAL), seed=draw(SEEDS),
+                rule=draw(st.sampled_from(["rceil", "floor"])), scale_layout=draw(SCALE_LAYOUTS))
+
+
+def mx8_scale_bytes(want_s, lead, k, scale_layout) -> np.ndarray:
+    """[MX8-LINEAR] as they are, or [MX8-SWIZZLE]: the linear bytes placed in the zero-padded tiles."""
+    if scale_layout == "linear":
+        return want_s
+    return nv_swizzle(want_s.reshape(math.prod(lead), k // 32))
+
+
+@fuzz(mx8_inputs(), 300)
+def test_fuzz_quantize_mxfp8(case):
+    rng = np.random.default_rng(case["seed"])
+    shape = (*case["lead"], case["rows"], case["k"])
+    v = values(rng, shape, row_groups(shape, 32), "e4m3", case["dtype"], K_RANGE["e4m3"][case["dtype"]],
+               case["p_special"])
+    x = laid_out(to_dtype(v, case["dtype"]), case["layout"], math.nan)
+    q, s = lowbit.quantize_mxfp8(x, scale_rule=case["rule"], scale_layout=case["scale_layout"])
+    want_q, want_s = mxfp8_oracle(exact64(x), case["rule"])
+    assert (q.dtype, s.dtype) == (E4M3, E8M0)
+    assert_bytes(bytes_of(q), u8_tensor(want_q), "q")
+    assert_bytes(bytes_of(s), u8_tensor(mx8_scale_bytes(want_s, x.shape[:-1], x.shape[-1], case["scale_layout"])),
+                 "scales")
+
+
+@fuzz(st.fixed_dictionaries(dict(lead=lead_dims(), rows=st.sampled_from([0, 1, 2, 3, 5, 33]),
+                                 k=st.sampled_from([0, 32, 64, 160]), q_dtype=st.sampled_from([U8, E4M3]),
+                                 s_dtype=st.sampled_from([U8, E8M0]), dtype=st.sampled_from(OUT_DTYPES),
+                                 layout=LAYOUTS, scale_layout=SCALE_LAYOUTS, seed=SEEDS)), 150)
+def test_fuzz_dequantize_mxfp8(case):
+    rng = np.random.default_rng(case["seed"])
+    lead, k = (*case["lead"], case["rows"]), case["k"]
+    qb = byte_mix(rng, (*lead, k), E4M3_EXTREMES)
+    sb = byte_mix(rng, (*lead, k // 32), E8M0_EXTREMES)
+    if case["scale_layout"] == "swizzled":  # padding bytes hold garbage: they are never read
+        tiles = mx8_scale_bytes(sb, lead, k, "swizzled")
+        pad = mx8_scale_bytes(np.ones_like(sb), lead, k, "swizzled") == 0
+        tiles[pad] = rng.integers(0, 256, size=int(pad.sum()))
+        s = u8_tensor(tiles)
+    else:
+        s, sb = strided_bytes(sb, case["layout"])
+    q, qb = strided_bytes(qb, case["layout"])
+    out = lowbit.dequantize_mxfp8(q.view(case["q_dtype"]), s.view(case["s_dtype"]), dtype=case["dtype"],
+                                  scale_layout=case["scale_layout"])
+    assert (out.dtype, tuple(out.shape)) == (case["dtype"], (*lead, k))
+    assert_bytes(bytes_of(out), rounded_bits(mxfp8_dequant_oracle(qb, sb), case["dtype"]), "out")
 
 
 # --------------------------------------------------------------------------------------------
@@ -832,6 +895,24 @@ def _ue8m0_ceiling_off_by_one_at_powers_of_two(monkeypatch):
                         lambda y: ((y.view(torch.int32) >> 23) & 0xFF) + 1)
 
 
+def _mx8_rceil_subnormal_product_rounds_up_past_2_pow_minus_127(monkeypatch):
+    """[MX8-RCEIL]: a subnormal d takes exponent field + 1, so d <= 2^-127 gives -126 instead of -127."""
+    monkeypatch.setattr(cpu_mxfp8, "rceil_exponent",
+                        lambda d: ((d.view(torch.int32) >> 23) & 0xFF) - 127 + ((d.view(torch.int32) & 0x7FFFFF) != 0))
+
+
+def _mx8_floor_off_by_one(monkeypatch):
+    """[MX8-FLOOR] uses the exponent field - 127 - 7."""
+    exponent_field = cpu_mxfp8.exponent_field
+    monkeypatch.setattr(cpu_mxfp8, "exponent_field", lambda a: exponent_field(a) + 1)
+
+
+def _mx8_dequant_flushes_2_pow_minus_127(monkeypatch):
+    """[MX8-DEQUANT]: scale byte 0 multiplies by 0 instead of the float32 subnormal 2^-127."""
+    pow2 = cpu_mxfp8.pow2
+    monkeypatch.setattr(cpu_mxfp8, "pow2", lambda n: torch.where(n < -126, 0.0, pow2(n)))
+
+
 def _fp8_nan_keeps_its_sign(monkeypatch):
     """[FP8-NAN]: a negative NaN becomes 0xFF instead of 0x7F."""
     e4m3_bytes = cpu_fp8_group.e4m3_bytes
@@ -878,6 +959,9 @@ PLANTED = {
     "mxfp4_floor_off_by_one": (_mx_floor_off_by_one, test_fuzz_quantize_mxfp4),
     "group_quant_mxfp4_ties_away_from_zero": (_ties_away_from_zero, test_fuzz_per_token_group_quant_mxfp4),
     "mxfp4_dequant_nibbles_swapped": (_mx_dequant_nibbles_swapped, test_fuzz_dequantize_mxfp4),
+    "mxfp8_rceil_subnormal": (_mx8_rceil_subnormal_product_rounds_up_past_2_pow_minus_127, test_fuzz_quantize_mxfp8),
+    "mxfp8_floor_off_by_one": (_mx8_floor_off_by_one, test_fuzz_quantize_mxfp8),
+    "mxfp8_dequant_flush": (_mx8_dequant_flushes_2_pow_minus_127, test_fuzz_dequantize_mxfp8),
     "fp8_packed_scale_off_by_one": (_ue8m0_ceiling_off_by_one_at_powers_of_two, test_fuzz_quantize_fp8_group_packed),
     "fp8_group_nan_sign": (_fp8_nan_keeps_its_sign, test_fuzz_quantize_fp8_group),
     "fp8_group_reciprocal": (_fp8_reciprocal_instead_of_division, test_fuzz_quantize_fp8_group),

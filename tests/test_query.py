@@ -16,6 +16,7 @@ def test_capabilities_lists_every_op_of_every_backend():
                                                              "dequantize_fp8_group_packed")),
         *((b, op) for b in ("cpu", "cuda", "xpu") for op in ("quantize_mxfp4", "per_token_group_quant_mxfp4",
                                                              "dequantize_mxfp4")),
+        *((b, op) for b in ("cpu", "cuda", "xpu") for op in ("quantize_mxfp8", "dequantize_mxfp8")),
         ("cpu", "unified_attention"), ("xpu", "unified_attention"),
         *((b, op) for b in ("cpu", "cuda", "xpu") for op in ("quantize_nvfp4", "nvfp4_global_scale", "dequantize_nvfp4")),
         *((b, op) for b in ("cpu", "cuda", "xpu") for op in ("quantize_fp8_group", "dequantize_fp8_group",

@@ -318,6 +318,101 @@ DEQUANTIZE_MXFP4 = [
 ]
 
 
+# --- quantize_mxfp8: x (4, 64) float32 --------------------------------------------------------------------------
+
+QM8 = "quantize_mxfp8"
+
+
+def _q8(shape=(4, 64), dtype=F32, **kwargs):
+    return lambda d: ((E(*shape, dtype=dtype, d=d),), kwargs)
+
+
+LAYOUT_NAMES = "'linear', 'swizzled'"
+
+QUANTIZE_MXFP8 = [
+    *[R(name(dt), QM8, _q8(dtype=dt), UE, dtype_line(dt, FLOATS), "Alternative: cast the input to float32")
+      for dt in (I32, U8, torch.bool, F64, E4M3, E8M0)],
+    *[R(f"k{k}", QM8, _q8((3, k)), UE, f"  - cpu: last dim {k} is not a multiple of the block size 32",
+        "Alternative: pad the last dim with zeros to a multiple of 32") for k in (1, 16, 48, 80)],
+    R("k16-3d-bf16-swizzled", QM8, _q8((2, 3, 16), BF16, scale_layout="swizzled"), UE,
+      "last dim 16 is not a multiple of the block size 32"),
+    R("0d", QM8, _q8(()), UE, "  - cpu: input has 0 dims; needs at least 1",
+      "Alternative: reshape the input to 1 or more dims"),
+    *[R(f"rule-{rule or 'empty'}", QM8, _q8(scale_rule=rule), UE,
+        f"  - cpu: scale_rule {rule!r} is not one of 'rceil', 'floor'", "Alternative: pass scale_rule='rceil'")
+      for rule in ("nearest", "RCEIL", "", "even")],
+    R("int32-k40", QM8, _q8((4, 40), I32), UE, dtype_line(I32, FLOATS),
+      "  - cpu: last dim 40 is not a multiple of the block size 32",
+      "Alternative: cast the input to float32; or pad the last dim with zeros to a multiple of 32"),
+    R("backend-nope", QM8, _q8(backend="nope"), UE, *FORCED_NOPE),
+    R("env-backend-nope", QM8, _q8(), UE, "backend 'nope' (forced) cannot run it", env={"LOWBIT_BACKEND": "nope"}),
+    R("forced-cpu-float64", QM8, _q8(dtype=F64, backend="cpu"), UE, "backend 'cpu' (forced) cannot run it",
+      dtype_line(F64, FLOATS)),
+    *[R(f"layout-{layout or 'empty'}", QM8, _q8(scale_layout=layout), VE,
+        f"lowbit.{QM8}: scale_layout={layout!r} is not one of {LAYOUT_NAMES}; pass scale_layout=\"swizzled\" for the "
+        "128x4 tiles cuBLASLt, CUTLASS and torch._scaled_mm read") for layout in ("tiled", "Linear", "")],
+    R("layout-tiled-and-k48", QM8, _q8((4, 48), scale_layout="tiled"), VE, "scale_layout='tiled' is not one of"),
+    R("layout-int", QM8, _q8(scale_layout=1), VE,
+      f'lowbit.{QM8}: scale_layout=1 is of type int, not str; pass e.g. scale_layout="linear"'),
+    R("rule-None", QM8, _q8(scale_rule=None), VE,
+      f'lowbit.{QM8}: scale_rule=None is of type NoneType, not str; pass e.g. scale_rule="rceil"'),
+    R("backend-0", QM8, _q8(backend=0), VE, backend_zero(QM8)),
+    R("x-list", QM8, lambda d: (([1.0] * 32,), {}), TE,
+      f"lowbit.{QM8}: x must be a tensor, not list; pass e.g. a (..., K) bfloat16 tensor"),
+    R("x-None-and-layout-int", QM8, lambda d: ((None,), {"scale_layout": 1}), TE, "x must be a tensor, not NoneType"),
+]
+
+
+# --- dequantize_mxfp8: q (4, 64) float8_e4m3fn, scales (4, 2) float8_e8m0fnu -------------------------------------
+
+DM8 = "dequantize_mxfp8"
+
+
+def _d8(q=(4, 64), q_dtype=E4M3, s=(4, 2), s_dtype=E8M0, s_device=None, **kwargs):
+    return lambda d: ((E(*q, dtype=q_dtype, d=d), E(*s, dtype=s_dtype, d=s_device or d)), kwargs)
+
+
+DM8_FIX = f"; pass the scales {QM8} returned for this q and scale_layout"
+
+DEQUANTIZE_MXFP8 = [
+    *[R(f"q-{name(dt)}", DM8, _d8(q_dtype=dt), UE, dtype_line(dt, "float8_e4m3fn, uint8"),
+        "Alternative: cast the input to float8_e4m3fn") for dt in (F32, BF16, E5M2, torch.int8)],
+    *[R(f"scales-{name(dt)}", DM8, _d8(s_dtype=dt), VE, f"lowbit.{DM8}: scales dtype {name(dt)} is not "
+        f"float8_e8m0fnu or uint8; pass the scales {QM8} returned") for dt in (F32, I32, E4M3)],
+    R("scales-too-few", DM8, _d8(s=(4, 1)), VE, f"lowbit.{DM8}: q (4, 64) needs linear scales of shape (4, 2), got "
+      "(4, 1)" + DM8_FIX),
+    R("scales-rows", DM8, _d8(q_dtype=U8, s=(5, 2), s_dtype=U8), VE, "q (4, 64) needs linear scales of shape (4, 2), "
+      "got (5, 2)"),
+    R("scales-flat-for-3d", DM8, _d8(q=(2, 3, 64), s=(6, 2)), VE,
+      "q (2, 3, 64) needs linear scales of shape (2, 3, 2), got (6, 2)"),
+    R("linear-scales-read-as-swizzled", DM8, _d8(scale_layout="swizzled"), VE,
+      f"lowbit.{DM8}: q (4, 64) needs swizzled scales of shape (128, 4), got (4, 2)" + DM8_FIX),
+    R("swizzled-scales-read-as-linear", DM8, _d8(s=(128, 4)), VE,
+      "q (4, 64) needs linear scales of shape (4, 2), got (128, 4)"),
+    R("swizzled-scales-short", DM8, _d8(q=(130, 160), s=(130, 8), scale_layout="swizzled"), VE,
+      "q (130, 160) needs swizzled scales of shape (256, 8), got (130, 8)"),
+    R("q-k48", DM8, _d8(q=(4, 48), s=(4, 1)), UE, "  - cpu: last dim 48 is not a multiple of the block size 32",
+      "Alternative: pad the last dim with zeros to a multiple of 32"),
+    R("0d", DM8, _d8(q=(), s=()), UE, "  - cpu: input has 0 dims; needs at least 1"),
+    *[R(f"out-{name(dt)}", DM8, _d8(dtype=dt), UE,
+        f"  - cpu: output dtype {name(dt)} is not one of bfloat16, float16, float32",
+        "Alternative: pass dtype=torch.bfloat16") for dt in (I32, F64, E4M3)],
+    R("layout-tiled", DM8, _d8(scale_layout="tiled"), VE,
+      f"lowbit.{DM8}: scale_layout='tiled' is not one of {LAYOUT_NAMES}; pass scale_layout=\"swizzled\""),
+    R("layout-int", DM8, _d8(scale_layout=0), VE, f'lowbit.{DM8}: scale_layout=0 is of type int, not str; pass e.g. '
+      'scale_layout="linear"'),
+    R("dtype-str", DM8, _d8(dtype="bfloat16"), VE,
+      f"lowbit.{DM8}: dtype='bfloat16' is of type str, not dtype; pass e.g. dtype=torch.bfloat16"),
+    R("scales-on-meta", DM8, _d8(s_device="meta"), VE, f"lowbit.{DM8}: scales is on meta, q on cpu; pass scales on cpu"),
+    R("backend-nope", DM8, _d8(backend="nope"), UE, "no backend is named 'nope' (known: cuda, xpu, cpu)"),
+    R("backend-0", DM8, _d8(backend=0), VE, backend_zero(DM8)),
+    R("q-list", DM8, lambda d: (([0] * 32, E(1, 1, dtype=E8M0, d=d)), {}), TE,
+      f"lowbit.{DM8}: q must be a tensor, not list; pass e.g. the q {QM8} returned"),
+    R("scales-None", DM8, lambda d: ((E(4, 64, dtype=E4M3, d=d), None), {}), TE,
+      f"lowbit.{DM8}: scales must be a tensor, not NoneType; pass e.g. the scales {QM8} returned"),
+]
+
+
 # --- quantize_fp8_group_packed -------------------------------------------------------------------------------
 
 QP = "quantize_fp8_group_packed"
@@ -834,9 +929,9 @@ SCALED_FP4_QUANT = [
     R("k40", VLLM, lambda d: ((E(4, 40, d=d), E((), d=d)), {}), UE, "last dim 40 is not a multiple of the block size 16"),
 ]
 
-TABLES = (QUANTIZE_MXFP4, GROUP_QUANT_MXFP4, DEQUANTIZE_MXFP4, QUANTIZE_FP8_GROUP_PACKED, DEQUANTIZE_FP8_GROUP_PACKED,
-          QUANTIZE_FP8_GROUP, DEQUANTIZE_FP8_GROUP, QUANTIZE_FP8_BLOCK, DEQUANTIZE_FP8_BLOCK, QUANTIZE_NVFP4,
-          GLOBAL_SCALE, DEQUANTIZE_NVFP4, SCALED_FP4_QUANT)
+TABLES = (QUANTIZE_MXFP4, GROUP_QUANT_MXFP4, DEQUANTIZE_MXFP4, QUANTIZE_MXFP8, DEQUANTIZE_MXFP8,
+          QUANTIZE_FP8_GROUP_PACKED, DEQUANTIZE_FP8_GROUP_PACKED, QUANTIZE_FP8_GROUP, DEQUANTIZE_FP8_GROUP,
+          QUANTIZE_FP8_BLOCK, DEQUANTIZE_FP8_BLOCK, QUANTIZE_NVFP4, GLOBAL_SCALE, DEQUANTIZE_NVFP4, SCALED_FP4_QUANT)
 REFUSALS = {case.id: case for table in TABLES for case in table}
 RUNS_AS = {VLLM: QN}  # what dispatch names when it refuses the call
 
@@ -978,8 +1073,9 @@ def test_every_op_but_attention_has_refusals_of_every_kind():
 
 
 # The calls the tables vary, as they are: each is taken, so each refusal is about the one thing it changes.
-BASES = [(QM, _qm()), (GQ, _gq()), (DM, _dm()), (QP, _qp()), (QP, _qpo()), (QP, _qpo(x=(2, 5, 256))), (DP, _dp()),
-         (QG, _qg()), *[(QG, _qgo(layout)) for layout in (ROW, COL, TMA)], (DG, _dg()), (QB, _qb()), (DB, _db()),
+BASES = [(QM, _qm()), (GQ, _gq()), (DM, _dm()), (QM8, _q8()), (QM8, _q8(scale_layout="swizzled")), (DM8, _d8()),
+         (DM8, _d8(s=(128, 4), scale_layout="swizzled")), (QP, _qp()), (QP, _qpo()), (QP, _qpo(x=(2, 5, 256))),
+         (DP, _dp()), (QG, _qg()), *[(QG, _qgo(layout)) for layout in (ROW, COL, TMA)], (DG, _dg()), (QB, _qb()), (DB, _db()),
          (QN, _qn()), (QN, _qn(gs=_gs(()))), (GS, _qn()), (DN, _dn()),
          (VLLM, lambda d: ((E(4, 64, d=d), E((), d=d)), {}))]
 
@@ -1002,8 +1098,8 @@ QUERY_REFUSALS = {
     # name: (query, call, needle)
     "supports-unknown-op": ("supports", lambda: lowbit.supports("quantize_int3", _meta(2, 32)),
                             "lowbit.supports: op='quantize_int3' is not a lowbit op; pass one of quantize_mxfp4, "),
-    "explain-unknown-op": ("explain", lambda: lowbit.explain("quantize_mxfp8", _meta(8, 64)),
-                           "lowbit.explain: op='quantize_mxfp8' is not a lowbit op; pass one of "),
+    "explain-unknown-op": ("explain", lambda: lowbit.explain("quantize_mxfp6", _meta(8, 64)),
+                           "lowbit.explain: op='quantize_mxfp6' is not a lowbit op; pass one of "),
     "supports-meta-without-device": ("supports", lambda: lowbit.supports(QM, _meta(8, 64)),
                                      "lowbit.supports: meta tensors carry no device; pass device= (and arch=)"),
     "explain-meta-without-device": ("explain", lambda: lowbit.explain(QM, _meta(8, 64)),

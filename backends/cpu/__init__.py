@@ -7,11 +7,12 @@ and `backend="cpu"` runs it on any device's tensors.
 
 from lowbit.backend import Backend
 
-from . import fp8_group, fp8_group_packed, mxfp4, nvfp4, unified_attention
+from . import fp8_group, fp8_group_packed, mxfp4, mxfp8, nvfp4, unified_attention
 
 BACKEND = Backend(
     name="cpu",
     priority=0,
     summary="pure-PyTorch reference of docs/SPEC.md (the oracle); any device when forced",
-    kernels=(*mxfp4.KERNELS, *nvfp4.KERNELS, *fp8_group.KERNELS, *fp8_group_packed.KERNELS, *unified_attention.KERNELS),
+    kernels=(*mxfp4.KERNELS, *mxfp8.KERNELS, *nvfp4.KERNELS, *fp8_group.KERNELS, *fp8_group_packed.KERNELS,
+             *unified_attention.KERNELS),
 )

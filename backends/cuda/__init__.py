@@ -3,7 +3,7 @@ specialisations where the chip has instructions for a step (ptx.py).
 
 Auto-dispatch on a CUDA tensor tries, per op, the PTX variant (sm_100 families), then the portable
 Triton variant, then the reference as a logged fallback (refused under LOWBIT_STRICT=1). The
-kernels run inside lowbit's torch.library ops (lowbit/mxfp4.py, lowbit/fp8_group_packed.py), so
+kernels run inside lowbit's torch.library ops (lowbit/<op family>.py), so
 torch.compile sees one opaque op whose fake runs the same checks.
 
 Nothing here imports Triton until a kernel runs: without Triton the backend reports itself
@@ -14,7 +14,7 @@ import importlib.util
 
 from lowbit.backend import Backend
 
-from . import fp8_group, fp8_group_packed, mxfp4, nvfp4, unified_attention
+from . import fp8_group, fp8_group_packed, mxfp4, mxfp8, nvfp4, unified_attention
 
 
 def _unavailable() -> str | None:
@@ -26,7 +26,9 @@ def _unavailable() -> str | None:
 BACKEND = Backend(
     name="cuda",
     priority=10,
-    summary="Triton kernels on NVIDIA GPUs (MXFP4, NVFP4 and attention sm_80+, FP8 sm_89+), PTX on the sm_100 families",
-    kernels=(*mxfp4.KERNELS, *nvfp4.KERNELS, *fp8_group.KERNELS, *fp8_group_packed.KERNELS, *unified_attention.KERNELS),
+    summary="Triton kernels on NVIDIA GPUs (MXFP4, NVFP4 and attention sm_80+, FP8 and MXFP8 sm_89+), PTX on the "
+            "sm_100 families",
+    kernels=(*mxfp4.KERNELS, *mxfp8.KERNELS, *nvfp4.KERNELS, *fp8_group.KERNELS, *fp8_group_packed.KERNELS,
+             *unified_attention.KERNELS),
     unavailable=_unavailable,
 )

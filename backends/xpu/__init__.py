@@ -16,7 +16,7 @@ import importlib.util
 from lowbit.backend import Backend
 from lowbit.mxfp4 import per_token_group_quant_mxfp4  # the XPU entry's name, for `from lowbit.backends.xpu import`
 
-from . import fp8_group, fp8_group_packed, legacy_stack, mxfp4, nvfp4, unified_attention
+from . import fp8_group, fp8_group_packed, legacy_stack, mxfp4, mxfp8, nvfp4, unified_attention
 
 __all__ = ["BACKEND", "per_token_group_quant_mxfp4"]
 
@@ -32,7 +32,8 @@ BACKEND = Backend(
     name="xpu",
     priority=10,
     summary="Triton kernels on Intel GPUs (torch.xpu); MXFP4 also by the vendor op with LOWBIT_XPU_PROVIDER=vendor",
-    kernels=(*mxfp4.KERNELS, *nvfp4.KERNELS, *fp8_group.KERNELS, *fp8_group_packed.KERNELS, *unified_attention.KERNELS),
+    kernels=(*mxfp4.KERNELS, *mxfp8.KERNELS, *nvfp4.KERNELS, *fp8_group.KERNELS, *fp8_group_packed.KERNELS,
+             *unified_attention.KERNELS),
     unavailable=_unavailable,
     settings={mxfp4.PROVIDER_SETTING: mxfp4.PROVIDERS},
 )

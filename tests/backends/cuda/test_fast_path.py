@@ -39,6 +39,8 @@ CALLS = {
         sample((24, 2048), seed).cuda(), torch.empty(24, 1024, dtype=torch.uint8, device="cuda"),
         torch.empty(24, 64, device="cuda")),
     "quantize_fp8_group_packed": lambda seed: lowbit.quantize_fp8_group_packed(sample((24, 2048), seed).cuda()),
+    "quantize_mxfp8": lambda seed: lowbit.quantize_mxfp8(sample((24, 2048), seed).cuda(), scale_layout="swizzled"),
+    "dequantize_mxfp8": lambda seed: (lowbit.dequantize_mxfp8(*lowbit.quantize_mxfp8(sample((24, 2048), seed).cuda())),),
     "unified_attention": lambda seed: (lowbit.unified_attention(**attention_inputs(4, seed)),),
 }
 

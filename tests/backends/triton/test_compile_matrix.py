@@ -16,7 +16,7 @@ triton = pytest.importorskip("triton")
 from lowbit.backends.cuda import BACKEND as CUDA_BACKEND  # noqa: E402
 from lowbit.backends.cuda import mxfp4 as cuda_mxfp4  # noqa: E402
 from lowbit.backends.cuda import ptx  # noqa: E402
-from lowbit.backends.triton import fp8_group, fp8_group_packed, mxfp4, nvfp4, unified_attention  # noqa: E402
+from lowbit.backends.triton import fp8_group, fp8_group_packed, mxfp4, mxfp8, nvfp4, unified_attention  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.compiler.errors import CompilationError  # noqa: E402
@@ -273,6 +273,81 @@ def test_mxfp4_kernel_with_e8m0_scales_stores_bytes_and_reads_no_eps_unless_aske
     assert ("st.global.b8" if isinstance(arch, int) else "global_store_byte") in scale_stores(compiled, arch)
     assert not eps_max_survives(compiled, arch)
     assert not eps_max_survives(compile_mxfp4(arch, floor=True, scale_f32=True, has_eps=True), arch)
+
+
+# --- MXFP8 ------------------------------------------------------------------------------------------
+
+def compile_mxfp8(arch, *, hardware_e4m3, dtype="*bf16", floor=False, swizzled=False, index="i32"):
+    """quantize_mxfp8_kernel as its launcher compiles it for a contiguous input (the 4 x 512 tiles of its table)."""
+    signature = {"x_ptr": dtype, "q_ptr": "*u8", "s_ptr": "*u8", "rows": "i32", "k": "i32", "scale_rows": "i32",
+                 "stride_xm": index, "stride_xk": "constexpr", "FLOOR": "constexpr", "HARDWARE_E4M3": "constexpr",
+                 "SWIZZLED": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
+    constexprs = {"stride_xk": 1, "FLOOR": floor, "HARDWARE_E4M3": hardware_e4m3, "SWIZZLED": swizzled, "BLOCK_M": 4,
+                  "BLOCK_K": 512}
+    return compile_kernel(mxfp8.quantize_mxfp8_kernel, signature, constexprs, arch,
+                          divisible=("x_ptr", "q_ptr", "s_ptr", "k", "stride_xm"), enable_fp_fusion=True)
+
+
+def compile_mxfp8_dequantize(arch, out_bits, swizzled=False):
+    signature = {"q_ptr": "*u8", "s_ptr": "*u8", "out_ptr": "*i32" if out_bits == 32 else "*i16", "rows": "i32",
+                 "k": "i32", "stride_qm": "i32", "stride_qk": "constexpr", "stride_sm": "i32", "stride_sk": "constexpr",
+                 "SWIZZLED": "constexpr", "OUT": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
+    constexprs = {"stride_qk": 1, "stride_sk": 1, "SWIZZLED": swizzled, "OUT": out_bits, "BLOCK_M": 1,
+                  "BLOCK_K": 512 if out_bits == 32 else 1024}  # as DEQUANTIZE_TABLE has them
+    return compile_kernel(mxfp8.dequantize_mxfp8_kernel, signature, constexprs, arch,
+                          divisible=("q_ptr", "s_ptr", "out_ptr", "k", "stride_qm"), enable_fp_fusion=False)
+
+
+@pytest.mark.parametrize("arch", [89, *MATRIX_CUDA], ids=ARCH_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("floor", "swizzled"), [(False, False), (True, True)], ids=["rceil-linear", "floor-swizzled"])
+def test_mxfp8_hardware_e4m3_quantize_uses_the_cvt_instruction(arch, dtype, floor, swizzled):
+    compiled = compile_mxfp8(arch, hardware_e4m3=True, dtype=dtype, floor=floor, swizzled=swizzled)
+    assert_compiled_without_flushing_subnormals(compiled, arch)
+    assert_vector_loads(compiled, arch)
+    assert E4M3_CVT in compiled.asm["ptx"]
+    assert not [op for op in ptx_ops(compiled) if op.startswith(("div", "rcp", "ex2", "lg2"))]  # bits, not log2/exp2
+
+
+@pytest.mark.parametrize("arch", [*MATRIX_CUDA, *MATRIX_HIP], ids=ARCH_IDS)
+@pytest.mark.parametrize("rule", ["rceil", "floor"])
+@pytest.mark.parametrize("swizzled", [False, True], ids=["linear", "swizzled"])
+def test_mxfp8_integer_e4m3_quantize_compiles_everywhere_without_an_fp8_conversion(arch, rule, swizzled):
+    compiled = compile_mxfp8(arch, hardware_e4m3=False, floor=rule == "floor", swizzled=swizzled)
+    assert_compiled_without_flushing_subnormals(compiled, arch)
+    assert_vector_loads(compiled, arch)
+    if isinstance(arch, int):
+        assert "e4m3" not in compiled.asm["ptx"]
+    else:
+        fp8_cvts = [line for line in compiled.asm["amdgcn"].splitlines() if "v_cvt" in line and "fp8" in line]
+        assert not fp8_cvts, fp8_cvts[:4]
+
+
+@pytest.mark.parametrize("arch", [*MATRIX_CUDA, *MATRIX_HIP], ids=ARCH_IDS)
+def test_mxfp8_dequantize_kernel_compiles_for_every_output_and_layout_without_shared_memory(arch):
+    for out_bits in (32, 16, 15):
+        compiled = compile_mxfp8_dequantize(arch, out_bits, swizzled=out_bits == 16)
+        assert_compiled_without_flushing_subnormals(compiled, arch)
+        assert compiled.metadata.shared == 0  # the loads and stores agree on a layout: no shuffle
+        if isinstance(arch, int):
+            assert not [op for op in ptx_ops(compiled) if op.startswith(("div", "rcp", "ex2"))]
+            assert "st.global.v4.b32" in ptx_ops(compiled)  # 16-byte stores
+
+
+def test_mxfp8_kernel_takes_64_bit_row_strides_and_float32_input():
+    for arch in (100, "gfx942"):
+        compiled = compile_mxfp8(arch, hardware_e4m3=isinstance(arch, int), dtype="*fp32", index="i64")
+        assert_compiled_without_flushing_subnormals(compiled, arch)
+
+
+def test_mxfp8_cuda_records_claim_only_archs_with_the_hardware_e4m3_cast_and_it_compiles_at_the_oldest():
+    for op in ("quantize_mxfp8", "dequantize_mxfp8"):
+        (kernel,) = CUDA_BACKEND.kernels_for(op)
+        archs = kernel.capability.archs["cuda"]
+        assert 89 in archs and 90 in archs and 100 in archs and 120 in archs and 80 not in archs
+    oldest = CUDA_BACKEND.kernels_for("quantize_mxfp8")[0].capability.archs["cuda"].min
+    assert E4M3_CVT in compile_mxfp8(oldest, hardware_e4m3=True).asm["ptx"]
+    assert_compiled_without_flushing_subnormals(compile_mxfp8_dequantize(oldest, 16), oldest)
 
 
 # --- NVFP4 ------------------------------------------------------------------------------------------

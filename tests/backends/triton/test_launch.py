@@ -130,7 +130,7 @@ def test_fitting_keeps_the_entries_for_k_in_order_up_to_the_first_without_a_row_
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("op", ["mxfp4", "fp8_group_packed"])
+@pytest.mark.parametrize("op", ["mxfp4", "mxfp8", "fp8_group_packed"])
 def test_a_later_launcher_call_of_a_kind_resolves_no_launch_table(op, monkeypatch):
     """The launch table is resolved once per kind of call (`launches`), never per row count."""
     import importlib
@@ -145,6 +145,10 @@ def test_a_later_launcher_call_of_a_kind_resolves_no_launch_table(op, monkeypatc
         if op == "mxfp4":
             module.quantize(x, torch.empty(rows, 256, dtype=torch.uint8), torch.empty(rows, 16, dtype=torch.uint8),
                             scale_rule="rceil")
+        elif op == "mxfp8":
+            module.quantize(x, torch.empty(rows, 512, dtype=torch.float8_e4m3fn),
+                            torch.empty(rows, 16, dtype=torch.uint8), scale_rule="floor", swizzled=False,
+                            hardware_e4m3=False)
         else:
             module.quantize(x, torch.empty(rows, 512, dtype=torch.float8_e4m3fn),
                             torch.empty(rows, 1, dtype=torch.int32), group_size=128, eps=1e-10, hardware_e4m3=False)

@@ -54,9 +54,10 @@ def test_the_backend_is_xpu_of_priority_10_on_xpu_devices_only():
     for kernel in xpu.BACKEND.kernels:
         cap = kernel.capability
         assert (cap.backend, cap.devices, cap.any_device, dict(cap.archs)) == ("xpu", ("xpu",), False, {}), cap.label
-    assert {k.op for k in xpu.BACKEND.kernels} == {MX, GROUP, "dequantize_mxfp4", FP8, ATTN, "quantize_nvfp4",
-                                                 "nvfp4_global_scale", "dequantize_nvfp4", "quantize_fp8_group",
-                                                 "dequantize_fp8_group", "quantize_fp8_block", "dequantize_fp8_block",
+    assert {k.op for k in xpu.BACKEND.kernels} == {MX, GROUP, "dequantize_mxfp4", FP8, ATTN, "quantize_mxfp8",
+                                                 "dequantize_mxfp8", "quantize_nvfp4", "nvfp4_global_scale",
+                                                 "dequantize_nvfp4", "quantize_fp8_group", "dequantize_fp8_group",
+                                                 "quantize_fp8_block", "dequantize_fp8_block",
                                                  "dequantize_fp8_group_packed"}
 
 

@@ -1,0 +1,40 @@
+"""quantize_mxfp8 and dequantize_mxfp8 on Intel GPUs: the portable Triton kernels
+(backends/triton/mxfp8.py) with E4M3 by integer round-to-nearest-even on float32 bits (no hardware
+cast is assumed), bit-exact to docs/SPEC.md. Capability records below."""
+
+import torch
+
+from lowbit import spec
+from lowbit.backend import Kernel
+from lowbit.capability import Capability
+
+
+def quantize(x, q, scales, *, scale_rule, swizzled):
+    from lowbit.backends.triton import mxfp8
+
+    mxfp8.quantize(x, q, scales, scale_rule=scale_rule, swizzled=swizzled, hardware_e4m3=False)
+
+
+def dequantize(q, scales, out, *, swizzled):
+    from lowbit.backends.triton import mxfp8
+
+    mxfp8.dequantize(q, scales, out, swizzled=swizzled)
+
+
+_COMMON = dict(
+    backend="xpu",
+    variant="triton",
+    devices=("xpu",),
+    fidelity="bit-exact to SPEC",
+    graph_safe=True,
+    compile_safe=True,
+    min_ndim=1,
+    block_size=spec.MX_BLOCK,
+)
+
+KERNELS = (
+    Kernel(Capability(op="quantize_mxfp8", dtypes=spec.INPUT_DTYPES, scale_rules=spec.MX_SCALE_RULES, **_COMMON),
+           quantize),
+    Kernel(Capability(op="dequantize_mxfp8", dtypes=(spec.MX8_Q_DTYPE, torch.uint8), out_dtypes=spec.DEQUANT_DTYPES,
+                      **_COMMON), dequantize),
+)
