@@ -304,7 +304,7 @@ def mx8_scale_bytes(want_s, lead, k, scale_layout) -> np.ndarray:
     """[MX8-LINEAR] as they are, or [MX8-SWIZZLE]: the linear bytes placed in the zero-padded tiles."""
     if scale_layout == "linear":
         return want_s
-    return nv_swizzle(want_s.reshape(math.prod(lead), k // 32))
+    return swizzled_bytes(want_s.reshape(math.prod(lead), k // 32))
 
 
 @fuzz(mx8_inputs(), 300)

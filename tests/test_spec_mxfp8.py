@@ -2,7 +2,7 @@
 
 Every expectation is a literal byte derived by hand (the arithmetic is in the comment next to it) or
 comes from an independent formulation: exact Fractions, frexp exponents, E4M3 rounding decided
-against the grid's exact midpoints (tests/oracles.py: mxfp8_oracle, e4m3_bytes_np, nv_swizzle).
+against the grid's exact midpoints (tests/oracles.py: mxfp8_oracle, e4m3_bytes_np, swizzled_bytes).
 Nothing here calls into lowbit except the two public functions under test. All 65,536 bfloat16
 patterns run through both scale rules, in sorted blocks (every block scale a different power of
 two) and pinned next to anchors that fix the scale. [MX8-PEERS] writes TransformerEngine's and
@@ -35,7 +35,7 @@ from oracles import (
     fl32,
     mxfp8_dequant_oracle,
     mxfp8_oracle,
-    nv_swizzle,
+    swizzled_bytes,
     rounded_bits,
     u8,
     up32,
@@ -636,7 +636,7 @@ def test_mx8_swizzle_literal_offsets_256x8():
     assert_bytes(ss.reshape(-1), want, "swizzled bytes")
     ql, sl = quant(x)
     assert torch.equal(qs, ql)  # q does not depend on the layout
-    assert_bytes(ss, torch.from_numpy(nv_swizzle(sl.numpy())), "linear placed by [SCALE-SWIZZLE]")
+    assert_bytes(ss, torch.from_numpy(swizzled_bytes(sl.numpy())), "linear placed by [SCALE-SWIZZLE]")
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -647,9 +647,9 @@ def test_mx8_swizzle_padding_bytes_are_zero_and_rows_fold(rule):
     qs, ss = quant(x, rule, "swizzled")
     ql, sl = quant(x, rule)
     assert tuple(ss.shape) == (256, 8) and torch.equal(qs, ql)
-    want = nv_swizzle(sl.reshape(130, 5).numpy())
+    want = swizzled_bytes(sl.reshape(130, 5).numpy())
     assert_bytes(ss, torch.from_numpy(want), "swizzled")
-    real = nv_swizzle(np.ones((130, 5), dtype=np.uint8)).reshape(-1) == 1
+    real = swizzled_bytes(np.ones((130, 5), dtype=np.uint8)).reshape(-1) == 1
     assert real.sum() == 650 and not ss.reshape(-1)[torch.from_numpy(~real)].any()
     assert (ss == 0xFF).sum() == 1
     assert torch.equal(quant(x.reshape(130, 160), rule, "swizzled")[1], ss)
@@ -727,8 +727,8 @@ def test_mx8_dequant_against_the_oracle_for_random_bytes_and_both_layouts(dtype)
     s[:, 0] = torch.tensor([0, 1, 126, 127, 128, 253, 254, 255] * 17)[:130].to(U8)
     linear = deq(q, s, dtype)
     assert_bytes(linear.view(U8), rounded_bits(mxfp8_dequant_oracle(q.numpy(), s.numpy()), dtype), "linear")
-    tiles = torch.from_numpy(nv_swizzle(s.numpy()))
-    pad = torch.from_numpy(nv_swizzle(np.ones((130, 5), dtype=np.uint8)) == 0)
+    tiles = torch.from_numpy(swizzled_bytes(s.numpy()))
+    pad = torch.from_numpy(swizzled_bytes(np.ones((130, 5), dtype=np.uint8)) == 0)
     tiles[pad] = 0xFF  # padding bytes are never read, whatever they hold
     assert_bytes(deq(q, tiles, dtype, "swizzled").view(U8), linear.view(U8), "swizzled")
 
