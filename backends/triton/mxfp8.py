@@ -8,19 +8,20 @@
   [MX8-SWIZZLE] are stored straight to their tiled offsets: the grid covers the padding rows, and
   BLOCK_K is a multiple of 128, so every program writes whole groups of four scale columns; padding
   bytes are written as 0 in the same launch.
-- `dequantize_mxfp8_kernel`: E4M3 value times 2^(byte - 127), rounded to the output dtype by
-  integer arithmetic, reading the scales in either layout.
+- `dequantize_mxfp8_kernel`: E4M3 value times 2^(byte - 127), rounded to the output dtype (bfloat16
+  by integer arithmetic), reading the scales in either layout.
 
 The E4M3 conversion has the two forms of fp8_group_packed.py behind HARDWARE_E4M3: the float8e4nv
 cast (cvt.rn.satfinite.e4m3x2, sm_89+) and integer round-to-nearest-even, which every target and the
 interpreter run exactly.
 
-Quantize never lets a float32 subnormal decide a bit: the rceil scale of a block whose
-fl32(amax * fl32(1/448)) would be subnormal comes from two amax thresholds, and the factor 2^-127 (an
-Inf block's finite elements) is two normal powers of two, except on CUDA, whose mul.f32 keeps
-subnormal operands. Dequantize reads E4M3 through float16 (E4M3's subnormals are float16 subnormals,
-which the conversion to float32 keeps), scales by two normal powers of two, and writes the float32
-subnormals [MX8-DEQUANT] asks for where the scale is small.
+No scale depends on a float32 subnormal: the rceil scale of a block whose fl32(amax * fl32(1/448))
+would be subnormal comes from two amax thresholds, and the factor 2^-127 (an Inf block's finite
+elements) is two normal powers of two, except on CUDA, whose mul.f32 keeps subnormal operands.
+Subnormal inputs (float32, or bfloat16 widened by its bits) reach the scaling product as they are,
+as in the MXFP4 kernel. Dequantize reads E4M3 through float16 (E4M3's subnormals are float16
+subnormals, which the conversion to float32 keeps), scales by two normal powers of two, and writes
+the float32 subnormals [MX8-DEQUANT] asks for where the scale is small.
 """
 
 from __future__ import annotations
