@@ -24,7 +24,6 @@ from oracles import (
     NAN_BITS,
     U8,
     assert_bytes,
-    bf16_from_bits,
     dn32,
     e4m3_bytes_np,
     e4m3_value,
@@ -33,10 +32,11 @@ from oracles import (
     f32_np,
     f32_tensor,
     fl32,
+    from_bits16,
     mxfp8_dequant_oracle,
     mxfp8_oracle,
-    swizzled_bytes,
     rounded_bits,
+    swizzled_bytes,
     u8,
     up32,
 )
@@ -264,7 +264,7 @@ def test_mx8_rceil_maximal_finite_block(dtype):
 def test_mx8_rceil_exhaustive_bfloat16_sorted_blocks(as_float32):
     # every pattern once, sorted by magnitude: 2,040 finite blocks, each with its own amax, and 8 NaN blocks
     bits = sorted_blocks()
-    x = bf16_from_bits(bits)
+    x = from_bits16(bits)
     if as_float32:
         x = torch.from_numpy(bf16_values(bits).astype(np.float32))
     _, sb = check_against_oracle(x, "rceil", "sorted bf16")
@@ -314,7 +314,7 @@ def test_mx8_floor_maximal_finite_block(dtype):
 @pytest.mark.parametrize("as_float32", [False, True])
 def test_mx8_floor_exhaustive_bfloat16_sorted_blocks(as_float32):
     bits = sorted_blocks()
-    x = bf16_from_bits(bits)
+    x = from_bits16(bits)
     if as_float32:
         x = torch.from_numpy(bf16_values(bits).astype(np.float32))
     _, sb = check_against_oracle(x, "floor", "sorted bf16")
@@ -419,7 +419,7 @@ def test_mx8_element_exhaustive_bfloat16_pinned_scales(rule, dtype):
         anchor = bf16_bits(448.0 * 2.0**k)
         sel = ALL16[np.abs(vals) <= 448.0 * 2.0**k]
         bits = pinned_blocks(sel, anchor)
-        x = bf16_from_bits(bits) if dtype == torch.bfloat16 else torch.from_numpy(
+        x = from_bits16(bits) if dtype == torch.bfloat16 else torch.from_numpy(
             bf16_values(bits).astype(np.float32))
         qb, sb = quant(x, rule)
         assert (sb == k + 127).all(), k
@@ -462,7 +462,7 @@ def test_mx8_nan_float16_and_bfloat16(rule):
     h = np.zeros(32, dtype=np.uint16)
     h[0], h[5] = np.float16(-1.0).view(np.uint16), 0xFE00  # -1, -NaN
     xh = torch.from_numpy(h.view(np.float16)[None].copy())
-    xb = bf16_from_bits([block([0xBF80, 0x4000, 0xFFC1], fill=0)])  # -1, 2, -NaN
+    xb = from_bits16([block([0xBF80, 0x4000, 0xFFC1], fill=0)])  # -1, 2, -NaN
     for x in (xh, xb):
         qb, sb = quant(x, rule)
         assert_bytes(sb, u8([[0xFF]]), f"{x.dtype} scales")
@@ -487,7 +487,7 @@ def test_mx8_inf_finite_elements_scale_by_2_pow_minus_127_without_flushing(rule)
 @pytest.mark.parametrize("rule", RULES)
 def test_mx8_inf_float16_and_bfloat16_blocks(rule):
     xh = torch.from_numpy(np.array(block([np.inf, 65504.0, -2.0]), dtype=np.float16)[None])
-    xb = bf16_from_bits([block([0xFF80, 0x7F7F, 0x3F80], fill=0)])  # -inf, bf16 max, 1
+    xb = from_bits16([block([0xFF80, 0x7F7F, 0x3F80], fill=0)])  # -inf, bf16 max, 1
     # f16: 65504 * 2^-127 and -2 * 2^-127 round to +0 and -0; bf16: 1.99 * 2^127 * 2^-127 -> 2 (0x40), 1 -> 0
     for x, want in ((xh, [0x7E, 0x00, 0x80]), (xb, [0xFE, 0x40, 0x00])):
         qb, sb = quant(x, rule)
@@ -806,7 +806,7 @@ def test_mx8_peers_transformer_engine_matches_on_every_block_without_nan():
     bits = all_pattern_blocks()
     v = bf16_values(bits)
     te_q, te_s = te_quantize_mxfp8(v)
-    qb, sb = quant(bf16_from_bits(bits), "rceil")
+    qb, sb = quant(from_bits16(bits), "rceil")
     nan = np.isnan(v).any(-1)
     assert nan.sum() > 0 and (~nan).sum() > 4000
     assert np.array_equal(sb.numpy().reshape(-1)[~nan], te_s[~nan])
@@ -869,7 +869,7 @@ def torchao_to_mx(x: torch.Tensor, mode: str):
 @pytest.mark.parametrize("rule", RULES)
 def test_mx8_peers_torchao_matches_on_every_block_without_inf_or_nan(rule):
     bits = all_pattern_blocks()
-    x = bf16_from_bits(bits)
+    x = from_bits16(bits)
     ao_q, ao_s = torchao_to_mx(x, rule)
     qb, sb = quant(x, rule)
     v = bf16_values(bits)

@@ -20,7 +20,7 @@ triton = pytest.importorskip("triton")
 from lowbit.backends.cpu import mxfp8 as reference  # noqa: E402
 from lowbit.backends.triton import mxfp8 as kernels  # noqa: E402
 from lowbit.backends.triton.launch import LaunchConfig  # noqa: E402
-from oracles import ALL16, F32_RECIP448, bf16_from_bits, fl32  # noqa: E402
+from oracles import ALL16, F32_RECIP448, fl32, from_bits16  # noqa: E402
 
 from lowbit import spec  # noqa: E402
 from lowbit.mxfp8 import dequantize_output, quantize_outputs  # noqa: E402
@@ -98,7 +98,7 @@ BF16_ANCHORS = [bf16_bits(448.0 * 2.0**k) for k in (-126, -60, 0, 60, 119)] + [b
 @pytest.mark.parametrize("rule", RULES)
 def test_every_bfloat16_pattern_matches_reference(rule, layout):
     bits = every_pattern_blocks(BF16_ANCHORS)
-    assert_matches_reference(bf16_from_bits(bits), rule, layout, WIDE)
+    assert_matches_reference(from_bits16(bits), rule, layout, WIDE)
 
 
 @pytest.mark.parametrize("rule", RULES)
