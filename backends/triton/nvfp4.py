@@ -317,9 +317,11 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, gs: torch.Tensor, out: tor
     int_dtype, out_bits = OUT_BITS[out.dtype]
     per_row = gs.numel() != 1
     gs = gs if not per_row or gs.is_contiguous() else gs.contiguous()
+    # the kernel addresses q and the scales as dense rows: strided ones (the records take any strides)
+    # are made dense first, on the device
+    q, scales = q.view(torch.uint8).contiguous(), scales.view(torch.uint8).contiguous()
     _, block_m, column_blocks, launch = size_class(dequantize_launches(k, per_row, swizzled, out_bits, config), rows)
-    launch((triton.cdiv(rows, block_m), column_blocks, 1), q.view(torch.uint8), scales.view(torch.uint8), gs,
-           out.view(int_dtype), rows, k)
+    launch((triton.cdiv(rows, block_m), column_blocks, 1), q, scales, gs, out.view(int_dtype), rows, k)
 
 
 # --- launch tables, resolved once per kind of call ----------------------------------------------------

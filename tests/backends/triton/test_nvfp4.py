@@ -325,3 +325,20 @@ def test_global_scale_of_divides_exactly_and_caps_at_two_to_118():
     with np.errstate(divide="ignore", over="ignore"):
         want = np.minimum((np.float32(2688.0) / amax).astype(np.float32), np.float32(2.0**118))
     np.testing.assert_array_equal(out.numpy(), want)
+
+
+@pytest.mark.parametrize("layout", ["linear", "swizzled"])
+def test_dequantize_strided_q_and_scales_match_reference(layout):
+    """The records take any strides: a q sliced out of a wider buffer, linear scales likewise."""
+    g = torch.Generator().manual_seed(8)
+    wide_q = torch.randint(0, 256, (5, 48), dtype=torch.uint8, generator=g)
+    q = wide_q[:, 8:40]  # (5, 32) bytes: K = 64, strided rows
+    if layout == "linear":
+        s = torch.randint(0x20, 0x60, (5, 9), dtype=torch.uint8, generator=g)[:, 2:6]
+    else:
+        s = torch.randint(0x20, 0x60, (128, 4), dtype=torch.uint8, generator=g)
+    gs = torch.tensor(3.0)
+    got, want = torch.empty(5, 64), torch.empty(5, 64)
+    kernels.dequantize(q, s, gs, got, swizzled=layout == "swizzled")
+    reference.dequantize(q, s, gs, want, swizzled=layout == "swizzled")
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
