@@ -147,7 +147,8 @@ LAUNCH_TABLE = (
     (1024, None, LaunchConfig(block_m=2, block_k=4 * spec.FP8_DEFAULT_GROUP, num_warps=2)),
     (None, None, LaunchConfig(block_m=4, block_k=4 * spec.FP8_DEFAULT_GROUP, num_warps=4)),
 )
-# dequantize: block_k elements per program (at least one group). Tuned on an H100; see docs/benchmarks.md.
+# dequantize: block_k elements per program (at least one group); the float32-scale FP8 dequantize's config, not
+# tuned for this kernel yet (docs/benchmarks.md)
 DEQUANTIZE_TABLE = ((None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),)
 
 

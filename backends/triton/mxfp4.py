@@ -222,7 +222,7 @@ def dequantize_mxfp4_kernel(q_ptr, s_ptr, out_ptr, rows, k, stride_qm, stride_sm
     tl.store(out_ptr + row64 * k + col[None, :], output_bits(value, OUT), mask=row_ok & (col < k)[None, :])
 
 
-# (max rows, max K, config), as LAUNCH_TABLE
+# (max rows, max K, config), as LAUNCH_TABLE; not tuned yet (docs/benchmarks.md)
 DEQUANTIZE_TABLE = (
     (128, None, LaunchConfig(block_m=4, block_k=256, num_warps=4)),
     (None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),
