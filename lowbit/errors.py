@@ -45,7 +45,7 @@ def require_scale_layout(op: str, scale_layout: str) -> None:
     if scale_layout not in SCALE_LAYOUTS:
         raise ValueError(f"lowbit.{op}: scale_layout={scale_layout!r} is not one of "
                          f"{', '.join(map(repr, SCALE_LAYOUTS))}; pass scale_layout=\"swizzled\" for the "
-                         "128x4 tiles cuBLASLt, CUTLASS and FlashInfer read")
+                         "128x4 tiles cuBLASLt, CUTLASS and torch._scaled_mm read")
 
 
 def written_in_place(arg: str, buf) -> str | None:

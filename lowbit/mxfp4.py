@@ -6,8 +6,6 @@ Kernels live in backends/<name>/mxfp4.py with their capability records.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import dispatch, spec
@@ -132,10 +130,9 @@ def describe_group_quant(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, 
     if x.dim() >= 1 and x.shape[-1] % spec.MX_BLOCK == 0:  # else the capability check names the block size
         *lead, k = x.shape
         _check_buffer(name, "x_q", x_q, x, (*lead, k // 2), spec.MX_BUFFER_Q_DTYPES)
-        if scale_layout == "swizzled":  # [MX-SWIZZLE]: E8M0 bytes only (float32 scales are vLLM's linear ones)
-            _check_buffer(name, "x_s", x_s, x, scale_shape(lead, k, scale_layout), spec.MX_BUFFER_SCALE_DTYPES[1:])
-        else:
-            _check_buffer(name, "x_s", x_s, x, scale_shape(lead, k, scale_layout), spec.MX_BUFFER_SCALE_DTYPES)
+        # [MX-SWIZZLE]: E8M0 bytes only (float32 scales are vLLM's linear ones)
+        dtypes = spec.MX_BUFFER_SCALE_DTYPES[1:] if scale_layout == "swizzled" else spec.MX_BUFFER_SCALE_DTYPES
+        _check_buffer(name, "x_s", x_s, x, spec.scale_shape(lead, k // spec.MX_BLOCK, scale_layout), dtypes)
         shared = overlapping({"x_q": x_q, "x_s": x_s, "x": x})
         if shared:
             raise ValueError(f"{name}: {shared}")
@@ -183,7 +180,7 @@ def _scales_fit(q: torch.Tensor, scales: torch.Tensor, scale_layout: str) -> boo
     ones contiguous: their byte offsets are the layout)."""
     if q.dim() < 1 or (2 * q.shape[-1]) % spec.MX_BLOCK:
         return False
-    return tuple(scales.shape) == scale_shape(q.shape[:-1], 2 * q.shape[-1], scale_layout) \
+    return tuple(scales.shape) == spec.scale_shape(q.shape[:-1], 2 * q.shape[-1] // spec.MX_BLOCK, scale_layout) \
         and (scale_layout == "linear" or scales.is_contiguous())
 
 
@@ -212,7 +209,7 @@ def _buffers_fit(x: torch.Tensor, x_q: torch.Tensor, x_s: torch.Tensor, scale_la
         return False
     lead, k = x.shape[:-1], x.shape[-1]
     return (x_q.shape[:-1] == lead and x_q.shape[-1] * 2 == k and x_q.is_contiguous()
-            and tuple(x_s.shape) == scale_shape(lead, k, scale_layout) and x_s.is_contiguous()
+            and tuple(x_s.shape) == spec.scale_shape(lead, k // spec.MX_BLOCK, scale_layout) and x_s.is_contiguous()
             and x_q.device == x.device == x_s.device and overlapping({"x_q": x_q, "x_s": x_s, "x": x}) is None)
 
 
@@ -228,18 +225,12 @@ def _dequantize_kernel(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype
 
 # --- the one shape function per op --------------------------------------------------------------
 
-def scale_shape(lead, k: int, scale_layout: str) -> tuple[int, ...]:
-    """[MX-LINEAR, MX-SWIZZLE]: the scales' shape for rows `lead` of k elements."""
-    if scale_layout == "swizzled":
-        return spec.swizzled_scale_shape(math.prod(lead), k // spec.MX_BLOCK)
-    return (*lead, k // spec.MX_BLOCK)
-
-
 def quantize_outputs(x: torch.Tensor, scale_layout: str = "linear") -> tuple[torch.Tensor, torch.Tensor]:
     """Empty (q, scales) for input x: contiguous, on x's device."""
     *lead, k = x.shape
     q = torch.empty((*lead, k // 2), dtype=spec.MX_Q_DTYPE, device=x.device)
-    scales = torch.empty(scale_shape(lead, k, scale_layout), dtype=spec.MX_SCALE_DTYPE, device=x.device)
+    scales = torch.empty(spec.scale_shape(lead, k // spec.MX_BLOCK, scale_layout), dtype=spec.MX_SCALE_DTYPE,
+                         device=x.device)
     return q, scales
 
 

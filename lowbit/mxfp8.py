@@ -8,14 +8,12 @@ folded into rows); a dequantize kernel reads either.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import dispatch, spec
 from .backend import Kernel
 from .capability import Call, dtype_name
-from .errors import require_same_device, require_tensor, require_type
+from .errors import require_same_device, require_scale_layout, require_tensor, require_type
 
 QUANTIZE = "quantize_mxfp8"
 DEQUANTIZE = "dequantize_mxfp8"
@@ -68,7 +66,7 @@ def describe_quantize(x: torch.Tensor, scale_rule: str = spec.MX_DEFAULT_SCALE_R
                       scale_layout: str = "linear") -> Call:
     """Also checks the layout name (ValueError)."""
     _check_quantize_types(x, scale_rule, scale_layout, dispatch.AUTO)
-    _check_layout(QUANTIZE, scale_layout)
+    require_scale_layout(QUANTIZE, scale_layout)
     return dispatch.call_for(QUANTIZE, x, scale_rule=scale_rule)
 
 
@@ -76,32 +74,18 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, *, dtype: torch.d
                         scale_layout: str = "linear") -> Call:
     """Also checks that q and its scales belong together (ValueError)."""
     _check_dequantize_types(q, scales, dtype, scale_layout, dispatch.AUTO)
-    _check_layout(DEQUANTIZE, scale_layout)
+    require_scale_layout(DEQUANTIZE, scale_layout)
     name = f"lowbit.{DEQUANTIZE}"
     if scales.dtype not in (spec.MX8_SCALE_DTYPE, torch.uint8):
         raise ValueError(f"{name}: scales dtype {dtype_name(scales.dtype)} is not float8_e8m0fnu or uint8; pass the "
                          f"scales {QUANTIZE} returned")
     if q.dim() >= 1 and q.shape[-1] % spec.MX_BLOCK == 0:  # else the capability check names the block size
-        want = _scale_shape(q.shape[:-1], q.shape[-1], scale_layout == "swizzled")
+        want = spec.scale_shape(q.shape[:-1], q.shape[-1] // spec.MX_BLOCK, scale_layout)
         if tuple(scales.shape) != want:
             raise ValueError(f"{name}: q {tuple(q.shape)} needs {scale_layout} scales of shape {want}, got "
                              f"{tuple(scales.shape)}; pass the scales {QUANTIZE} returned for this q and scale_layout")
     require_same_device(DEQUANTIZE, "scales", scales, "q", q)
     return dispatch.call_for(DEQUANTIZE, q, out_dtype=dtype)
-
-
-def _check_layout(op: str, scale_layout: str) -> None:
-    if scale_layout not in spec.SCALE_LAYOUTS:
-        raise ValueError(f"lowbit.{op}: scale_layout={scale_layout!r} is not one of "
-                         f"{', '.join(map(repr, spec.SCALE_LAYOUTS))}; pass scale_layout=\"swizzled\" for the "
-                         "128x4 tiles cuBLASLt, CUTLASS and torch._scaled_mm read")
-
-
-def _scale_shape(lead, k: int, swizzled: bool) -> tuple[int, ...]:
-    """[MX8-LINEAR, MX8-SWIZZLE]: the scales' shape for rows `lead` of k elements."""
-    if swizzled:
-        return spec.swizzled_scale_shape(math.prod(lead), k // spec.MX_BLOCK)
-    return (*lead, k // spec.MX_BLOCK)
 
 
 # --- the kernel for a call: remembered per kind (lowbit/dispatch.py, `kind`) ---------------------
@@ -121,7 +105,7 @@ def _dequantize_kernel(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype
         _check_dequantize_types(q, scales, dtype, scale_layout, backend)
         return describe_dequantize(q, scales, dtype=dtype, scale_layout=scale_layout)
     fits = q.dim() >= 1 and q.device == scales.device \
-        and tuple(scales.shape) == _scale_shape(q.shape[:-1], q.shape[-1], scale_layout == "swizzled")
+        and tuple(scales.shape) == spec.scale_shape(q.shape[:-1], q.shape[-1] // spec.MX_BLOCK, scale_layout)
     return dispatch.kernel_for(dispatch.kind(DEQUANTIZE, q, scales.dtype, dtype, scale_layout, backend), describe,
                                backend, fits)
 
@@ -132,7 +116,7 @@ def quantize_outputs(x: torch.Tensor, scale_layout: str) -> tuple[torch.Tensor, 
     """Empty (q, scales) for input x: contiguous, on x's device."""
     *lead, k = x.shape
     q = torch.empty(x.shape, dtype=spec.MX8_Q_DTYPE, device=x.device)
-    scales = torch.empty(_scale_shape(lead, k, scale_layout == "swizzled"), dtype=spec.MX8_SCALE_DTYPE,
+    scales = torch.empty(spec.scale_shape(lead, k // spec.MX_BLOCK, scale_layout), dtype=spec.MX8_SCALE_DTYPE,
                          device=x.device)
     return q, scales
 

@@ -8,8 +8,6 @@ that tensor first ([NV-GLOBAL], on the device: no host sync) and then reads it.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import dispatch, spec
@@ -141,7 +139,7 @@ def describe_dequantize(q: torch.Tensor, block_scales: torch.Tensor, global_scal
         raise ValueError(f"{name}: block_scales dtype {dtype_name(block_scales.dtype)} is not float8_e4m3fn or "
                          f"uint8; pass the block_scales {QUANTIZE} returned")
     if q.dim() >= 1 and (2 * q.shape[-1]) % spec.NV_BLOCK == 0:  # else the capability check names the block size
-        want = _scale_shape(q.shape[:-1], 2 * q.shape[-1], scale_layout == "swizzled")
+        want = spec.scale_shape(q.shape[:-1], 2 * q.shape[-1] // spec.NV_BLOCK, scale_layout)
         if tuple(block_scales.shape) != want:
             raise ValueError(f"{name}: q {tuple(q.shape)} needs {scale_layout} block_scales of shape {want}, got "
                              f"{tuple(block_scales.shape)}; pass the block_scales {QUANTIZE} returned for this q and "
@@ -172,13 +170,6 @@ def _global_scale_fits(gs: torch.Tensor, x: torch.Tensor, per_row: bool) -> bool
     shape = gs.shape
     return gs.dtype == torch.float32 and gs.device == x.device and x.dim() >= 1 and (
         shape == x.shape[:-1] or (not per_row and shape in ((), (1,))))
-
-
-def _scale_shape(lead, k: int, swizzled: bool) -> tuple[int, ...]:
-    """[NV-LINEAR, NV-SWIZZLE]: the block scales' shape for rows `lead` of k elements."""
-    if swizzled:
-        return spec.swizzled_scale_shape(math.prod(lead), k // spec.NV_BLOCK)
-    return (*lead, k // spec.NV_BLOCK)
 
 
 # --- the kernel for a call: remembered per kind (lowbit/dispatch.py, `kind`) ---------------------
@@ -212,7 +203,7 @@ def _dequantize_kernel(q: torch.Tensor, scales: torch.Tensor, gs: torch.Tensor, 
         _check_dequantize_types(q, scales, gs, scale_layout, dtype, backend)
         return describe_dequantize(q, scales, gs, scale_layout=scale_layout, dtype=dtype)
     fits = q.dim() >= 1 and q.device == scales.device and _global_scale_fits(gs, q, False) \
-        and tuple(scales.shape) == _scale_shape(q.shape[:-1], 2 * q.shape[-1], scale_layout == "swizzled")
+        and tuple(scales.shape) == spec.scale_shape(q.shape[:-1], 2 * q.shape[-1] // spec.NV_BLOCK, scale_layout)
     return dispatch.kernel_for(dispatch.kind(DEQUANTIZE, q, scales.dtype, scale_layout, dtype, backend), describe,
                                backend, fits)
 
@@ -223,7 +214,7 @@ def quantize_outputs(x: torch.Tensor, scale_layout: str) -> tuple[torch.Tensor, 
     """Empty (q, block_scales) for input x: contiguous, on x's device."""
     *lead, k = x.shape
     q = torch.empty((*lead, k // 2), dtype=spec.NV_Q_DTYPE, device=x.device)
-    scales = torch.empty(_scale_shape(lead, k, scale_layout == "swizzled"), dtype=spec.NV_SCALE_DTYPE,
+    scales = torch.empty(spec.scale_shape(lead, k // spec.NV_BLOCK, scale_layout), dtype=spec.NV_SCALE_DTYPE,
                          device=x.device)
     return q, scales
 

@@ -31,14 +31,16 @@ MX8_NAN_BYTE = 0x7F  # [MX8-NAN]: every element of a NaN block
 MX8_Q_DTYPE = torch.float8_e4m3fn
 MX8_SCALE_DTYPE = torch.float8_e8m0fnu
 
+# Block-scale layouts of MXFP4, MXFP8 and NVFP4 [SCALE-SWIZZLE]
+SCALE_LAYOUTS = ("linear", "swizzled")
+SWIZZLE_ROWS, SWIZZLE_COLS = 128, 4  # 128 x 4 tiles of 512 bytes
+
 # NVFP4 [NV-*]
 NV_BLOCK = 16  # elements per block along the last dim
 NV_GLOBAL_NUMERATOR = 448.0 * 6.0  # [NV-GLOBAL]: gs = 2688 / amax, the encode scale
 NV_GS_MAX = 2.0**118  # [NV-GLOBAL] caps gs here; [NV-GLOBAL-GIVEN]: usable gs lie in [2^-118, 2^118]
 NV_GS_MIN = 2.0**-118
 NV_SCALE_NAN = 0x7F  # [NV-NAN, NV-GLOBAL-GIVEN]: the block scale byte of a NaN block
-SCALE_LAYOUTS = ("linear", "swizzled")  # of MXFP8 and NVFP4 block scales
-SWIZZLE_ROWS, SWIZZLE_COLS = 128, 4  # [SCALE-SWIZZLE]: 128 x 4 tiles of 512 bytes
 NV_Q_DTYPE = torch.float4_e2m1fn_x2
 NV_SCALE_DTYPE = torch.float8_e4m3fn
 
@@ -93,6 +95,14 @@ def round_up(a: int, b: int) -> int:
 def swizzled_scale_shape(rows: int, scale_cols: int) -> tuple[int, int]:
     """[SCALE-SWIZZLE]: the block-scale shape of R rows of C scales, padded to whole 128 x 4 tiles."""
     return round_up(rows, SWIZZLE_ROWS), round_up(scale_cols, SWIZZLE_COLS)
+
+
+def scale_shape(lead, scale_cols: int, scale_layout: str) -> tuple[int, ...]:
+    """The block scales' shape for rows `lead` of `scale_cols` scales each: (*lead, scale_cols), or
+    the swizzled tiles of the folded rows [SCALE-SWIZZLE]."""
+    if scale_layout == "swizzled":
+        return swizzled_scale_shape(math.prod(lead), scale_cols)
+    return (*lead, scale_cols)
 
 
 def swizzled_offsets(rows: int, cols: int, device) -> torch.Tensor:

@@ -27,8 +27,8 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_ru
 
 
 def write_scale_bytes(scales: torch.Tensor, scale_byte: torch.Tensor, swizzled: bool) -> None:
-    """Scale bytes (rows, C) into `scales`: as they are [MX-LINEAR], or at their [MX-SWIZZLE]
-    offsets with every padding byte 0."""
+    """Scale bytes (rows, C) into `scales`: as they are, or at their [SCALE-SWIZZLE] offsets with
+    every padding byte 0 (MXFP4, MXFP8 and NVFP4 alike)."""
     if swizzled:
         scales.view(torch.uint8).zero_()
         offsets = spec.swizzled_offsets(scale_byte.shape[0], scale_byte.shape[1], scale_byte.device)
@@ -38,7 +38,7 @@ def write_scale_bytes(scales: torch.Tensor, scale_byte: torch.Tensor, swizzled: 
 
 
 def read_scale_bytes(scales: torch.Tensor, rows: int, cols: int, swizzled: bool) -> torch.Tensor:
-    """The (rows, cols) scale bytes of `scales`, linear or swizzled [MX-LINEAR, MX-SWIZZLE]."""
+    """The (rows, cols) scale bytes of `scales`, linear or swizzled [SCALE-SWIZZLE]."""
     flat = scales.view(torch.uint8).reshape(-1)
     return (flat[spec.swizzled_offsets(rows, cols, scales.device)] if swizzled else flat).reshape(rows, cols)
 

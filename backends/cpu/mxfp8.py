@@ -9,6 +9,7 @@ from lowbit.backend import Kernel
 from lowbit.capability import Capability
 
 from .float_bits import EXPONENT_BIAS, MANTISSA_BITS, MANTISSA_MASK, exponent_field, f32, pow2, write_canonical_nans
+from .mxfp4 import read_scale_bytes, write_scale_bytes
 
 
 def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str, swizzled: bool) -> None:
@@ -31,12 +32,7 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_ru
     q8 = y.clamp(-spec.FP8_MAX, spec.FP8_MAX).to(spec.MX8_Q_DTYPE).view(torch.uint8)  # clamp: torch <= 2.11
     q8 = q8.masked_fill(block_nan.unsqueeze(-1), spec.MX8_NAN_BYTE)
     q.view(torch.uint8).copy_(q8.reshape(q.shape))
-    if swizzled:  # [MX8-SWIZZLE]: padding bytes 0
-        scales.view(torch.uint8).zero_()
-        offsets = spec.swizzled_offsets(rows, k // spec.MX_BLOCK, x.device)
-        scales.view(torch.uint8).view(-1)[offsets] = scale_byte.reshape(-1)
-    else:  # [MX8-LINEAR]
-        scales.view(torch.uint8).copy_(scale_byte.reshape(scales.shape))
+    write_scale_bytes(scales, scale_byte, swizzled)  # [MX8-LINEAR, MX8-SWIZZLE]
 
 
 def rceil_exponent(d: torch.Tensor) -> torch.Tensor:
@@ -55,10 +51,7 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *, swiz
     """[MX8-DEQUANT] E4M3 value * 2^(byte - 127) in float32, rounded to out's dtype; scale byte 0xFF
     and E4M3 NaN give NaN (canonical bits)."""
     rows, k = math.prod(out.shape[:-1]), out.shape[-1]
-    byte = scales.view(torch.uint8).reshape(-1)
-    if swizzled:
-        byte = byte[spec.swizzled_offsets(rows, k // spec.MX_BLOCK, q.device)]
-    byte = byte.reshape(rows, k // spec.MX_BLOCK).to(torch.int32)
+    byte = read_scale_bytes(scales, rows, k // spec.MX_BLOCK, swizzled).to(torch.int32)
     factor = torch.where(byte == spec.E8M0_NAN, torch.nan, pow2(byte.clamp(max=254) - spec.E8M0_BIAS))
     values = q.view(spec.MX8_Q_DTYPE).to(torch.float32).reshape(rows, k // spec.MX_BLOCK, spec.MX_BLOCK)
     out.copy_((values * factor.unsqueeze(-1)).reshape(out.shape))

@@ -10,7 +10,7 @@ from lowbit.backend import Kernel
 from lowbit.capability import Capability
 
 from .float_bits import f32, write_canonical_nans
-from .mxfp4 import e2m1_code, e2m1_values
+from .mxfp4 import e2m1_code, e2m1_values, read_scale_bytes, write_scale_bytes
 
 
 def global_scale(x: torch.Tensor, gs: torch.Tensor, *, per_row: bool) -> None:
@@ -50,12 +50,7 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, gs: torch.T
     nibbles = code.reshape(rows, k)
     q.view(torch.uint8).copy_((nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).reshape(q.shape))  # [NV-PACK]
     sf_byte = sf.view(torch.uint8).masked_fill(block_nan, spec.NV_SCALE_NAN)
-    if swizzled:
-        scales.view(torch.uint8).zero_()
-        offsets = spec.swizzled_offsets(rows, k // spec.NV_BLOCK, x.device)
-        scales.view(torch.uint8).view(-1)[offsets] = sf_byte.reshape(-1)
-    else:
-        scales.view(torch.uint8).copy_(sf_byte.reshape(scales.shape))
+    write_scale_bytes(scales, sf_byte.reshape(rows, k // spec.NV_BLOCK), swizzled)  # [NV-LINEAR, NV-SWIZZLE]
 
 
 def row_scales(gs: torch.Tensor, rows: int) -> torch.Tensor:
@@ -72,10 +67,8 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, gs: torch.Tensor, out: tor
     """[NV-DEQUANT] v * fl32(float(SF) / gs) in float32, rounded to out's dtype."""
     rows, k = math.prod(out.shape[:-1]), out.shape[-1]
     values = e2m1_values(q, (rows, k))
-    sf_byte = scales.view(torch.uint8).reshape(-1)
-    if swizzled:
-        sf_byte = sf_byte[spec.swizzled_offsets(rows, k // spec.NV_BLOCK, q.device)]
-    sf_value = sf_byte.reshape(rows, k // spec.NV_BLOCK).view(spec.NV_SCALE_DTYPE).to(torch.float32)
+    sf_byte = read_scale_bytes(scales, rows, k // spec.NV_BLOCK, swizzled)
+    sf_value = sf_byte.view(spec.NV_SCALE_DTYPE).to(torch.float32)
     g = row_scales(gs, rows)
     factor = torch.where(usable(g), sf_value / g, torch.nan)
     blocks = values.reshape(rows, k // spec.NV_BLOCK, spec.NV_BLOCK) * factor.unsqueeze(-1)
