@@ -20,7 +20,15 @@ import lowbit
 from lowbit import fp8_group, fp8_group_packed, mxfp4, mxfp8, nvfp4, spec
 
 from .nvfp4 import quantize_bytes as nvfp4_bytes
-from .quant import fp8_bytes, fp8_float_scale_bytes, mxfp4_bytes, mxfp8_bytes, mxfp8_dequantize_bytes
+from .quant import (
+    fp8_bytes,
+    fp8_dequantize_bytes,
+    fp8_float_scale_bytes,
+    mxfp4_bytes,
+    mxfp4_dequant_bytes,
+    mxfp8_bytes,
+    mxfp8_dequantize_bytes,
+)
 from .timing import copy_gbps, median_us
 
 
@@ -40,6 +48,20 @@ def _mxfp8_dequantize_runner(x, config):
     q, s = lowbit.quantize_mxfp8(x)
     out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
     return lambda: triton_mxfp8.dequantize(q, s, out, swizzled=False, config=config)
+
+
+def _mxfp4_dequantize_runner(x, config):
+    """To bfloat16, from linear scales."""
+    q, s = lowbit.quantize_mxfp4(x)
+    out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
+    return lambda: triton_mxfp4.dequantize(q, s, out, swizzled=False, config=config)
+
+
+def _fp8_dequantize_runner(x, config):
+    """To bfloat16, groups of 128."""
+    q, s = lowbit.quantize_fp8_group_packed(x)
+    out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
+    return lambda: triton_fp8.dequantize(q, s, out, group_size=spec.FP8_DEFAULT_GROUP, config=config)
 
 
 def _nvfp4_runner(x, config):
@@ -76,6 +98,12 @@ CANDIDATES = {
         if _sensible(m, k, w)]),
     "dequantize_mxfp8": (_mxfp8_dequantize_runner, mxfp8_dequantize_bytes, [  # 8 elements a thread: no shuffle
         LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4), (256, 512, 1024, 2048, 4096), (1, 2, 4, 8))
+        if 4 <= m * k // (32 * w) <= 32]),
+    "dequantize_mxfp4": (_mxfp4_dequantize_runner, mxfp4_dequant_bytes, [  # 4 to 32 elements a thread
+        LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (256, 512, 1024, 2048), (1, 2, 4, 8))
+        if 4 <= m * k // (32 * w) <= 32]),
+    "dequantize_fp8_group_packed": (_fp8_dequantize_runner, fp8_dequantize_bytes, [  # 4 to 32 elements a thread
+        LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (256, 512, 1024, 2048), (1, 2, 4, 8))
         if 4 <= m * k // (32 * w) <= 32]),
     "quantize_nvfp4": (_nvfp4_runner, nvfp4_bytes, [LaunchConfig(m, k, w) for m, k, w in itertools.product(
         (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
