@@ -152,21 +152,29 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lowbit bench attention")
     parser.add_argument("--no-compare", action="store_true", help="skip SDPA")
     parser.add_argument("--tune", action="store_true", help="sweep launch configs per shape (no SDPA)")
+    parser.add_argument("--splits", action="store_true",
+                        help="sweep only the split count of the decode shapes, at the table's config (no SDPA)")
+    parser.add_argument("--shapes", nargs="*", default=(), help="only the shapes whose name contains one of these")
     args = parser.parse_args(argv)
-    if args.tune:
-        tune()
+    shapes = tuple(s for s in SHAPES if not args.shapes or any(part in s.name for part in args.shapes))
+    if args.splits:
+        tune(tuple(s for s in shapes if s.decode), only_splits=True)
+    elif args.tune:
+        tune(shapes)
     else:
-        run(compare=not args.no_compare)
+        run(shapes, compare=not args.no_compare)
 
 
-def tune(out=sys.stdout) -> None:
+def tune(shapes=SHAPES, only_splits=False, out=sys.stdout) -> None:
     """Every candidate config (and split count for decode) per shape: µs, to choose the tables in
-    backends/triton/unified_attention.py."""
-    from lowbit.backends.triton.unified_attention import AttentionConfig
+    backends/triton/unified_attention.py. `only_splits`: the table's decode config at every split count."""
+    from lowbit.backends.triton.unified_attention import DECODE, MAX_SPLITS, AttentionConfig
 
-    for shape in SHAPES:
+    for shape in shapes:
         inputs = make_inputs(shape)
-        if shape.decode:
+        if only_splits:
+            candidates = [(DECODE[128], 1 << i) for i in range(MAX_SPLITS.bit_length())]
+        elif shape.decode:
             candidates = [(AttentionConfig(16, n, w, st), sp) for n in (32, 64, 128) for w in (2, 4) for st in (2, 3, 4)
                           for sp in (1, 4, 16)]
         else:
@@ -181,7 +189,7 @@ def tune(out=sys.stdout) -> None:
                 print(f"  {shape.name} {config} splits {splits}: {type(exc).__name__}", file=out)
         timed.sort(key=lambda t: t[0])
         print(f"\n{shape.name}: best of {len(timed)}", file=out)
-        for us, config, splits in timed[:6]:
+        for us, config, splits in timed[:len(timed) if only_splits else 6]:
             print(f"  {us:9.1f} µs  {config}  splits {splits}", file=out)
         out.flush()
         del inputs
