@@ -60,17 +60,17 @@ def swizzled_offset(row64, col, cols):
 def encode_portable(y, half, nan):
     """[MX-ROUND, MX-SATURATE, MX-SIGN, MX-NAN] E2M1 nibbles of y (halved where `half`), packed.
 
-    a = |y| saturated at 6 (12 before halving). From 1 up, E2M1 is a float with one mantissa
-    bit: round float32's mantissa to one bit, ties to even, and rebias the exponent (the halving
-    is one off the exponent field). Below 1 the codes 0, 1, 2 are a * 2 rounded to an integer,
-    ties to even: adding 2^22 (whose ulp is 0.5) leaves exactly that count in the low bits."""
+    a = |y| saturated at 6 (12 before halving). E2M1 steps by 0.5 up to 2, by 1 up to 4 and by 2
+    up to 6, so its code is round(2a), 2 + round(a) or 4 + round(a/2) in those ranges, ties to even,
+    and each of the three is at least the code elsewhere (rounding is monotone): the code is their
+    minimum. Each is one exact FMA onto 2^23, whose ulp is 1, so the sum's low bits are the count
+    and the float32 bits compare as the counts do. The bits above the low byte are left over."""
+    h = tl.where(half, 0.5, 1.0)[:, :, None]  # a * h has the value of the halved a, exactly
     a = tl.minimum(tl.abs(y), tl.where(half, 12.0, 6.0)[:, :, None])
-    bits = a.to(tl.int32, bitcast=True)
-    shift = tl.where(half, 1 << 23, 0)[:, :, None]  # a * h has the bits of a, less 1 in the exponent
-    # ((bits - shift) + 0x1FFFFF + parity) >> 22, less 252 (1.0 = 0x3F800000 -> code 2), folded
-    normal = (bits + (0x1FFFFF - 0x3F000000 - shift) + ((bits >> 22) & 1)) >> 22
-    below_one = (a * tl.where(half, 0.5, 1.0)[:, :, None] + 4194304.0).to(tl.int32, bitcast=True) - 0x4A800000
-    code = tl.where(bits >= 0x3F800000 + shift, normal, below_one)
+    by_halves = (a * (h * 2.0) + 8388608.0).to(tl.int32, bitcast=True)
+    by_ones = (a * h + 8388610.0).to(tl.int32, bitcast=True)
+    by_twos = (a * (h * 0.5) + 8388612.0).to(tl.int32, bitcast=True)
+    code = tl.minimum(tl.minimum(by_halves, by_ones), by_twos)  # 2^23 + code: code in the low 3 bits
     nibble = code | ((y.to(tl.int32, bitcast=True) >> 28) & 0x8)
     return pack_pairs(tl.where(nan[:, :, None], 0x7, nibble))
 
