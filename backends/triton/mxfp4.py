@@ -89,10 +89,15 @@ def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, scale_rows, stride_xm, s
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = (row < rows)[:, None]
     row64 = row.to(tl.int64)[:, None]  # int64 offsets: tensors past 2^31 elements
-    col = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    x = tl.load(x_ptr + row64 * stride_xm + col.to(tl.int64)[None, :] * stride_xk,
-                mask=row_ok & (col < k)[None, :], other=0.0)
-    x = tl.reshape(to_f32(x), (BLOCK_M, BLOCKS, BLOCK))
+    # The 16-byte pieces of a block (vector loads) are the outermost dimension, so the tile's layout puts a
+    # whole block in one thread's registers: no shuffles for its amax, and one thread computes its scale
+    PIECE: tl.constexpr = 128 // x_ptr.dtype.element_ty.primitive_bitwidth
+    piece = tl.arange(0, BLOCK // PIECE)[:, None, None, None] * PIECE
+    col = (tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCKS) * BLOCK)[None, None, :, None] + piece \
+        + tl.arange(0, PIECE)[None, None, None, :]
+    x = tl.load(x_ptr + row64[None, :, :, None] * stride_xm + col.to(tl.int64) * stride_xk,
+                mask=row_ok[None, :, :, None] & (col < k), other=0.0)
+    x = tl.reshape(tl.permute(to_f32(x), (1, 2, 0, 3)), (BLOCK_M, BLOCKS, BLOCK))
 
     # [MX-AMAX, MX-NAN]: an integer max of the magnitude bits; NaN sorts above +Inf, and a block
     # holding one has its scale and nibbles fixed anyway, so its amax never matters
@@ -128,7 +133,8 @@ def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, scale_rows, stride_xm, s
     y = x * pow2(-tl.minimum(e, 126))[:, :, None]
     packed = ENCODE(y, e == 127, nan)
     byte = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-    tl.store(q_ptr + row64 * (k // 2) + byte[None, :], packed.to(tl.uint8), mask=row_ok & (byte < k // 2)[None, :])
+    q_row = tl.multiple_of(k // 2, 16)  # K is a multiple of 32: each row of bytes starts 16-byte aligned
+    tl.store(q_ptr + row64 * q_row + byte[None, :], packed.to(tl.uint8), mask=row_ok & (byte < k // 2)[None, :])
 
 
 # (max rows, max K, config): the first entry that fits wins. Tuned on an H100; see docs/benchmarks.md.
