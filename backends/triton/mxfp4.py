@@ -9,7 +9,8 @@ each. Two steps are constexpr hooks, so a device backend can swap in instruction
 
 - ENCODE(y, half, nan) -> packed bytes: scaled values y (BLOCK_M, BLOCKS, 32), their blocks'
   `half` flags (the true value is y/2: only e = 127 blocks, see below) and NaN flags, to E2M1
-  bytes (BLOCK_M, BLOCK_K/2), the even element in the low nibble. Portable: encode_portable.
+  bytes (BLOCK_M, BLOCK_K/2), the even element in the low nibble: int32 whose low 8 bits are
+  stored (the bits above may hold anything). Portable: encode_portable.
 - RCEIL_EXPONENT(d) -> int32: ceil(log2 d) for positive normal float32 d. Portable: exponent bits.
 
 The same kernel serves per_token_group_quant_mxfp4 (vLLM's convention): `eps_bits` raises d to at
@@ -179,7 +180,7 @@ def launches(k: int, floor: bool, has_eps: bool, scale_f32: bool, swizzled: bool
             block_k = max(block_k, 4 * BLOCK)
         constexprs = dict(FLOOR=floor, ENCODE=encode, RCEIL_EXPONENT=rceil_exponent, HAS_EPS=has_eps,
                           SCALE_F32=scale_f32, SWIZZLED=swizzled, BLOCK_M=c.block_m, BLOCK_K=block_k)
-        # fp fusion is exact here: the one product-then-sum, a*h + 2^22, has an exact product
+        # fp fusion is exact here: every product-then-sum (the encoder's a * 2h + 2^23, ...) has an exact product
         launch = Launch(quantize_mxfp4_kernel, constexprs, num_warps=c.num_warps, enable_fp_fusion=True)
         found.append((max_rows, c.block_m, triton.cdiv(k, block_k), launch))
     return tuple(found)
