@@ -9,7 +9,8 @@ each. Two steps are constexpr hooks, so a device backend can swap in instruction
 
 - ENCODE(y, half, nan) -> packed bytes: scaled values y (BLOCK_M, BLOCKS, 32), their blocks'
   `half` flags (the true value is y/2: only e = 127 blocks, see below) and NaN flags, to E2M1
-  bytes (BLOCK_M, BLOCK_K/2), the even element in the low nibble. Portable: encode_portable.
+  bytes (BLOCK_M, BLOCK_K/2), the even element in the low nibble: int32 whose low 8 bits are
+  stored (the bits above may hold anything). Portable: encode_portable.
 - RCEIL_EXPONENT(d) -> int32: ceil(log2 d) for positive normal float32 d. Portable: exponent bits.
 
 The same kernel serves per_token_group_quant_mxfp4 (vLLM's convention): `eps_bits` raises d to at
@@ -60,17 +61,17 @@ def swizzled_offset(row64, col, cols):
 def encode_portable(y, half, nan):
     """[MX-ROUND, MX-SATURATE, MX-SIGN, MX-NAN] E2M1 nibbles of y (halved where `half`), packed.
 
-    a = |y| saturated at 6 (12 before halving). From 1 up, E2M1 is a float with one mantissa
-    bit: round float32's mantissa to one bit, ties to even, and rebias the exponent (the halving
-    is one off the exponent field). Below 1 the codes 0, 1, 2 are a * 2 rounded to an integer,
-    ties to even: adding 2^22 (whose ulp is 0.5) leaves exactly that count in the low bits."""
+    a = |y| saturated at 6 (12 before halving). E2M1 steps by 0.5 up to 2, by 1 up to 4 and by 2
+    up to 6, so its code is round(2a), 2 + round(a) or 4 + round(a/2) in those ranges, ties to even,
+    and each of the three is at least the code elsewhere (rounding is monotone): the code is their
+    minimum. Each is one exact FMA onto 2^23, whose ulp is 1, so the sum's low bits are the count
+    and the float32 bits compare as the counts do. The bits above the low byte are left over."""
+    h = tl.where(half, 0.5, 1.0)[:, :, None]  # a * h has the value of the halved a, exactly
     a = tl.minimum(tl.abs(y), tl.where(half, 12.0, 6.0)[:, :, None])
-    bits = a.to(tl.int32, bitcast=True)
-    shift = tl.where(half, 1 << 23, 0)[:, :, None]  # a * h has the bits of a, less 1 in the exponent
-    # ((bits - shift) + 0x1FFFFF + parity) >> 22, less 252 (1.0 = 0x3F800000 -> code 2), folded
-    normal = (bits + (0x1FFFFF - 0x3F000000 - shift) + ((bits >> 22) & 1)) >> 22
-    below_one = (a * tl.where(half, 0.5, 1.0)[:, :, None] + 4194304.0).to(tl.int32, bitcast=True) - 0x4A800000
-    code = tl.where(bits >= 0x3F800000 + shift, normal, below_one)
+    by_halves = (a * (h * 2.0) + 8388608.0).to(tl.int32, bitcast=True)
+    by_ones = (a * h + 8388610.0).to(tl.int32, bitcast=True)
+    by_twos = (a * (h * 0.5) + 8388612.0).to(tl.int32, bitcast=True)
+    code = tl.minimum(tl.minimum(by_halves, by_ones), by_twos)  # 2^23 + code: code in the low 3 bits
     nibble = code | ((y.to(tl.int32, bitcast=True) >> 28) & 0x8)
     return pack_pairs(tl.where(nan[:, :, None], 0x7, nibble))
 
@@ -89,14 +90,20 @@ def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, scale_rows, stride_xm, s
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = (row < rows)[:, None]
     row64 = row.to(tl.int64)[:, None]  # int64 offsets: tensors past 2^31 elements
-    col = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    x = tl.load(x_ptr + row64 * stride_xm + col.to(tl.int64)[None, :] * stride_xk,
-                mask=row_ok & (col < k)[None, :], other=0.0)
-    x = tl.reshape(to_f32(x), (BLOCK_M, BLOCKS, BLOCK))
+    # The 16-byte pieces of a block (vector loads) are the outermost dimension, so the tile's layout puts a
+    # whole block in one thread's registers: no shuffles for its amax, and one thread computes its scale
+    PIECE: tl.constexpr = 128 // x_ptr.dtype.element_ty.primitive_bitwidth
+    piece = tl.arange(0, BLOCK // PIECE)[:, None, None, None] * PIECE
+    col = (tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCKS) * BLOCK)[None, None, :, None] + piece \
+        + tl.arange(0, PIECE)[None, None, None, :]
+    x = tl.load(x_ptr + row64[None, :, :, None] * stride_xm + col.to(tl.int64) * stride_xk,
+                mask=row_ok[None, :, :, None] & (col < k), other=0.0)
+    x = tl.reshape(tl.permute(to_f32(x), (1, 2, 0, 3)), (BLOCK_M, BLOCKS, BLOCK))
 
-    # [MX-AMAX, MX-NAN]: an integer max of the magnitude bits; NaN sorts above +Inf, and a block
-    # holding one has its scale and nibbles fixed anyway, so its amax never matters
-    amax_bits = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2)
+    # [MX-AMAX, MX-NAN]: an unsigned max of the bits shifted left by one, the sign shifted out (a
+    # shift runs as a multiply on sm_90, off the logic pipe that bounds this kernel; a mask would not).
+    # NaN sorts above +Inf, and a block holding one has its scale and nibbles fixed anyway.
+    amax_bits = (tl.max(x.to(tl.uint32, bitcast=True) << 1, axis=2) >> 1).to(tl.int32)
     nan = amax_bits > F32_INF_BITS
     amax = amax_bits.to(tl.float32, bitcast=True)
     if FLOOR:  # [MX-FLOOR]
@@ -128,7 +135,8 @@ def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, scale_rows, stride_xm, s
     y = x * pow2(-tl.minimum(e, 126))[:, :, None]
     packed = ENCODE(y, e == 127, nan)
     byte = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-    tl.store(q_ptr + row64 * (k // 2) + byte[None, :], packed.to(tl.uint8), mask=row_ok & (byte < k // 2)[None, :])
+    q_row = tl.multiple_of(k // 2, 16)  # K is a multiple of 32: each row of bytes starts 16-byte aligned
+    tl.store(q_ptr + row64 * q_row + byte[None, :], packed.to(tl.uint8), mask=row_ok & (byte < k // 2)[None, :])
 
 
 # (max rows, max K, config): the first entry that fits wins. Tuned on an H100; see docs/benchmarks.md.
@@ -172,7 +180,7 @@ def launches(k: int, floor: bool, has_eps: bool, scale_f32: bool, swizzled: bool
             block_k = max(block_k, 4 * BLOCK)
         constexprs = dict(FLOOR=floor, ENCODE=encode, RCEIL_EXPONENT=rceil_exponent, HAS_EPS=has_eps,
                           SCALE_F32=scale_f32, SWIZZLED=swizzled, BLOCK_M=c.block_m, BLOCK_K=block_k)
-        # fp fusion is exact here: the one product-then-sum, a*h + 2^22, has an exact product
+        # fp fusion is exact here: every product-then-sum (the encoder's a * 2h + 2^23, ...) has an exact product
         launch = Launch(quantize_mxfp4_kernel, constexprs, num_warps=c.num_warps, enable_fp_fusion=True)
         found.append((max_rows, c.block_m, triton.cdiv(k, block_k), launch))
     return tuple(found)

@@ -262,6 +262,30 @@ def test_every_kind_of_float32_nan_marks_its_block(rule):
     assert (got_s == 0xFF).all() and (got_q == 0x77).all()
 
 
+# --- per_token_group_quant_mxfp4: the eps floor [MX-EPS] and float32 scales [MX-SCALE-F32] --------------
+
+def group_quant_bytes(quantize, x, scale_dtype):
+    q, _ = quantize_outputs(x)
+    s = torch.empty((*x.shape[:-1], x.shape[-1] // 32), dtype=scale_dtype)
+    q.view(torch.uint8).fill_(POISON)
+    s.view(torch.uint8).fill_(POISON)
+    quantize(x, q, s)
+    return q.view(torch.uint8), s.view(torch.uint8)
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.uint8], ids=["f32_scales", "e8m0_scales"])
+@pytest.mark.parametrize("eps", [0.0, 1e-10, 2.0**-100])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_group_quant_eps_and_float32_scales_match_reference(spicy, scale_dtype, eps, dtype):
+    special = torch.tensor([values for _, values, _ in special_blocks()], dtype=torch.float64).to(dtype)
+    for x in (spicy((64, 512), dtype, exponent_run=32, seed=7), special.reshape(1, -1)):
+        got = group_quant_bytes(lambda x, q, s: kernels.quantize(x, q, s, scale_rule="rceil", eps=eps, config=TALL),
+                                x, scale_dtype)
+        want = group_quant_bytes(lambda x, q, s: reference.quantize_into(x, q, s, eps=eps), x, scale_dtype)
+        assert_bytes_equal(got[1], want[1], f"scales (eps {eps})")
+        assert_bytes_equal(got[0], want[0], f"q (eps {eps})")
+
+
 # --- the jit helpers on their own -----------------------------------------------------------------
 
 @triton.jit
