@@ -83,6 +83,54 @@ def e4m3_value(byte):
     return (bits | ((byte & 0x80) << 24)).to(tl.float32, bitcast=True)
 
 
+@triton.jit
+def e4m3_as_float16_bits(byte):
+    """float16 bits (int32) of 2^-8 times the E4M3 values `byte` (int32 0..255), exactly: E4M3's exponent and
+    mantissa fields are float16's with the exponent bias 7 lower, so placed at bits 13..7 of a float16 they
+    read as the value times 2^(7 - 15), subnormals (exponent field 0) included; the sign moves from bit 14
+    to bit 15 by adding it to itself. 0x7F and 0xFF (E4M3's NaN) read as +-1.875: callers mask them."""
+    t = byte << 7
+    return t + (t & 0x4000)
+
+
+@triton.jit
+def store_chunks(row_ptr, chunk, bits, chunk_ok):
+    """Store `bits` (BLOCK_M, CHUNKS, C) to row_ptr (BLOCK_M, 1, 1) + chunk (CHUNKS,) + 0..C-1 where chunk_ok
+    (BLOCK_M, CHUNKS), each chunk's 16-byte pieces the outermost dimension: so the store's layout keeps a
+    thread's chunks in that thread (16-byte vectors), where a contiguous (BLOCK_M, CHUNKS * C) store, at most
+    16 bytes a thread, would move them through shared memory."""
+    M: tl.constexpr = bits.shape[0]
+    CHUNKS: tl.constexpr = bits.shape[1]
+    PIECE: tl.constexpr = 128 // row_ptr.dtype.element_ty.primitive_bitwidth
+    PIECES: tl.constexpr = bits.shape[2] // PIECE
+    pieces = tl.permute(tl.reshape(bits, (M, CHUNKS, PIECES, PIECE)), (2, 0, 1, 3))
+    col = chunk[None, None, :, None] + (tl.arange(0, PIECES) * PIECE)[:, None, None, None] \
+        + tl.arange(0, PIECE)[None, None, None, :]
+    tl.store(row_ptr[None, :, :, :] + col, pieces, mask=chunk_ok[None, :, :, None])
+
+
+@triton.jit
+def scaled_float16_bits(h, n, nan, OUT: tl.constexpr):
+    """The output bits (OUT as output_bits) of the float16 with bits `h` (int32; finite) times 2^n, for int32
+    n in [-188, 254]; NaN's bits where `nan`. The float16 widens to float32 exactly and two normal powers of
+    two scale it: exact, but for float32 overflow (Inf) and float32 subnormals, which round once, to nearest
+    even. bfloat16: the products carry an extra 2^-16, so bfloat16's subnormal step 2^-133 lands on float32's
+    2^-149 and that one rounding is bfloat16's; times 2^16 back (exact), the bits are the float32's high half.
+    """
+    v = h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    if OUT == 16:
+        n = n - 16
+    half = n >> 1
+    out = v * pow2(half) * pow2(n - half)
+    if OUT == 32:
+        bits = tl.where(nan, 0x7FC00000, out.to(tl.int32, bitcast=True))
+    elif OUT == 16:
+        bits = (tl.where(nan, 0x7FC00000, (out * 65536.0).to(tl.int32, bitcast=True)) >> 16).to(tl.int16)
+    else:
+        bits = tl.where(nan, 0x7E00, out.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)).to(tl.int16)
+    return bits
+
+
 # What a dequantize kernel's OUT constexpr says of its output (output_bits), and the integer dtype
 # its output is viewed as
 OUT_BITS = {torch.float32: (torch.int32, 32), torch.bfloat16: (torch.int16, 16), torch.float16: (torch.int16, 15)}

@@ -32,12 +32,13 @@ from lowbit import spec
 
 from .float_bits import (
     OUT_BITS,
+    e4m3_as_float16_bits,
     e4m3_integer,
-    e4m3_value,
     exponent_field,
     is_inf,
-    output_bits,
     pow2_or_subnormal,
+    scaled_float16_bits,
+    store_chunks,
     times_pow2,
     to_f32,
 )
@@ -114,30 +115,31 @@ def dequantize_fp8_group_packed_kernel(
         stride_qb, stride_qm, stride_qk, stride_sb, stride_sm, stride_sw,
         OUT: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """[FP8-DEQUANT] q (batches, mn, k) bytes with packed words (batches, mn, ceil(G/4)), both through
-    their strides, into contiguous out_ptr as bits (OUT: see output_bits)."""
-    GROUPS: tl.constexpr = BLOCK_K // GROUP
+    their strides, into contiguous out_ptr as bits (OUT: see output_bits). The tile is (BLOCK_M, CHUNKS, 16)
+    from the load to the store: a thread reads 16 bytes (one vector when q's rows are contiguous), the word of
+    their group, and stores their outputs in 16-byte vectors; nothing passes through shared memory."""
+    CHUNK: tl.constexpr = 16
+    CHUNKS: tl.constexpr = BLOCK_K // CHUNK
     batch = (tl.program_id(0) // tiles_per_batch).to(tl.int64)
     row = (tl.program_id(0) % tiles_per_batch) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row64 = row.to(tl.int64)  # int64 offsets: tensors past 2^31 elements
-    row_ok = (row < mn)[:, None]
-    col = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask = row_ok & (col < k)[None, :]
-    byte = tl.load(q_ptr + batch * stride_qb + row64[:, None] * stride_qm + col.to(tl.int64)[None, :] * stride_qk,
-                   mask=mask, other=0).to(tl.int32)
+    row64 = row.to(tl.int64)[:, None]  # int64 offsets: tensors past 2^31 elements
+    chunk = tl.program_id(1) * BLOCK_K + tl.arange(0, CHUNKS) * CHUNK  # first column of each chunk
+    chunk_ok = (row < mn)[:, None] & (chunk < k)[None, :]  # K is a multiple of GROUP, itself of 16
+    col = chunk[:, None] + tl.arange(0, CHUNK)[None, :]  # (CHUNKS, 16)
+    byte = tl.load(q_ptr + batch * stride_qb + row64[:, :, None] * stride_qm + col.to(tl.int64)[None, :, :] * stride_qk,
+                   mask=chunk_ok[:, :, None], other=0).to(tl.int32)
 
     # [FP8-PACK]: group g is byte g % 4 (little-endian) of word g // 4
-    group = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
-    word = tl.load(s_ptr + batch * stride_sb + row64[:, None] * stride_sm + (group // GROUPS_PER_WORD)[None, :] *
-                   stride_sw, mask=row_ok & (group < groups)[None, :], other=0)
+    group = chunk // GROUP
+    word = tl.load(s_ptr + batch * stride_sb + row64 * stride_sm + (group // GROUPS_PER_WORD)[None, :] *
+                   stride_sw, mask=chunk_ok, other=0)
     scale = (word >> ((group % GROUPS_PER_WORD) * 8)[None, :]) & 0xFF
-    # q * 2^(byte - 127) as two normal factors: every product is exact (or overflows to Inf, as the
-    # reference's does), and no target that flushes a subnormal 2^-127 (byte 0) can lose it
-    value = times_pow2(tl.reshape(e4m3_value(byte), (BLOCK_M, GROUPS, GROUP)), (scale - 127)[:, :, None])
-    # byte 0xFF is E8M0's NaN: NaN for the whole group, zeros included
-    nan = tl.full((), F32_NAN_BITS, tl.int32).to(tl.float32, bitcast=True)
-    value = tl.where((scale == E8M0_NAN)[:, :, None], nan, value)
-    tl.store(out_ptr + (batch * mn + row64)[:, None] * k + col[None, :],
-             output_bits(tl.reshape(value, (BLOCK_M, BLOCK_K)), OUT), mask=mask)
+    # q * 2^(scale - 127) = (q * 2^-8) * 2^(scale - 119); scale 255 is NaN below, and 254 overflows anyway
+    n = (tl.minimum(scale, 254) - 119)[:, :, None]
+    # NaN: an E4M3 NaN byte, or every element of a group whose scale byte is E8M0's NaN
+    nan = ((byte | tl.where(scale == E8M0_NAN, 0x7F, 0)[:, :, None]) & 0x7F) == 0x7F
+    bits = scaled_float16_bits(e4m3_as_float16_bits(byte), n, nan, OUT)
+    store_chunks(out_ptr + (batch * mn + row64)[:, :, None] * k, chunk, bits, chunk_ok)
 
 
 # (max rows, max K, config): the first entry that fits wins; block_k is fixed by the group (one

@@ -29,7 +29,15 @@ import triton.language as tl
 
 from lowbit import spec
 
-from .float_bits import OUT_BITS, ceil_exponent_field, exponent_field, output_bits, pow2, to_f32
+from .float_bits import (
+    OUT_BITS,
+    ceil_exponent_field,
+    exponent_field,
+    pow2,
+    scaled_float16_bits,
+    store_chunks,
+    to_f32,
+)
 from .launch import Launch, LaunchConfig, fitting, size_class
 
 BLOCK = tl.constexpr(spec.MX_BLOCK)  # elements per scale
@@ -195,44 +203,40 @@ def float32_bits(value: float) -> int:
 @triton.jit
 def dequantize_mxfp4_kernel(q_ptr, s_ptr, out_ptr, rows, k, stride_qm, stride_sm, SWIZZLED: tl.constexpr,
                             OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """[MX-DEQUANT] into out_ptr as bits (OUT: 32 float32, 16 bfloat16, 15 float16). value(code) *
-    2^(byte - 127) is built on float32 bits, by exponent arithmetic: exact, and no subnormal
-    operand for a target to flush (byte 0 scales by 2^-127)."""
+    """[MX-DEQUANT] into out_ptr as bits (OUT: 32 float32, 16 bfloat16, 15 float16). The tile is (BLOCK_M,
+    BLOCKS, 32) from the load (a block's 16 bytes) to the store, so a block's scale reaches its elements
+    without a shuffle and nothing passes through shared memory. A code is read as float16 bits (E2M1's
+    exponent and mantissa fields at bits 11..9 are its value times 2^-14, code 1 a float16 subnormal) and
+    scaled as MXFP8's elements are (scaled_float16_bits): every target computes the same bits."""
     BLOCKS: tl.constexpr = BLOCK_K // BLOCK
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row64 = row.to(tl.int64)[:, None]
-    row_ok = (row < rows)[:, None]
-    byte = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-    packed = tl.load(q_ptr + row64 * stride_qm + byte[None, :], mask=row_ok & (byte < k // 2)[None, :], other=0)
-    packed = packed.to(tl.int32)
-    nibble = tl.reshape(tl.join(packed & 0xF, packed >> 4), (BLOCK_M, BLOCKS, BLOCK))
-
     col = tl.program_id(1) * BLOCKS + tl.arange(0, BLOCKS)
     cols = k // BLOCK
+    block_ok = (row < rows)[:, None] & (col < cols)[None, :]  # (BLOCK_M, BLOCKS)
+    byte = (col * (BLOCK // 2))[:, None] + tl.arange(0, BLOCK // 2)[None, :]  # (BLOCKS, 16)
+    packed = tl.load(q_ptr + row64[:, :, None] * stride_qm + byte[None, :, :], mask=block_ok[:, :, None], other=0)
+    packed = packed.to(tl.int32)
+    # [MX-PACK] the even element in the low nibble; the sign (bit 3 of a nibble) goes to bit 15
+    even = ((packed & 0x7) << 9) | ((packed & 0x8) << 12)
+    odd = ((packed & 0x70) << 5) | ((packed & 0x80) << 8)
+    h = tl.reshape(tl.join(even, odd), (BLOCK_M, BLOCKS, BLOCK))
+
     if SWIZZLED:  # [MX-SWIZZLE]
         offset = swizzled_offset(row64, col, cols)
     else:
         offset = row64 * stride_sm + col[None, :]
-    scale = tl.load(s_ptr + offset, mask=row_ok & (col < cols)[None, :], other=127).to(tl.int32)
+    scale = tl.load(s_ptr + offset, mask=block_ok, other=127).to(tl.int32)
+    n = (tl.minimum(scale, 254) - 127 + 14)[:, :, None]  # scale 255 is NaN below, and 254 overflows anyway
+    bits = scaled_float16_bits(h, n, (scale == 255)[:, :, None], OUT)  # [MX-DEQUANT]: E8M0's NaN
 
-    # E2M1 code 1 is 0.5 (exponent field 126); codes 2..7 are (1 + m/2) * 2^((code >> 1) - 1)
-    code = nibble & 7
-    field = tl.where(code >= 2, (code >> 1) + 126, 126) + (scale - 127)[:, :, None]
-    mantissa = tl.where(code >= 2, (code & 1) << 22, 0)
-    normal = (field << 23) | mantissa
-    subnormal = (0x800000 | mantissa) >> tl.minimum(1 - field, 31)  # field >= -1 here: an exact shift
-    bits = tl.where(field >= 255, F32_INF_BITS, tl.where(field >= 1, normal, subnormal))
-    bits = tl.where(code == 0, 0, bits) | ((nibble & 8) << 28)
-    bits = tl.where((scale == 255)[:, :, None], F32_NAN_BITS, bits)  # [MX-DEQUANT]: E8M0's NaN
-    value = tl.reshape(bits, (BLOCK_M, BLOCK_K)).to(tl.float32, bitcast=True)
-
-    col = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    tl.store(out_ptr + row64 * k + col[None, :], output_bits(value, OUT), mask=row_ok & (col < k)[None, :])
+    store_chunks(out_ptr + row64[:, :, None] * k, col * BLOCK, bits, block_ok)
 
 
-# (max rows, max K, config), as LAUNCH_TABLE; not tuned yet (docs/benchmarks.md)
+# (max rows, max K, config), as LAUNCH_TABLE; not tuned yet (docs/benchmarks.md). A thread holds whole blocks of
+# 32 (fewer elements a thread leave threads idle)
 DEQUANTIZE_TABLE = (
-    (128, None, LaunchConfig(block_m=4, block_k=256, num_warps=4)),
+    (128, None, LaunchConfig(block_m=4, block_k=256, num_warps=1)),
     (None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),
 )
 

@@ -34,7 +34,17 @@ import triton.language as tl
 
 from lowbit import spec
 
-from .float_bits import OUT_BITS, ceil_exponent_field, e4m3_integer, pow2, pow2_or_subnormal, times_pow2, to_f32
+from .float_bits import (
+    OUT_BITS,
+    ceil_exponent_field,
+    e4m3_as_float16_bits,
+    e4m3_integer,
+    pow2_or_subnormal,
+    scaled_float16_bits,
+    store_chunks,
+    times_pow2,
+    to_f32,
+)
 from .fp8_group_packed import e4m3_hardware
 from .launch import Launch, LaunchConfig, fitting, size_class
 from .mxfp4 import F32_INF_BITS, swizzled_offset
@@ -95,55 +105,37 @@ def quantize_mxfp8_kernel(x_ptr, q_ptr, s_ptr, rows, k, scale_rows, stride_xm, s
 
 
 @triton.jit
-def e4m3_as_float16_bits(byte):
-    """float16 bits (int32) of 2^-8 times the E4M3 values `byte` (int32 0..255), exactly: E4M3's exponent and
-    mantissa fields are float16's with the exponent bias 7 lower, so placed at bits 13..7 of a float16 they
-    read as the value times 2^(7 - 15), subnormals (exponent field 0) included; the sign moves from bit 14
-    to bit 15 by adding it to itself. 0x7F and 0xFF (E4M3's NaN) read as +-1.875: callers mask them."""
-    t = byte << 7
-    return t + (t & 0x4000)
-
-
-@triton.jit
 def dequantize_mxfp8_kernel(q_ptr, s_ptr, out_ptr, rows, k, stride_qm, stride_qk, stride_sm, stride_sk,
                             SWIZZLED: tl.constexpr, OUT: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_K: tl.constexpr):
     """[MX8-DEQUANT] into contiguous out_ptr as bits: OUT is 32 (float32), 16 (bfloat16) or 15 (float16).
-    The tile is (BLOCK_M, BLOCKS, 32) from the load to the store, so a block's scale reaches its 32
-    elements without a shuffle. Bound by bytes: a handful of integer operations and two products per
-    element, the NaN test folded into one compare."""
-    BLOCKS: tl.constexpr = BLOCK_K // BLOCK
+    The tile is (BLOCK_M, CHUNKS, 16) from the load to the store: a thread reads 16 bytes (one vector when
+    q's rows are contiguous) and their block's scale, and stores their outputs in 16-byte vectors; nothing
+    passes through shared memory. Bound by bytes: a handful of integer operations and three products per
+    element (scaled_float16_bits), the NaN test folded into one compare."""
+    CHUNK: tl.constexpr = 16
+    CHUNKS: tl.constexpr = BLOCK_K // CHUNK
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row64 = row.to(tl.int64)[:, None]
-    block = tl.program_id(1) * BLOCKS + tl.arange(0, BLOCKS)
-    cols = k // BLOCK
-    block_ok = (row < rows)[:, None] & (block < cols)[None, :]  # (BLOCK_M, BLOCKS)
-    col = ((block * BLOCK)[:, None] + tl.arange(0, BLOCK)[None, :]).to(tl.int64)  # (BLOCKS, 32)
-    mask = block_ok[:, :, None]
-    byte = tl.load(q_ptr + row64[:, :, None] * stride_qm + col[None, :, :] * stride_qk, mask=mask, other=0)
+    chunk = tl.program_id(1) * BLOCK_K + tl.arange(0, CHUNKS) * CHUNK  # first column of each chunk
+    chunk_ok = (row < rows)[:, None] & (chunk < k)[None, :]  # (BLOCK_M, CHUNKS); K is a multiple of 32
+    col = (chunk[:, None] + tl.arange(0, CHUNK)[None, :]).to(tl.int64)  # (CHUNKS, 16)
+    byte = tl.load(q_ptr + row64[:, :, None] * stride_qm + col[None, :, :] * stride_qk, mask=chunk_ok[:, :, None],
+                   other=0)
     byte = byte.to(tl.int32)
 
+    block = chunk // BLOCK
     if SWIZZLED:
-        offset = swizzled_offset(row64, block, cols)
+        offset = swizzled_offset(row64, block, k // BLOCK)
     else:
         offset = row64 * stride_sm + block[None, :] * stride_sk
-    scale = tl.load(s_ptr + offset, mask=block_ok, other=127).to(tl.int32)
-    # value * 2^(scale - 127) = (value * 2^-8) * 2^(scale - 119), the power of two as two normal factors: exact
-    # but for float32 overflow (scale 254 and up to 448)
+    scale = tl.load(s_ptr + offset, mask=chunk_ok, other=127).to(tl.int32)
+    # value * 2^(scale - 127) = (value * 2^-8) * 2^(scale - 119); scale 255 is NaN below, and 254 overflows anyway
     n = tl.minimum(scale, 254) - 119
-    half = n >> 1
-    value = e4m3_as_float16_bits(byte).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    out = value * pow2(half)[:, :, None] * pow2(n - half)[:, :, None]
     # NaN: an E4M3 NaN byte, or every element of a block whose scale byte is E8M0's NaN
     nan = ((byte | tl.where(scale == 255, 0x7F, 0)[:, :, None]) & 0x7F) == 0x7F
-    if OUT == 32:
-        bits = tl.where(nan, 0x7FC00000, out.to(tl.int32, bitcast=True))
-    elif OUT == 16:  # bfloat16 by integer round to nearest even on the bits, the sign bit riding along
-        b = out.to(tl.int32, bitcast=True)
-        bits = tl.where(nan, 0x7FC0, (b + 0x7FFF + ((b >> 16) & 1)) >> 16).to(tl.int16)
-    else:
-        bits = tl.where(nan, 0x7E00, out.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)).to(tl.int16)
-    tl.store(out_ptr + row64[:, :, None] * k + col[None, :, :], bits, mask=mask)
+    bits = scaled_float16_bits(e4m3_as_float16_bits(byte), n[:, :, None], nan, OUT)
+    store_chunks(out_ptr + row64[:, :, None] * k, chunk, bits, chunk_ok)
 
 
 # (max rows, max K, config): the first entry that fits wins. The tiles of fp8_group_packed.py's table
@@ -153,9 +145,9 @@ QUANTIZE_TABLE = (
     (1024, None, LaunchConfig(block_m=2, block_k=512, num_warps=2)),
     (None, None, LaunchConfig(block_m=4, block_k=512, num_warps=4)),
 )
-# dequantize: 8 elements a thread (4 for float32 output, below), so that the byte loads and the 16-byte stores
-# of the output take one layout and nothing passes through shared memory
-DEQUANTIZE_TABLE = ((None, None, LaunchConfig(block_m=1, block_k=1024, num_warps=4)),)
+# dequantize: at least 16 elements a thread (one 16-byte load of q; the tile is whole chunks of 16 a thread, so
+# fewer would leave threads idle), on 64-wide AMD wavefronts too; 1024 divides K = 7168. Not timed yet
+DEQUANTIZE_TABLE = ((None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),)
 
 
 def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str, swizzled: bool,
@@ -225,7 +217,7 @@ def dequantize_launches(k: int, swizzled: bool, out_bits: int,
     """(max rows, BLOCK_M, column blocks, launch) of dequantize_mxfp8_kernel per DEQUANTIZE_TABLE entry."""
     found = []
     for max_rows, c in fitting(DEQUANTIZE_TABLE, k, config):
-        block_k = max(BLOCK.value, min(c.block_k // (2 if out_bits == 32 else 1), triton.next_power_of_2(k)))
+        block_k = max(BLOCK.value, min(c.block_k, triton.next_power_of_2(k)))
         constexprs = dict(SWIZZLED=swizzled, OUT=out_bits, BLOCK_M=c.block_m, BLOCK_K=block_k)
         # products only, each rounded once: fusion has nothing to fuse
         launch = Launch(dequantize_mxfp8_kernel, constexprs, num_warps=c.num_warps, enable_fp_fusion=False)
