@@ -96,15 +96,17 @@ CANDIDATES = {
     "quantize_mxfp8": (_mxfp8_runner, lambda m, k, itemsize: mxfp8_bytes(m, k, itemsize, "swizzled"), [
         LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (128, 256, 512, 1024), (1, 2, 4, 8))
         if _sensible(m, k, w)]),
-    "dequantize_mxfp8": (_mxfp8_dequantize_runner, mxfp8_dequantize_bytes, [  # 8 elements a thread: no shuffle
-        LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4), (256, 512, 1024, 2048, 4096), (1, 2, 4, 8))
-        if 4 <= m * k // (32 * w) <= 32]),
-    "dequantize_mxfp4": (_mxfp4_dequantize_runner, mxfp4_dequant_bytes, [  # 4 to 32 elements a thread
+    # dequantize: a thread holds whole 16-byte chunks of q (MXFP4: whole blocks of 32), so fewer elements a
+    # thread leave threads idle
+    "dequantize_mxfp8": (_mxfp8_dequantize_runner, mxfp8_dequantize_bytes, [
+        LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (512, 1024, 2048), (1, 2, 4, 8))
+        if 16 <= m * k // (32 * w) <= 64]),
+    "dequantize_mxfp4": (_mxfp4_dequantize_runner, mxfp4_dequant_bytes, [
         LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (256, 512, 1024, 2048), (1, 2, 4, 8))
-        if 4 <= m * k // (32 * w) <= 32]),
-    "dequantize_fp8_group_packed": (_fp8_dequantize_runner, fp8_dequantize_bytes, [  # 4 to 32 elements a thread
+        if 32 <= m * k // (32 * w) <= 64]),
+    "dequantize_fp8_group_packed": (_fp8_dequantize_runner, fp8_dequantize_bytes, [
         LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (256, 512, 1024, 2048), (1, 2, 4, 8))
-        if 4 <= m * k // (32 * w) <= 32]),
+        if 16 <= m * k // (32 * w) <= 64]),
     "quantize_nvfp4": (_nvfp4_runner, nvfp4_bytes, [LaunchConfig(m, k, w) for m, k, w in itertools.product(
         (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
     "quantize_fp8_group_packed": (_fp8_runner, fp8_bytes, [LaunchConfig(m, 512, w) for m, w in itertools.product(

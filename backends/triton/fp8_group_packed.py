@@ -15,8 +15,8 @@ run exactly (the interpreter's own fp8 cast is wrong near binade edges and for N
 
 Dequantize, one pass: each program owns BLOCK_M rows x BLOCK_K elements. It reads the E4M3 bytes and
 the packed words of its groups through their strides (a word serves 4 groups, so the scales add
-under 1 % to the bytes read), decodes both by integer arithmetic and writes the output dtype's
-bits: every target and the interpreter compute the same bits.
+under 1 % to the bytes read), decodes both (E4M3 as float16 bits, scaled by exact products: float_bits.py's
+scaled_float16_bits) and writes the output dtype's bits: every target and the interpreter compute the same bits.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ MIN_SCALE_BYTE = tl.constexpr(94)  # the power-of-two ceiling of fl32(1e-10) is 
 MAX_SCALE_BYTE = tl.constexpr(spec.FP8_MAX_SCALE_BYTE)
 FP8_NAN_BYTE = tl.constexpr(spec.FP8_NAN_BYTE)  # whatever the NaN's sign
 E8M0_NAN = tl.constexpr(spec.E8M0_NAN)
-F32_NAN_BITS = tl.constexpr(0x7FC00000)
 
 
 @triton.jit
