@@ -68,8 +68,8 @@ def fp8_scale_byte(a):
 
 @triton.jit
 def e4m3_hardware(v):
-    """E4M3FN byte of non-NaN float32 v by the float8e4nv cast: on sm_89+ one
-    cvt.rn.satfinite.e4m3x2.f32 per pair, which saturates to +-448 itself."""
+    """E4M3FN byte of float32 v by the float8e4nv cast: on sm_89+ one cvt.rn.satfinite.e4m3x2.f32 per
+    pair, which saturates to +-448 itself and turns NaN into NaN, so +NaN into 0x7F."""
     return v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
 
 
@@ -90,14 +90,20 @@ def quantize_fp8_group_packed_kernel(
     x = tl.reshape(to_f32(x), (BLOCK_M, GROUPS_PER_WORD, GROUP))
 
     nan = x != x  # [FP8-NAN]: ignored by amax
-    amax = tl.max(tl.where(nan, 0.0, tl.abs(x)), axis=2)
+    if HARDWARE_E4M3:  # NVIDIA's max.f32 returns the operand that is not NaN: no select needed
+        amax = tl.max(tl.abs(x), axis=2)
+    else:  # other targets' maxnum may turn a signaling NaN into a quiet one instead
+        amax = tl.max(tl.where(nan, 0.0, tl.abs(x)), axis=2)
     byte = fp8_scale_byte(tl.maximum(amax, eps))  # [FP8-SCALE, FP8-INF]
     if HARDWARE_E4M3:  # [FP8-ELEMENT] x / 2^(byte - 127), exact; saturated by the conversion
-        # NVIDIA's mul.f32 keeps subnormal operands, so 2^-127 (byte 254, Inf groups) is one factor
-        q = e4m3_hardware(x * pow2_or_subnormal(127 - byte)[:, :, None])
+        # NVIDIA's mul.f32 keeps subnormal operands, so 2^-127 (byte 254, Inf groups) is one factor. NaN
+        # becomes +NaN, which converts to 0x7F: a select on the float32 before the pair conversion costs
+        # half of one on its bytes after (unpacked from the pairs and packed again)
+        v = tl.where(nan, tl.full((), F32_NAN_BITS, tl.int32).to(tl.float32, bitcast=True),
+                     x * pow2_or_subnormal(127 - byte)[:, :, None])
+        q = e4m3_hardware(v)
     else:  # two normal factors: other targets may flush a subnormal 2^-127
-        q = e4m3_integer(times_pow2(x, 127 - byte[:, :, None]))
-    q = tl.where(nan, FP8_NAN_BYTE, q)
+        q = tl.where(nan, FP8_NAN_BYTE, e4m3_integer(times_pow2(x, 127 - byte[:, :, None])))
     tl.store(q_ptr + batch * stride_qb + row64[:, None] * k + col[None, :],
              tl.reshape(q, (BLOCK_M, WORD)), mask=(row < q_rows)[:, None] & col_ok)
 
