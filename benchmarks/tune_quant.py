@@ -109,8 +109,9 @@ CANDIDATES = {
         if 16 <= m * k // (32 * w) <= 64]),
     "quantize_nvfp4": (_nvfp4_runner, nvfp4_bytes, [LaunchConfig(m, k, w) for m, k, w in itertools.product(
         (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
-    "quantize_fp8_group_packed": (_fp8_runner, fp8_bytes, [LaunchConfig(m, 512, w) for m, w in itertools.product(
-        (2, 4, 8, 16), (1, 2, 4, 8)) if _sensible(m, 512, w)]),
+    "quantize_fp8_group_packed": (_fp8_runner, fp8_bytes, [  # 8 to 128 elements a thread: up to a whole group
+        LaunchConfig(m, 512, w) for m, w in itertools.product((2, 4, 8, 16, 32, 64), (1, 2, 4, 8))
+        if 8 <= m * 512 // (32 * w) <= 128]),
     "quantize_fp8_group": (_fp8_group_runner, fp8_float_scale_bytes, [  # up to 64 elements a thread
         LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (256, 512, 1024, 2048), (1, 2, 4, 8))
         if 1024 <= m * k <= 8192 and 8 <= m * k // (32 * w) <= 64]),

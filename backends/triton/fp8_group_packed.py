@@ -2,12 +2,12 @@
 kernels, and their launchers.
 
 Quantize, one pass: each program owns BLOCK_M rows x one packed scale word (4 groups of GROUP elements). It
-loads that tile, reduces each group's amax in registers (the reductions stay within a warp's lanes:
-shuffles, no shared memory), derives the UE8M0 byte from exponent bits, writes the E4M3 elements
-and then the int32 word straight into DeepGEMM's MN-major, TMA-aligned layout: rows of one word
-column are contiguous there, so BLOCK_M rows make one contiguous store. No transpose, no second
-kernel. Rows from mn up to the buffers' row counts are written as zeros, so one launch also fills
-the TMA padding.
+loads that tile, a group split between GROUP_THREADS threads' registers in 16-element pieces, reduces
+each group's amax in registers and then across those threads (shuffles, no shared memory), derives
+the UE8M0 byte from exponent bits, writes the E4M3 elements and then the int32 word straight into
+DeepGEMM's MN-major, TMA-aligned layout: rows of one word column are contiguous there, so BLOCK_M
+rows make one contiguous store. No transpose, no second kernel. Rows from mn up to the buffers' row
+counts are written as zeros, so one launch also fills the TMA padding.
 
 The E4M3 conversion has two forms behind the HARDWARE_E4M3 constexpr: the float8e4nv cast (one
 instruction on sm_89+), and integer round-to-nearest-even, which every target and the interpreter
@@ -49,6 +49,8 @@ MIN_SCALE_BYTE = tl.constexpr(94)  # the power-of-two ceiling of fl32(1e-10) is 
 MAX_SCALE_BYTE = tl.constexpr(spec.FP8_MAX_SCALE_BYTE)
 FP8_NAN_BYTE = tl.constexpr(spec.FP8_NAN_BYTE)  # whatever the NaN's sign
 E8M0_NAN = tl.constexpr(spec.E8M0_NAN)
+F32_NAN_BITS = tl.constexpr(0x7FC00000)
+PIECE = tl.constexpr(16)  # elements a thread quantizes in one run: a 16-byte store of q
 
 
 @triton.jit
@@ -68,38 +70,59 @@ def fp8_scale_byte(a):
 
 @triton.jit
 def e4m3_hardware(v):
-    """E4M3FN byte of non-NaN float32 v by the float8e4nv cast: on sm_89+ one
-    cvt.rn.satfinite.e4m3x2.f32 per pair, which saturates to +-448 itself."""
+    """E4M3FN byte of float32 v by the float8e4nv cast: on sm_89+ one cvt.rn.satfinite.e4m3x2.f32 per
+    pair, which saturates to +-448 itself and turns NaN into NaN, so +NaN into 0x7F."""
     return v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+
+
+@triton.jit
+def group_max(a):
+    """The max over each group of a (PIECES, BLOCK_M, GROUPS_PER_WORD, GROUP_THREADS, PIECE) tile: each
+    thread's own elements first, then shuffles between the threads that share the group."""
+    return tl.max(tl.max(tl.max(a, axis=4), axis=0), axis=2)
 
 
 @triton.jit
 def quantize_fp8_group_packed_kernel(
         x_ptr, q_ptr, s_ptr, mn, k, groups, q_rows, s_rows, tiles_per_batch,
         stride_xb, stride_xm, stride_xk, stride_qb, stride_sb, stride_sw, eps,
-        HARDWARE_E4M3: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr):
+        HARDWARE_E4M3: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, GROUP_THREADS: tl.constexpr):
     WORD: tl.constexpr = GROUPS_PER_WORD * GROUP  # elements one scale word covers
+    # The tile as (PIECES, BLOCK_M, GROUPS_PER_WORD, GROUP_THREADS, PIECE): a thread's PIECE elements are
+    # loaded in 16-byte vectors and stored as one 16-byte vector of q, and the pieces, the outermost
+    # dimension, stay in each thread's registers. So GROUP_THREADS threads share a group: the fewer, the
+    # fewer shuffles for its amax and the fewer threads repeating its scale arithmetic.
+    PIECES: tl.constexpr = GROUP // (GROUP_THREADS * PIECE)
     batch = (tl.program_id(0) // tiles_per_batch).to(tl.int64)
     row = (tl.program_id(0) % tiles_per_batch) * BLOCK_M + tl.arange(0, BLOCK_M)
     row64 = row.to(tl.int64)  # int64 offsets: tensors past 2^31 elements
+    rows = row64[None, :, None, None, None]
     word = tl.program_id(1)
-    col = word * WORD + tl.arange(0, WORD)
-    col_ok = (col < k)[None, :]
-    x = tl.load(x_ptr + batch * stride_xb + row64[:, None] * stride_xm + col.to(tl.int64)[None, :] * stride_xk,
-                mask=(row < mn)[:, None] & col_ok, other=0.0)  # rows >= mn read as 0 and quantize to 0
-    x = tl.reshape(to_f32(x), (BLOCK_M, GROUPS_PER_WORD, GROUP))
+    col = (word * WORD + tl.arange(0, GROUPS_PER_WORD) * GROUP)[None, None, :, None, None] \
+        + (tl.arange(0, PIECES) * (GROUP_THREADS * PIECE))[:, None, None, None, None] \
+        + (tl.arange(0, GROUP_THREADS) * PIECE)[None, None, None, :, None] + tl.arange(0, PIECE)
+    col_ok = col < k
+    x = tl.load(x_ptr + batch * stride_xb + rows * stride_xm + col.to(tl.int64) * stride_xk,
+                mask=(rows < mn) & col_ok, other=0.0)  # rows >= mn read as 0 and quantize to 0
+    x = to_f32(x)
 
     nan = x != x  # [FP8-NAN]: ignored by amax
-    amax = tl.max(tl.where(nan, 0.0, tl.abs(x)), axis=2)
+    if HARDWARE_E4M3:  # NVIDIA's max.f32 returns the operand that is not NaN: no select needed
+        amax = group_max(tl.abs(x))
+    else:  # other targets' maxnum may turn a signaling NaN into a quiet one instead
+        amax = group_max(tl.where(nan, 0.0, tl.abs(x)))
     byte = fp8_scale_byte(tl.maximum(amax, eps))  # [FP8-SCALE, FP8-INF]
+    scale_exponent = 127 - byte[None, :, :, None, None]
     if HARDWARE_E4M3:  # [FP8-ELEMENT] x / 2^(byte - 127), exact; saturated by the conversion
-        # NVIDIA's mul.f32 keeps subnormal operands, so 2^-127 (byte 254, Inf groups) is one factor
-        q = e4m3_hardware(x * pow2_or_subnormal(127 - byte)[:, :, None])
+        # NVIDIA's mul.f32 keeps subnormal operands, so 2^-127 (byte 254, Inf groups) is one factor. NaN
+        # becomes +NaN, which converts to 0x7F: a select on the float32 before the pair conversion costs
+        # half of one on its bytes after (unpacked from the pairs and packed again)
+        v = tl.where(nan, tl.full((), F32_NAN_BITS, tl.int32).to(tl.float32, bitcast=True),
+                     x * pow2_or_subnormal(scale_exponent))
+        q = e4m3_hardware(v)
     else:  # two normal factors: other targets may flush a subnormal 2^-127
-        q = e4m3_integer(times_pow2(x, 127 - byte[:, :, None]))
-    q = tl.where(nan, FP8_NAN_BYTE, q)
-    tl.store(q_ptr + batch * stride_qb + row64[:, None] * k + col[None, :],
-             tl.reshape(q, (BLOCK_M, WORD)), mask=(row < q_rows)[:, None] & col_ok)
+        q = tl.where(nan, FP8_NAN_BYTE, e4m3_integer(times_pow2(x, scale_exponent)))
+    tl.store(q_ptr + batch * stride_qb + rows * k + col, q, mask=(rows < q_rows) & col_ok)
 
     # [FP8-PACK]: byte j of the word holds group 4*word + j; groups past G and rows past mn give 0
     group = word * GROUPS_PER_WORD + tl.arange(0, GROUPS_PER_WORD)
@@ -200,9 +223,18 @@ def launches(k: int, group_size: int, hardware_e4m3: bool,
     return tuple(
         # fp fusion is exact here: the one product-then-sum, |v|*512 + 2^23, has an exact product
         (max_rows, c.block_m, Launch(quantize_fp8_group_packed_kernel,
-                                     dict(HARDWARE_E4M3=hardware_e4m3, GROUP=group_size, BLOCK_M=c.block_m),
+                                     dict(HARDWARE_E4M3=hardware_e4m3, GROUP=group_size, BLOCK_M=c.block_m,
+                                          GROUP_THREADS=group_threads(c, group_size)),
                                      num_warps=c.num_warps, enable_fp_fusion=True))
         for max_rows, c in fitting(LAUNCH_TABLE, k, config))
+
+
+def group_threads(config: LaunchConfig, group_size: int, warp_size: int = 32) -> int:
+    """GROUP_THREADS of quantize_fp8_group_packed_kernel: its threads spread over the tile's groups, at
+    least one 16-byte piece of a group each (smaller tiles repeat elements across threads) and at most
+    a whole group (larger ones give a thread several groups). Warps are 32 threads on NVIDIA and XPU."""
+    groups = spec.FP8_GROUPS_PER_WORD * config.block_m
+    return max(1, min(group_size // PIECE.value, warp_size * config.num_warps // groups))
 
 
 @functools.lru_cache(maxsize=1024)

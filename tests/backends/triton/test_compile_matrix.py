@@ -17,6 +17,7 @@ from lowbit.backends.cuda import BACKEND as CUDA_BACKEND  # noqa: E402
 from lowbit.backends.cuda import mxfp4 as cuda_mxfp4  # noqa: E402
 from lowbit.backends.cuda import ptx  # noqa: E402
 from lowbit.backends.triton import fp8_group, fp8_group_packed, mxfp4, mxfp8, nvfp4, unified_attention  # noqa: E402
+from lowbit.backends.triton.launch import LaunchConfig  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.compiler.errors import CompilationError  # noqa: E402
@@ -69,8 +70,10 @@ def compile_fp8(arch, *, hardware_e4m3, dtype="*bf16", index="i32"):
     signature = {"x_ptr": dtype, "q_ptr": "*u8", "s_ptr": "*i32", "mn": "i32", "k": "i32", "groups": "i32",
                  "q_rows": "i32", "s_rows": "i32", "tiles_per_batch": "i32", "stride_xb": index, "stride_xm": "i32",
                  "stride_xk": "constexpr", "stride_qb": index, "stride_sb": index, "stride_sw": "i32", "eps": "fp32",
-                 "HARDWARE_E4M3": "constexpr", "GROUP": "constexpr", "BLOCK_M": "constexpr"}
-    constexprs = {"stride_xk": 1, "HARDWARE_E4M3": hardware_e4m3, "GROUP": GROUP, "BLOCK_M": BLOCK_M}
+                 "HARDWARE_E4M3": "constexpr", "GROUP": "constexpr", "BLOCK_M": "constexpr", "GROUP_THREADS": "constexpr"}
+    config = LaunchConfig(block_m=BLOCK_M, block_k=4 * GROUP, num_warps=NUM_WARPS)
+    constexprs = {"stride_xk": 1, "HARDWARE_E4M3": hardware_e4m3, "GROUP": GROUP, "BLOCK_M": BLOCK_M,
+                  "GROUP_THREADS": fp8_group_packed.group_threads(config, GROUP, target(arch).warp_size)}
     return compile_kernel(fp8_group_packed.quantize_fp8_group_packed_kernel, signature, constexprs, arch,
                           divisible=("x_ptr", "q_ptr", "s_ptr", "k", "stride_xb", "stride_xm", "stride_qb",
                                      "stride_sb", "stride_sw"),

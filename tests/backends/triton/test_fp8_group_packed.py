@@ -115,6 +115,17 @@ def test_bfloat16_loads_of_every_pattern_match_reference(k):
     assert_matches_reference(x)
 
 
+# block_m 32, 16, 8 and 4 rows of 4 warps: a group's 16-element pieces split between one thread's registers
+# and 1, 2, 4 or 8 threads (GROUP_THREADS)
+SPLITS = [LaunchConfig(block_m=m, block_k=4 * GROUP, num_warps=4) for m in (32, 16, 8, 4)]
+
+
+@pytest.mark.parametrize("config", SPLITS, ids=lambda c: f"{kernels.group_threads(c, GROUP)}_threads")
+def test_every_split_of_a_group_between_threads_matches_reference(config):
+    x = from_bits16(arrangements(ALL16, BF16_ANCHORS, GROUP, (1, 77), anchor_first=True, row=640), torch.bfloat16)
+    assert_matches_reference(x, config=config)
+
+
 @pytest.mark.parametrize("k", [128, 384])
 def test_every_float16_pattern_under_several_group_scales_matches_reference(k):
     x = from_bits16(arrangements(ALL16, F16_ANCHORS, GROUP, (1, 77), anchor_first=True, row=k), torch.float16)
