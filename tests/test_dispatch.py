@@ -13,7 +13,7 @@ from lowbit.backends.cpu import mxfp4 as cpu_mxfp4
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lowbit
-from lowbit import dispatch, registry
+from lowbit import devices, dispatch, registry
 from lowbit.backend import Backend, Kernel
 from lowbit.capability import ArchRange
 
@@ -145,6 +145,39 @@ def test_arch_range_is_checked_and_an_unknown_arch_is_said(monkeypatch):
     monkeypatch.setattr(lowbit.query, "device_arch", lambda device: None)  # as on a machine without the GPU
     unknown = lowbit.supports("quantize_mxfp4", x, device="cuda")
     assert "cannot tell this cuda device's arch" in unknown.reasons["fast"][0]
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """torch sees two NVIDIA GPUs, cuda:0 an sm_90 and cuda:1 an sm_80, with cuda:0 current; the
+    fixture's value makes another one current (torch.cuda.set_device)."""
+    current = [0]
+    archs = {0: (9, 0), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    # torch reads a device without an index as the current one
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: archs[current[0] if device is None or device.index is None
+                                                  else device.index])
+    devices.device_arch.cache_clear()
+    yield lambda index: current.__setitem__(0, index)
+    devices.device_arch.cache_clear()  # nothing learned from the stand-in GPUs outlives the test
+
+
+def test_a_bare_cuda_device_is_the_current_one_whenever_it_is_asked(two_gpus):
+    x = torch.empty(4, 64, dtype=torch.bfloat16, device="meta")
+    assert lowbit.supports("quantize_mxfp4", x, device="cuda").call.arch == 90
+    two_gpus(1)  # torch.cuda.set_device(1): "cuda" is now the sm_80, not the arch first cached for "cuda"
+    assert lowbit.supports("quantize_mxfp4", x, device="cuda").call.arch == 80
+    assert lowbit.supports("quantize_mxfp4", x, device="cuda:0").call.arch == 90
+
+
+def test_a_call_takes_the_arch_of_its_inputs_device_not_the_current_one(two_gpus):
+    with FakeTensorMode():
+        x = torch.empty(4, 64, dtype=torch.bfloat16, device="cuda:1")
+        assert lowbit.supports("quantize_mxfp4", x).call.arch == 80
+        assert lowbit.supports("quantize_mxfp4", x.to("cuda:0")).call.arch == 90
 
 
 def test_a_backend_that_cannot_load_says_why():
