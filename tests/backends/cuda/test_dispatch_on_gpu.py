@@ -1,6 +1,7 @@
 """Dispatch with a real NVIDIA GPU: the kernel auto-dispatch picks for CUDA tensors (and what
 `explain()` and `python -m lowbit info` say about it), the logged fallback to the reference for the
-ops the cuda backend lacks or the options it refuses, LOWBIT_STRICT=1, forced variants.
+ops the cuda backend lacks or the options it refuses, LOWBIT_STRICT=1, forced variants. With two
+GPUs, every public op on an input on cuda:1 while cuda:0 is current: it runs on cuda:1 alone.
 
 The expectations are written for the H100 the suite is run on before a CUDA issue is resolved
 (sm_90: the portable Triton variant for both quantize ops, the PTX variant refused for its arch);
@@ -8,14 +9,16 @@ they follow the arch where another GPU answers differently."""
 
 import io
 import logging
+from functools import partial
 
 import pytest
 import torch
+from attention_cases import MIXES, assert_close, build
 from oracles import raw
 from preambles import ARCH, on_cuda
 
 import lowbit
-from lowbit import cli, dispatch
+from lowbit import cli, dispatch, spec
 
 pytestmark = on_cuda()
 
@@ -229,15 +232,200 @@ def test_the_decision_is_made_once_per_call_kind_not_per_row_count():
     assert dispatch.select.cache_info() == asked  # the kernel is remembered: nothing is asked again
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2,
-                    reason="needs two GPUs (an input on cuda:1 while cuda:0 is the current device)")
-def test_an_input_on_a_device_other_than_the_current_one():
-    x = sample((37, 2048), seed=10)
+# --- an input on another GPU than the current one ----------------------------------------------------
+
+TWO_GPUS = torch.cuda.device_count() >= 2
+two_gpus = pytest.mark.skipif(not TWO_GPUS,
+                              reason="needs two GPUs (an input on cuda:1 while cuda:0 is the current device)")
+ARCH_1 = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability(1)) if TWO_GPUS else None
+CUDA_0, CUDA_1 = torch.device("cuda:0"), torch.device("cuda:1")
+
+
+def x_sample() -> torch.Tensor:
+    """The input of every quantize case: 40 rows (a multiple of 4: TMA-aligned scales need no padding
+    rows) of 512 (whole groups and blocks of every format)."""
+    return sample((40, 512), seed=10)
+
+
+def of_x(**kwargs):
+    """The inputs of a quantize case: x, and the keyword arguments computed from it (`name=f(x)`)."""
+    def make():
+        x = x_sample()
+        return (x,), {name: f(x) for name, f in kwargs.items()}
+    return make
+
+
+def quantized(quantize, **options):
+    """The inputs of a dequantize case: what the reference's quantize returns for x_sample()."""
+    return lambda: (quantize(x_sample(), backend="cpu", **options), {})
+
+
+def with_out(quantize, **options):
+    """The inputs of an out= case: x, and zeroed buffers strided as quantize's own outputs."""
+    def make():
+        x = x_sample()
+        return (x,), {"out": tuple(torch.zeros_like(t) for t in quantize(x, backend="cpu", **options))}
+    return make
+
+
+def group_quant(x, x_q, x_s, **options):
+    """per_token_group_quant_mxfp4, which fills caller buffers and returns None: the buffers."""
+    lowbit.per_token_group_quant_mxfp4(x, x_q, x_s, **options)
+    return x_q, x_s
+
+
+def group_quant_buffers(scale_dtype, scale_layout):
+    def make():
+        x = x_sample()
+        scales = spec.scale_shape(x.shape[:-1], x.shape[-1] // spec.MX_BLOCK, scale_layout)
+        return (x, torch.zeros(*x.shape[:-1], x.shape[-1] // 2, dtype=torch.uint8),
+                torch.zeros(scales, dtype=scale_dtype)), {}
+    return make
+
+
+F32 = torch.float32
+# name: (least arch both GPUs need for the cuda backend to take it, the call, its inputs on the CPU: (args, kwargs))
+ON_CUDA_1 = {
+    "quantize_mxfp4": (80, lowbit.quantize_mxfp4, of_x()),
+    "quantize_mxfp4-floor-swizzled": (80, partial(lowbit.quantize_mxfp4, scale_rule="floor", scale_layout="swizzled"),
+                                      of_x()),
+    "per_token_group_quant_mxfp4": (80, group_quant, group_quant_buffers(F32, "linear")),
+    "per_token_group_quant_mxfp4-swizzled": (80, partial(group_quant, scale_layout="swizzled"),
+                                             group_quant_buffers(torch.uint8, "swizzled")),
+    "dequantize_mxfp4": (80, partial(lowbit.dequantize_mxfp4, dtype=F32), quantized(lowbit.quantize_mxfp4)),
+    "dequantize_mxfp4-swizzled": (80, partial(lowbit.dequantize_mxfp4, scale_layout="swizzled"),
+                                  quantized(lowbit.quantize_mxfp4, scale_layout="swizzled")),
+    "quantize_nvfp4-computed": (80, lowbit.quantize_nvfp4, of_x()),
+    "quantize_nvfp4-computed-per_row-swizzled": (
+        80, partial(lowbit.quantize_nvfp4, per_row=True, scale_layout="swizzled"), of_x()),
+    "quantize_nvfp4-given": (80, lowbit.quantize_nvfp4,
+                             of_x(global_scale=partial(lowbit.nvfp4_global_scale, backend="cpu"))),
+    "quantize_nvfp4-given-per_row": (
+        80, partial(lowbit.quantize_nvfp4, per_row=True),
+        of_x(global_scale=partial(lowbit.nvfp4_global_scale, per_row=True, backend="cpu"))),
+    "nvfp4_global_scale": (80, lowbit.nvfp4_global_scale, of_x()),
+    "nvfp4_global_scale-per_row": (80, partial(lowbit.nvfp4_global_scale, per_row=True), of_x()),
+    "scaled_fp4_quant": (80, lowbit.scaled_fp4_quant,
+                         of_x(input_global_scale=partial(lowbit.nvfp4_global_scale, backend="cpu"))),
+    "dequantize_nvfp4": (80, partial(lowbit.dequantize_nvfp4, dtype=torch.float16), quantized(lowbit.quantize_nvfp4)),
+    "dequantize_nvfp4-per_row-swizzled": (80, partial(lowbit.dequantize_nvfp4, scale_layout="swizzled"),
+                                          quantized(lowbit.quantize_nvfp4, per_row=True, scale_layout="swizzled")),
+    "quantize_mxfp8": (89, lowbit.quantize_mxfp8, of_x()),
+    "quantize_mxfp8-floor-swizzled": (89, partial(lowbit.quantize_mxfp8, scale_rule="floor", scale_layout="swizzled"),
+                                      of_x()),
+    "dequantize_mxfp8": (89, partial(lowbit.dequantize_mxfp8, dtype=F32), quantized(lowbit.quantize_mxfp8)),
+    "dequantize_mxfp8-swizzled": (89, partial(lowbit.dequantize_mxfp8, scale_layout="swizzled"),
+                                  quantized(lowbit.quantize_mxfp8, scale_layout="swizzled")),
+    "quantize_fp8_group_packed": (89, lowbit.quantize_fp8_group_packed, of_x()),
+    "quantize_fp8_group_packed-out": (89, lowbit.quantize_fp8_group_packed, with_out(lowbit.quantize_fp8_group_packed)),
+    "dequantize_fp8_group_packed": (89, partial(lowbit.dequantize_fp8_group_packed, dtype=F32),
+                                    quantized(lowbit.quantize_fp8_group_packed)),
+    "quantize_fp8_group": (89, lowbit.quantize_fp8_group, of_x()),
+    "quantize_fp8_group-64-ue8m0-column_major": (
+        89, partial(lowbit.quantize_fp8_group, group_size=64, ue8m0=True, scale_layout="column_major"), of_x()),
+    "quantize_fp8_group-column_major_tma-out": (
+        89, partial(lowbit.quantize_fp8_group, scale_layout="column_major_tma"),
+        with_out(lowbit.quantize_fp8_group, scale_layout="column_major_tma")),
+    "dequantize_fp8_group": (89, partial(lowbit.dequantize_fp8_group, dtype=F32), quantized(lowbit.quantize_fp8_group)),
+    "dequantize_fp8_group-column_major": (89, lowbit.dequantize_fp8_group,
+                                          quantized(lowbit.quantize_fp8_group, scale_layout="column_major")),
+    "quantize_fp8_block": (89, lowbit.quantize_fp8_block, of_x()),
+    "dequantize_fp8_block": (89, partial(lowbit.dequantize_fp8_block, dtype=F32), quantized(lowbit.quantize_fp8_block)),
+}
+
+
+def to(device, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """args and kwargs with every tensor (also in a tuple) copied to `device`, strides kept. Copied from
+    the CPU, never from another GPU: a copy between GPUs enables peer access, under which a kernel
+    launched on the wrong GPU would read the other's memory instead of faulting."""
+    def move(a):
+        if isinstance(a, tuple):
+            return tuple(move(t) for t in a)
+        if not isinstance(a, torch.Tensor):
+            return a
+        # the one-byte float types (float4 pairs, E8M0) as bytes: torch need not copy them between devices
+        return a.view(torch.uint8).to(device).view(a.dtype) if a.element_size() == 1 else a.to(device)
+    return move(args), {name: move(a) for name, a in kwargs.items()}
+
+
+def leaves_cuda0_alone(call, *args, **kwargs):
+    """call(*args, **kwargs) on cuda:1 tensors while cuda:0 is current, after checking that it left
+    cuda:0 alone: nothing allocated there, every kernel (the profiler's view) launched on cuda:1, and
+    cuda:0 still current."""
     assert torch.cuda.current_device() == 0
-    xd = x.to("cuda:1")
-    ops = [lowbit.quantize_mxfp4] + ([lowbit.quantize_fp8_group_packed] if ARCH >= 89 else [])
-    for quantize in ops:
-        got, want = quantize(xd), quantize(x, backend="cpu")
-        for g, w in zip(got, want, strict=True):
-            assert g.device == xd.device and torch.equal(raw(g), raw(w))
-    assert torch.cuda.current_device() == 0
+    for index in (0, 1):
+        torch.cuda.synchronize(index)
+    allocated = torch.cuda.memory_allocated(0)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        result = call(*args, **kwargs)
+        for index in (0, 1):  # a kernel on the wrong GPU faults here (no peer access: see `to`)
+            torch.cuda.synchronize(index)
+    assert torch.cuda.memory_allocated(0) == allocated, "the call allocated memory on cuda:0"
+    assert torch.cuda.current_device() == 0, "the call left another device current"
+    launched = {e.device_index for e in profile.events() if e.device_type == torch.autograd.DeviceType.CUDA}
+    assert launched == {1}, f"the profiler saw work on the GPUs {sorted(launched)}, not on cuda:1 alone"
+    return result
+
+
+def skip_below(least_arch: int) -> None:
+    if min(ARCH, ARCH_1) < least_arch:
+        pytest.skip(f"the cuda backend takes it from sm_{least_arch}; these GPUs are sm_{ARCH} and sm_{ARCH_1}")
+
+
+@two_gpus
+@pytest.mark.usefixtures("strict_dispatch")  # the cuda backend's kernels run, not the reference as a fallback
+@pytest.mark.parametrize("name", list(ON_CUDA_1))
+def test_an_input_on_a_device_other_than_the_current_one(name):
+    """The call on cuda:1 with cuda:0 current gives the reference's bits, on cuda:1, and leaves cuda:0
+    alone; after the same call on cuda:0 (every cache of that kind of call filled for cuda:0 first), both
+    on the first call on cuda:1 (Triton's JIT entry point) and on the second (the compiled launcher)."""
+    least_arch, call, inputs = ON_CUDA_1[name]
+    skip_below(least_arch)
+    args, kwargs = inputs()
+    want = as_tuple(call(*args, **kwargs))
+    on_0, kw_0 = to(CUDA_0, args, kwargs)
+    runs = [("cuda:0", CUDA_0, call(*on_0, **kw_0))]
+    for which in ("first", "second"):
+        on_1, kw_1 = to(CUDA_1, args, kwargs)
+        got = leaves_cuda0_alone(call, *on_1, **kw_1)
+        if "out" in kw_1:
+            assert all(g is b for g, b in zip(got, kw_1["out"], strict=True)), "the out= buffers are not returned"
+        runs.append((f"cuda:1, {which} call", CUDA_1, got))
+    for run, device, got in runs:
+        for i, (g, w) in enumerate(zip(as_tuple(got), want, strict=True)):
+            assert g.device == device, (run, i, g.device)
+            assert g.shape == w.shape and g.dtype == w.dtype and torch.equal(raw(g), raw(w)), f"{run}: output {i}"
+
+
+def as_tuple(result) -> tuple:
+    return result if isinstance(result, tuple) else (result,)
+
+
+@two_gpus
+@pytest.mark.usefixtures("strict_dispatch")
+@pytest.mark.parametrize("mode", ["bf16", "fp8all/seqhead"])  # FP8 q and KV cache with per-sequence descales
+@pytest.mark.parametrize("mix", ["decode", "mixed"])  # split-KV decode, prefill's 2-D launch
+def test_attention_on_a_device_other_than_the_current_one(mix, mode):
+    """unified_attention on cuda:1 with cuda:0 current, as test_an_input_on_a_device_other_than_the_current_one:
+    within [ATTN-TOLERANCE] of the reference, rows outside every sequence untouched in a given out."""
+    from lowbit.backends.triton import unified_attention as triton_attention
+
+    skip_below(80 if mode == "bf16" else 89)
+    case = build(MIXES[mix], (8, 2), 128, 16, mode=mode, window=256, softcap=50.0, sinks=True, alibi=True, seed=13)
+    plan = triton_attention.plan(num_tokens=case.q.shape[0], num_seqs=len(case.rows),
+                                 max_seqlen_q=case.kwargs["max_seqlen_q"], max_seqlen_k=case.kwargs["max_seqlen_k"],
+                                 group=4, kv_heads=2, head_size=128, sm_count=triton_attention.sm_count(CUDA_1))
+    assert (plan.splits > 1) == (mix == "decode"), plan
+    mask = case.written()
+    want = case.reference()[mask]
+    q, k, v, kwargs = case.on(CUDA_0)
+    lowbit.unified_attention(q, k, v, **kwargs)  # fills every cache of this kind of call for cuda:0 first
+    for give_out in (False, True):  # lowbit's out on the JIT entry point, then the caller's on the compiled launcher
+        q, k, v, kwargs = case.on(CUDA_1)
+        out = torch.full(q.shape, float("nan"), dtype=case.out_dtype, device=CUDA_1) if give_out else None
+        got = leaves_cuda0_alone(lowbit.unified_attention, q, k, v, out=out, **kwargs)
+        assert got.device == CUDA_1 and (out is None or got is out)
+        got = got.cpu()
+        assert_close(got[mask], want, case.fp8, f"{mix} {mode} on cuda:1, out given: {give_out}")
+        if give_out:
+            assert torch.isnan(got[~mask].float()).all(), "rows outside every sequence were written"
