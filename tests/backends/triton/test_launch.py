@@ -1,10 +1,12 @@
-"""backends/triton/launch.py: `Launch` goes through Triton's JIT entry point once per specialisation
-and straight to the compiled launcher after that; `bind`'s key is at least as fine as Triton's.
+"""backends/triton/launch.py: `Launch` goes through Triton's JIT entry point once per device and
+specialisation and straight to the compiled launcher after that, on its tensors' device whatever the
+current one; `bind`'s key is at least as fine as Triton's.
 
 The compiled path is tested here with a stand-in kernel (our code, no GPU): the GPU suite
 (tests/backends/cuda/test_fast_path.py) runs the real launcher.
 """
 
+import contextlib
 import types
 
 import pytest
@@ -164,3 +166,72 @@ def test_tensors_triton_has_no_pointer_type_for_reach_the_jit_entry_point_as_byt
     (_, jit_args, _), = kernel.jit_calls
     assert jit_args[0].dtype == torch.uint8 and jit_args[0].data_ptr() == q.data_ptr()
     assert kernel.launches[0][9] == q.data_ptr()  # the compiled launcher takes the address
+
+
+
+class OnCuda(torch.Tensor):
+    """A CPU tensor that says it lives on cuda:`index`, for Launch's device guard."""
+
+    index = 0
+
+    @property
+    def device(self):
+        return torch.device("cuda", self.index)
+
+    def get_device(self):
+        return self.index
+
+
+def on_cuda(index):
+    t = torch.zeros(64).as_subclass(OnCuda)
+    t.index = index
+    return t
+
+
+class DeviceGuards:
+    """torch.cuda as Launch uses it, with two devices: current_device() and the `device` guard."""
+
+    def __init__(self):
+        self.current = 0
+
+    def current_device(self):
+        return self.current
+
+    @contextlib.contextmanager
+    def device(self, device):
+        before, self.current = self.current, device if isinstance(device, int) else device.index
+        try:
+            yield
+        finally:
+            self.current = before
+
+
+class RecordingKernel(StandInKernel):
+    """Records the device current when the JIT entry point compiles and when the launcher runs
+    (with the stream and the compiled function it was given)."""
+
+    def __init__(self, cuda):
+        super().__init__()
+        self.cuda, self.seen = cuda, []
+
+    def __getitem__(self, grid):
+        def jit(*args, **kwargs):
+            self.seen.append(("jit", self.cuda.current))
+            return types.SimpleNamespace(run=lambda *a: self.seen.append(("run", self.cuda.current, a[3], a[4])),
+                                         function=f"compiled on {self.cuda.current}", packed_metadata="meta")
+        return jit
+
+
+def test_launch_runs_on_its_tensors_device_whatever_the_current_one(monkeypatch):
+    """With cuda:0 current, a launch on cuda:1 tensors compiles and runs with cuda:1 current, on
+    cuda:1's stream, with the kernel compiled for cuda:1 (not cuda:0's), and leaves cuda:0 current."""
+    cuda = DeviceGuards()
+    monkeypatch.setattr(torch, "get_device_module", lambda device_type: cuda)
+    monkeypatch.setattr(launch_module, "_driver", lambda: (cuda.current_device, lambda index: f"stream {index}"))
+    kernel = RecordingKernel(cuda)
+    launch = Launch(kernel, {"BLOCK": 64})
+    for index in (0, 0, 1, 1):
+        launch((1, 1, 1), on_cuda(index), 32)
+    assert kernel.seen == [("jit", 0), ("run", 0, "stream 0", "compiled on 0"),
+                           ("jit", 1), ("run", 1, "stream 1", "compiled on 1")]
+    assert cuda.current == 0
