@@ -207,7 +207,7 @@ def dequantize_mxfp4_kernel(q_ptr, s_ptr, out_ptr, rows, k, stride_qm, stride_sm
     BLOCKS, 32) from the load (a block's 16 bytes) to the store, so a block's scale reaches its elements
     without a shuffle and nothing passes through shared memory. A code is read as float16 bits (E2M1's
     exponent and mantissa fields at bits 11..9 are its value times 2^-14, code 1 a float16 subnormal) and
-    scaled as MXFP8's elements are (scaled_float16_bits): every target computes the same bits."""
+    scaled as MXFP8's elements are (scaled_float16_bits), which needs float32 subnormals kept (design.md)."""
     BLOCKS: tl.constexpr = BLOCK_K // BLOCK
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row64 = row.to(tl.int64)[:, None]
