@@ -11,7 +11,7 @@ import torch
 
 from . import __version__, dispatch, registry
 from .capability import arch_name
-from .devices import device_arch, indexed, present_device_types
+from .devices import device_arch, present_device_types
 from .ops import OPS
 
 _COLUMNS = ("backend", "here", "auto", "devices", "arch", "dtypes", "ndim", "sizes", "rules", "layouts", "strides",
@@ -20,7 +20,7 @@ _COLUMNS = ("backend", "here", "auto", "devices", "arch", "dtypes", "ndim", "siz
 
 def info(out=sys.stdout) -> None:
     present = present_device_types()
-    archs = {d: device_arch(indexed(torch.device(d))) for d in present}
+    archs = {d: device_arch(torch.device(d)) for d in present}
     print(f"lowbit {__version__} | torch {torch.__version__} | Python {platform.python_version()} | "
           f"devices here: " + ", ".join(d if archs[d] is None else f"{d} ({arch_name(archs[d])})" for d in present),
           file=out)

@@ -9,25 +9,30 @@ import torch
 from .capability import Arch
 
 
-def indexed(device: torch.device) -> torch.device:
-    """`device` with its index: a bare "cuda" or "xpu" is the current device of that type now.
-    device_arch is cached per device, so a bare one must not stand for whichever was current first."""
+def device_arch(device: torch.device) -> Arch | None:
+    """CUDA: compute capability as an int (90); ROCm: the gfx name; XPU: the device name.
+    None where the device is not visible to this process (a fake or meta tensor on a machine
+    without that hardware). A device without an index ("cuda") is the current one of its type
+    when asked: the answer is cached per indexed device, so it never stands for whichever was
+    current first."""
+    return probed_arch(_indexed(device))
+
+
+def _indexed(device: torch.device) -> torch.device:
     if device.index is not None or device.type not in ("cuda", "xpu"):
         return device
     module = torch.get_device_module(device.type)
     try:
         if module.is_available():
             return torch.device(device.type, module.current_device())
-    except (RuntimeError, AssertionError):  # no driver: device_arch answers None anyway
+    except (RuntimeError, AssertionError):  # no driver: probed_arch answers None anyway
         pass
     return device
 
 
 @functools.cache
-def device_arch(device: torch.device) -> Arch | None:
-    """CUDA: compute capability as an int (90); ROCm: the gfx name; XPU: the device name.
-    None where the device is not visible to this process (a fake or meta tensor on a machine
-    without that hardware). Callers pass tensors' devices, which carry an index, or `indexed(device)`."""
+def probed_arch(device: torch.device) -> Arch | None:
+    """device_arch of an indexed device, asked of the driver once."""
     try:
         if device.type == "cuda" and torch.cuda.is_available():
             if torch.version.hip:

@@ -9,7 +9,7 @@ import torch
 
 from . import dispatch, registry
 from .capability import Capability, normalize_arch
-from .devices import device_arch, indexed
+from .devices import device_arch
 from .dispatch import Verdict
 from .errors import require_type
 from .ops import OPS
@@ -53,7 +53,7 @@ def _verdict(query: str, op: str, args, kwargs, backend, device, arch) -> Verdic
     call = opdef.describe(*args, **kwargs)
     if device is not None:
         device = _device(query, device)
-        call = dataclasses.replace(call, device_type=device.type, arch=device_arch(indexed(device)))
+        call = dataclasses.replace(call, device_type=device.type, arch=device_arch(device))
     elif call.device_type == "meta":
         raise ValueError(f"lowbit.{query}: meta tensors carry no device; pass device= (and arch=)")
     if arch is not None:

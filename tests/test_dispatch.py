@@ -35,7 +35,7 @@ def fast_backend(calls, name="fast", priority=20, **capability_changes):
 
 def test_import_loads_no_backend_and_probes_no_device():
     code = ("import sys, lowbit; from lowbit import devices;"
-            "print([m for m in sys.modules if m.startswith('lowbit.backends')], devices.device_arch.cache_info().currsize)")
+            "print([m for m in sys.modules if m.startswith('lowbit.backends')], devices.probed_arch.cache_info().currsize)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[] 0"
 
@@ -160,9 +160,9 @@ def two_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability",
                         lambda device=None: archs[current[0] if device is None or device.index is None
                                                   else device.index])
-    devices.device_arch.cache_clear()
+    devices.probed_arch.cache_clear()
     yield lambda index: current.__setitem__(0, index)
-    devices.device_arch.cache_clear()  # nothing learned from the stand-in GPUs outlives the test
+    devices.probed_arch.cache_clear()  # nothing learned from the stand-in GPUs outlives the test
 
 
 def test_a_bare_cuda_device_is_the_current_one_whenever_it_is_asked(two_gpus):

@@ -146,10 +146,10 @@ def intel_gpu(monkeypatch):
     """torch sees one Intel Arc B580."""
     monkeypatch.setattr(torch.xpu, "is_available", lambda: True)
     monkeypatch.setattr(torch.xpu, "get_device_name", lambda device=None: B580)
-    devices.device_arch.cache_clear()
+    devices.probed_arch.cache_clear()
     registry.forget()
     yield
-    devices.device_arch.cache_clear()  # nothing learned under the stand-in probe outlives the test
+    devices.probed_arch.cache_clear()  # nothing learned under the stand-in probe outlives the test
 
 
 # --- the injections themselves ----------------------------------------------------------------------
