@@ -43,25 +43,13 @@ def _mxfp8_runner(x, config):
     return lambda: triton_mxfp8.quantize(x, q, s, scale_rule="rceil", swizzled=True, hardware_e4m3=True, config=config)
 
 
-def _mxfp8_dequantize_runner(x, config):
-    """To bfloat16, from linear scales."""
-    q, s = lowbit.quantize_mxfp8(x)
-    out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
-    return lambda: triton_mxfp8.dequantize(q, s, out, swizzled=False, config=config)
-
-
-def _mxfp4_dequantize_runner(x, config):
-    """To bfloat16, from linear scales."""
-    q, s = lowbit.quantize_mxfp4(x)
-    out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
-    return lambda: triton_mxfp4.dequantize(q, s, out, swizzled=False, config=config)
-
-
-def _fp8_dequantize_runner(x, config):
-    """To bfloat16, groups of 128."""
-    q, s = lowbit.quantize_fp8_group_packed(x)
-    out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
-    return lambda: triton_fp8.dequantize(q, s, out, group_size=spec.FP8_DEFAULT_GROUP, config=config)
+def _dequantize_runner(quantize, dequantize, **options):
+    """Dequantize to bfloat16 what `quantize` (the public op, default scales) gives."""
+    def runner(x, config):
+        q, s = quantize(x)
+        out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
+        return lambda: dequantize(q, s, out, config=config, **options)
+    return runner
 
 
 def _nvfp4_runner(x, config):
@@ -90,23 +78,26 @@ def _sensible(m: int, k: int, warps: int) -> bool:
     return 1024 <= m * k <= 8192 and 8 <= per_thread <= 32
 
 
+def _whole_chunks(least: int, ks=(256, 512, 1024, 2048)) -> list[LaunchConfig]:
+    """Dequantize tiles: a thread holds whole 16-byte chunks of q (MXFP4: whole blocks of 32), so from
+    `least` to 64 elements a thread (fewer leave threads idle)."""
+    return [LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), ks, (1, 2, 4, 8))
+            if least <= m * k // (32 * w) <= 64]
+
+
 CANDIDATES = {
     "quantize_mxfp4": (_mxfp4_runner, mxfp4_bytes, [LaunchConfig(m, k, w) for m, k, w in itertools.product(
         (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
     "quantize_mxfp8": (_mxfp8_runner, lambda m, k, itemsize: mxfp8_bytes(m, k, itemsize, "swizzled"), [
         LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (128, 256, 512, 1024), (1, 2, 4, 8))
         if _sensible(m, k, w)]),
-    # dequantize: a thread holds whole 16-byte chunks of q (MXFP4: whole blocks of 32), so fewer elements a
-    # thread leave threads idle
-    "dequantize_mxfp8": (_mxfp8_dequantize_runner, mxfp8_dequantize_bytes, [
-        LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (512, 1024, 2048), (1, 2, 4, 8))
-        if 16 <= m * k // (32 * w) <= 64]),
-    "dequantize_mxfp4": (_mxfp4_dequantize_runner, mxfp4_dequant_bytes, [
-        LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (256, 512, 1024, 2048), (1, 2, 4, 8))
-        if 32 <= m * k // (32 * w) <= 64]),
-    "dequantize_fp8_group_packed": (_fp8_dequantize_runner, fp8_dequantize_bytes, [
-        LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (256, 512, 1024, 2048), (1, 2, 4, 8))
-        if 16 <= m * k // (32 * w) <= 64]),
+    "dequantize_mxfp8": (_dequantize_runner(lowbit.quantize_mxfp8, triton_mxfp8.dequantize, swizzled=False),
+                         mxfp8_dequantize_bytes, _whole_chunks(16, (512, 1024, 2048))),
+    "dequantize_mxfp4": (_dequantize_runner(lowbit.quantize_mxfp4, triton_mxfp4.dequantize, swizzled=False),
+                         mxfp4_dequant_bytes, _whole_chunks(32)),
+    "dequantize_fp8_group_packed": (_dequantize_runner(lowbit.quantize_fp8_group_packed, triton_fp8.dequantize,
+                                                       group_size=spec.FP8_DEFAULT_GROUP),
+                                    fp8_dequantize_bytes, _whole_chunks(16)),
     "quantize_nvfp4": (_nvfp4_runner, nvfp4_bytes, [LaunchConfig(m, k, w) for m, k, w in itertools.product(
         (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
     "quantize_fp8_group_packed": (_fp8_runner, fp8_bytes, [  # 8 to 128 elements a thread: up to a whole group
