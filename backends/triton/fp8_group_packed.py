@@ -16,7 +16,8 @@ run exactly (the interpreter's own fp8 cast is wrong near binade edges and for N
 Dequantize, one pass: each program owns BLOCK_M rows x BLOCK_K elements. It reads the E4M3 bytes and
 the packed words of its groups through their strides (a word serves 4 groups, so the scales add
 under 1 % to the bytes read), decodes both (E4M3 as float16 bits, scaled by exact products: float_bits.py's
-scaled_float16_bits) and writes the output dtype's bits: every target and the interpreter compute the same bits.
+scaled_float16_bits) and writes the output dtype's bits: the interpreter and every target that keeps float32
+subnormals (docs/design.md) compute the same bits.
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ def _block_k(config: LaunchConfig, k: int) -> int:
 
 @functools.lru_cache(maxsize=1024)
 def launches(k: int, floor: bool, swizzled: bool, hardware_e4m3: bool,
-                      config: LaunchConfig | None) -> tuple[tuple[int | None, int, int, Launch], ...]:
+             config: LaunchConfig | None) -> tuple[tuple[int | None, int, int, Launch], ...]:
     """(max rows, BLOCK_M, column blocks, launch) of quantize_mxfp8_kernel per QUANTIZE_TABLE entry (or just
     `config`) that takes rows of `k` elements."""
     found = []
