@@ -67,7 +67,7 @@ def describe_quantize(x: torch.Tensor, scale_rule: str = spec.MX_DEFAULT_SCALE_R
     """Also checks the layout name (ValueError)."""
     _check_quantize_types(x, scale_rule, scale_layout, dispatch.AUTO)
     require_scale_layout(QUANTIZE, scale_layout)
-    return dispatch.call_for(QUANTIZE, x, scale_rule=scale_rule)
+    return dispatch.call_for(QUANTIZE, x, scale_rule=scale_rule, scale_layout=scale_layout)
 
 
 def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16,
@@ -85,7 +85,7 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, *, dtype: torch.d
             raise ValueError(f"{name}: q {tuple(q.shape)} needs {scale_layout} scales of shape {want}, got "
                              f"{tuple(scales.shape)}; pass the scales {QUANTIZE} returned for this q and scale_layout")
     require_same_device(DEQUANTIZE, "scales", scales, "q", q)
-    return dispatch.call_for(DEQUANTIZE, q, out_dtype=dtype)
+    return dispatch.call_for(DEQUANTIZE, q, out_dtype=dtype, scale_layout=scale_layout)
 
 
 # --- the kernel for a call: remembered per kind (lowbit/dispatch.py, `kind`) ---------------------

@@ -121,7 +121,7 @@ def describe_quantize(x: torch.Tensor, global_scale: torch.Tensor | None = None,
     require_scale_layout(QUANTIZE, scale_layout)
     if global_scale is not None:
         _check_global_scale(QUANTIZE, global_scale, x, per_row)
-    return dispatch.call_for(QUANTIZE, x)
+    return dispatch.call_for(QUANTIZE, x, scale_layout=scale_layout)
 
 
 def describe_global_scale(x: torch.Tensor, *, per_row: bool = False) -> Call:
@@ -146,7 +146,8 @@ def describe_dequantize(q: torch.Tensor, block_scales: torch.Tensor, global_scal
                              "scale_layout")
         _check_global_scale(DEQUANTIZE, global_scale, q, per_row=False)
     require_same_device(DEQUANTIZE, "block_scales", block_scales, "q", q)
-    return dispatch.call_for(DEQUANTIZE, q, k=2 * int(q.shape[-1]) if q.dim() else 0, out_dtype=dtype)
+    return dispatch.call_for(DEQUANTIZE, q, k=2 * int(q.shape[-1]) if q.dim() else 0, out_dtype=dtype,
+                             scale_layout=scale_layout)
 
 
 def _check_global_scale(op: str, gs: torch.Tensor, x: torch.Tensor, per_row: bool) -> None:

@@ -464,12 +464,12 @@ def test_supports_cpu_runs_the_reference(name):
 def test_explain_describes_both_ops():
     args, kwargs = _meta_calls()["quantize_mxfp8-floor-swizzled"]
     assert lowbit.explain(QUANTIZE, *args, device="cpu", **kwargs).splitlines()[0] == (
-        "lowbit.quantize_mxfp8 for bfloat16 input, ndim 3, last dim 64, scale_rule 'floor', on cpu: runs on backend "
-        "'cpu'")
+        "lowbit.quantize_mxfp8 for bfloat16 input, ndim 3, last dim 64, scale_rule 'floor', scale_layout "
+        "'swizzled', on cpu: runs on backend 'cpu'")
     args, kwargs = _meta_calls()[DEQUANTIZE]
     assert lowbit.explain(DEQUANTIZE, *args, device="cpu", **kwargs).splitlines()[0] == (
-        "lowbit.dequantize_mxfp8 for float8_e4m3fn input, ndim 2, last dim 64, output float16, on cpu: runs on "
-        "backend 'cpu'")
+        "lowbit.dequantize_mxfp8 for float8_e4m3fn input, ndim 2, last dim 64, scale_layout 'swizzled', output "
+        "float16, on cpu: runs on backend 'cpu'")
 
 
 def test_capability_records():

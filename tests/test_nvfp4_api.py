@@ -642,8 +642,8 @@ def test_supports_cpu_runs_the_reference(name):
 def test_explain_describes_dequantize_by_its_output():
     args, kwargs = _meta_calls()[DEQUANTIZE]
     first = lowbit.explain(DEQUANTIZE, *args, device="cpu", **kwargs).splitlines()[0]
-    assert first == ("lowbit.dequantize_nvfp4 for float4_e2m1fn_x2 input, ndim 2, last dim 64, output float16, on cpu: "
-                     "runs on backend 'cpu'")
+    assert first == ("lowbit.dequantize_nvfp4 for float4_e2m1fn_x2 input, ndim 2, last dim 64, scale_layout "
+                     "'swizzled', output float16, on cpu: runs on backend 'cpu'")
 
 
 def test_capability_records():

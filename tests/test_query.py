@@ -94,3 +94,18 @@ def test_unified_attention_is_implemented():
                  block_table=meta(1, 2, dtype=torch.int32), max_seqlen_q=3, max_seqlen_k=20)
     verdict = lowbit.supports("unified_attention", q, cache, cache, device="cpu", **index)
     assert verdict.ok and verdict.backend == "cpu"
+
+
+def test_every_block_scaled_op_declares_both_scale_layouts_and_its_call_carries_the_one_asked_for():
+    """The layouts column of `python -m lowbit info` and the layout check come from these records."""
+    ops = ("quantize_mxfp4", "per_token_group_quant_mxfp4", "dequantize_mxfp4", "quantize_mxfp8",
+           "dequantize_mxfp8", "quantize_nvfp4", "dequantize_nvfp4")
+    for record in lowbit.capabilities():
+        if record.op in ops and record.label != "xpu/vendor":  # the vendor op writes linear scales only
+            assert record.scale_layouts == ("linear", "swizzled"), record.label
+    x = meta(256, 64, dtype=torch.bfloat16)
+    q8 = meta(256, 64, dtype=torch.float8_e4m3fn)
+    s8 = meta(256, 4, dtype=torch.float8_e8m0fnu)
+    for op, args in (("quantize_mxfp8", (x,)), ("quantize_nvfp4", (x,)), ("dequantize_mxfp8", (q8, s8))):
+        verdict = lowbit.supports(op, *args, scale_layout="swizzled", device="cuda", arch="sm_100")
+        assert verdict.ok and verdict.backend == "cuda" and verdict.call.scale_layout == "swizzled", op

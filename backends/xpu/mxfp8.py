@@ -30,6 +30,7 @@ _COMMON = dict(
     compile_safe=True,
     min_ndim=1,
     block_size=spec.MX_BLOCK,
+    scale_layouts=spec.SCALE_LAYOUTS,
 )
 
 KERNELS = (
