@@ -23,9 +23,11 @@ from lowbit import cli, dispatch, spec
 pytestmark = on_cuda()
 
 MX, FP8 = "quantize_mxfp4", "quantize_fp8_group_packed"
-# the dequantizes the cuda backend lacks on this GPU (FP8's kernel needs sm_89+: tests/backends/cuda/
-# test_fp8_group_packed.py runs it)
-DEQUANTIZE = ("dequantize_mxfp4", *(("dequantize_fp8_group_packed",) if ARCH is not None and ARCH < 89 else ()))
+# the dequantizes the cuda backend lacks on this GPU: the FP8 kernels need sm_89+ (their own test files
+# run them); dequantize_mxfp4's takes sm_80+. On the H100 none falls back.
+DEQUANTIZE = ("dequantize_fp8_group_packed", "dequantize_mxfp8") if ARCH is not None and ARCH < 89 else ()
+GPU_DEQUANTIZE = tuple(op for op in ("dequantize_mxfp4", "dequantize_fp8_group_packed", "dequantize_mxfp8")
+                       if op not in DEQUANTIZE)
 PTX_ARCHS = {100, 103, 110, 120, 121}  # written out here, not read from the backend's record
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 not_ptx_arch = pytest.mark.skipif(ARCH in PTX_ARCHS, reason="this GPU takes the PTX variant")
@@ -112,6 +114,8 @@ def test_info_reports_the_cuda_choice_for_every_op():
         assert "  on cpu: cpu" in sections[op]
     for op in DEQUANTIZE:
         assert "  on cuda: cpu (pure-PyTorch fallback)" in sections[op], "\n".join(sections[op])
+    for op in GPU_DEQUANTIZE:
+        assert "  on cuda: cuda/triton" in sections[op], "\n".join(sections[op])
     if ARCH not in PTX_ARCHS:
         [ptx_row] = [line for line in sections[MX] if line.startswith("  cuda/ptx ")]
         [triton_row] = [line for line in sections[MX] if line.startswith("  cuda/triton ")]
@@ -130,7 +134,8 @@ def test_on_the_h100_both_quantize_ops_say_cuda_triton():
 # --- fallbacks and strict mode --------------------------------------------------------------------
 
 def _quantized(op: str, x: torch.Tensor):
-    quantize = lowbit.quantize_mxfp4 if op == "dequantize_mxfp4" else lowbit.quantize_fp8_group_packed
+    quantize = {"dequantize_mxfp4": lowbit.quantize_mxfp4, "dequantize_mxfp8": lowbit.quantize_mxfp8,
+                "dequantize_fp8_group_packed": lowbit.quantize_fp8_group_packed}[op]
     return quantize(x, backend="cpu")  # the reference, on the CUDA tensor: no dispatch decision involved
 
 
