@@ -767,6 +767,26 @@ def test_attention_reduce_splits_kernel_compiles(arch, head_size, sinks, v_desca
     assert_assembled(compile_reduce_splits(arch, head_size, sinks, v_descale), arch)
 
 
+# The shared memory one program may take on each CUDA arch the cuda backend launches attention on, bytes:
+# the CUDA C++ Programming Guide's maximum shared memory per thread block (163 KB on 8.0, 99 KB on 8.6,
+# 8.9 and 12.x, 227 KB on 9.0 and 10.x). Past it the first launch fails with Triton's OutOfResources.
+# The AMD targets are compiled above but launched by no backend (gfx942's 64 KB LDS would not take the
+# head-128 prefill tile).
+SHARED_MEMORY = {80: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024, 120: 99 * 1024}
+
+
+@pytest.mark.parametrize("arch", [*SHARED_MEMORY], ids=ARCH_IDS)
+@pytest.mark.parametrize("launch", ["prefill", "decode"])
+@pytest.mark.parametrize("head_size", sorted(unified_attention.PREFILL))
+def test_attention_launch_table_fits_each_arch_shared_memory(arch, launch, head_size):
+    """One table for every arch, tuned on the H100: its tiles must fit the smaller parts too. A
+    bfloat16 cache, whose 16-bit K/V tiles take the most shared memory."""
+    compiled = compile_attention(arch, "bf16", head_size, launch, options_on=True)
+    config = attention_plan(launch, head_size).config
+    assert compiled.metadata.shared <= SHARED_MEMORY[arch], (
+        f"{config} takes {compiled.metadata.shared} bytes, sm_{arch} has {SHARED_MEMORY[arch]}")
+
+
 def attention_records():
     return [kernel.capability for kernel in CUDA_BACKEND.kernels_for("unified_attention")]
 
