@@ -5,6 +5,7 @@ at run time). Prints, per shape, every candidate's median µs and % of the copy 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import sys
 
@@ -32,9 +33,9 @@ from .quant import (
 from .timing import copy_gbps, median_us
 
 
-def _mxfp4_runner(x, config):
-    q, s = mxfp4.quantize_outputs(x)
-    return lambda: triton_mxfp4.quantize(x, q, s, scale_rule="rceil", config=config)
+def _mxfp4_runner(x, config, swizzled=False):
+    q, s = mxfp4.quantize_outputs(x, "swizzled" if swizzled else "linear")
+    return lambda: triton_mxfp4.quantize(x, q, s, scale_rule="rceil", swizzled=swizzled, config=config)
 
 
 def _mxfp8_runner(x, config):
@@ -88,6 +89,12 @@ def _whole_chunks(least: int, ks=(256, 512, 1024, 2048)) -> list[LaunchConfig]:
 CANDIDATES = {
     "quantize_mxfp4": (_mxfp4_runner, mxfp4_bytes, [LaunchConfig(m, k, w) for m, k, w in itertools.product(
         (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
+    # Swizzled: also tiles of up to 128 rows, whose scale stores fill more of each 32-byte sector (a
+    # 128-row tile holds every byte of its sectors; 4 rows fill 8 of 32)
+    "quantize_mxfp4 (swizzled)": (functools.partial(_mxfp4_runner, swizzled=True), mxfp4_bytes, [
+        LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048),
+                                                               (1, 2, 4, 8)) if _sensible(m, k, w)]
+        + [LaunchConfig(m, 128, w) for m, w in ((32, 4), (64, 8), (128, 8), (128, 16))]),
     "quantize_mxfp8": (_mxfp8_runner, lambda m, k, itemsize: mxfp8_bytes(m, k, itemsize, "swizzled"), [
         LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (128, 256, 512, 1024), (1, 2, 4, 8))
         if _sensible(m, k, w)]),
