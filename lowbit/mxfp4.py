@@ -167,7 +167,7 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtyp
         if scale_layout == "linear":
             want, returned = f"scales (..., K/{spec.MX_BLOCK})", f"the q and scales {QUANTIZE} returned"
         else:
-            want = f"swizzled scales (round_up(R, 128), round_up(K/{spec.MX_BLOCK}, 4)) for its R rows, contiguous"
+            want = f"swizzled scales (round_up(R, 128), round_up(K/{spec.MX_BLOCK}, 4)) for its R rows"
             returned = f"the q and scales {QUANTIZE}(..., scale_layout=\"swizzled\") returned"
         raise ValueError(f"lowbit.{DEQUANTIZE}: q {tuple(q.shape)} and scales {tuple(scales.shape)} do not match: "
                          f"q (..., K/2) takes {want}; pass {returned}")
@@ -176,12 +176,11 @@ def describe_dequantize(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtyp
 
 
 def _scales_fit(q: torch.Tensor, scales: torch.Tensor, scale_layout: str) -> bool:
-    """[MX-LINEAR, MX-SWIZZLE]: scales of the shape quantize_mxfp4 returns for q's input (swizzled
-    ones contiguous: their byte offsets are the layout)."""
+    """[MX-LINEAR, MX-SWIZZLE]: scales of the shape quantize_mxfp4 returns for q's input, in any strides
+    (swizzled ones are read in row-major order, as MXFP8's and NVFP4's are)."""
     if q.dim() < 1 or (2 * q.shape[-1]) % spec.MX_BLOCK:
         return False
-    return tuple(scales.shape) == spec.scale_shape(q.shape[:-1], 2 * q.shape[-1] // spec.MX_BLOCK, scale_layout) \
-        and (scale_layout == "linear" or scales.is_contiguous())
+    return tuple(scales.shape) == spec.scale_shape(q.shape[:-1], 2 * q.shape[-1] // spec.MX_BLOCK, scale_layout)
 
 
 # --- the kernel for a call: remembered per kind (lowbit/dispatch.py, `kind`) ---------------------

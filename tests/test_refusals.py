@@ -309,10 +309,8 @@ DEQUANTIZE_MXFP4 = [
       "lowbit.dequantize_mxfp4: dtype='bfloat16' is of type str, not dtype; pass e.g. dtype=torch.bfloat16"),
     R("swizzled-linear-scales", DM, _dm(scale_layout="swizzled"), VE,
       "lowbit.dequantize_mxfp4: q (4, 32) and scales (4, 2) do not match: q (..., K/2) takes swizzled scales "
-      "(round_up(R, 128), round_up(K/32, 4)) for its R rows, contiguous; pass the q and scales "
+      "(round_up(R, 128), round_up(K/32, 4)) for its R rows; pass the q and scales "
       "quantize_mxfp4(..., scale_layout=\"swizzled\") returned"),
-    R("swizzled-transposed", DM, lambda d: ((E(4, 32, dtype=E2M1, d=d), E(4, 128, dtype=E8M0, d=d).t()),
-                                            {"scale_layout": "swizzled"}), VE, "takes swizzled scales"),
     R("linear-swizzled-scales", DM, _dm(s=(128, 4)), VE, "q (4, 32) and scales (128, 4) " + DM_MISMATCH),
     R("layout-tiled", DM, _dm(scale_layout="tiled"), VE, "lowbit.dequantize_mxfp4: scale_layout='tiled' is not one of"),
 ]

@@ -1060,6 +1060,19 @@ def test_mx_swizzle_literal_offsets():
     assert flat[512 + 2 * 16] == 0  # row 130: a padding row
 
 
+def test_mx_swizzle_dequant_reads_scales_in_any_strides_in_row_major_order():
+    """A column-major copy of the swizzled scales holds the same (row, column) bytes: the same output,
+    as for MXFP8 and NVFP4 (the tiles are the row-major order of the 2-D tensor, whatever its strides)."""
+    x = torch.randn(130, 96, generator=torch.Generator().manual_seed(6)) * 4
+    q, s = lowbit.quantize_mxfp4(x, scale_layout="swizzled")
+    column_major = s.view(torch.uint8).t().contiguous().t().view(s.dtype)
+    assert not column_major.is_contiguous()
+    want = lowbit.dequantize_mxfp4(q, s, scale_layout="swizzled", dtype=torch.float32)
+    got = lowbit.dequantize_mxfp4(q, column_major, scale_layout="swizzled", dtype=torch.float32)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    assert torch.equal(want, lowbit.dequantize_mxfp4(q, lowbit.quantize_mxfp4(x)[1], dtype=torch.float32))
+
+
 @pytest.mark.parametrize("dtype", [torch.float8_e8m0fnu, torch.uint8])
 def test_mx_swizzle_group_quant_writes_the_tiles_of_quantize(dtype):
     x = torch.randn(3, 50, 64, generator=torch.Generator().manual_seed(4))

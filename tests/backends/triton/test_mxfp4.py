@@ -447,6 +447,16 @@ def test_dequantize_every_byte_under_every_scale_byte_matches_reference(out_dtyp
     assert_bytes_equal(got.view(ints), want.view(ints), f"{layout} {out_dtype}")
 
 
+def test_dequantize_reads_column_major_swizzled_scales_as_the_row_major_ones():
+    g = torch.Generator().manual_seed(6)
+    q = torch.randint(0, 256, (130, 48), dtype=torch.uint8, generator=g)  # K = 96: 3 scale columns, padded to 4
+    s = torch.randint(100, 160, (256, 4), dtype=torch.uint8, generator=g)
+    got, want = torch.empty(130, 96), torch.empty(130, 96)
+    kernels.dequantize(q, s.t().contiguous().t(), got, swizzled=True, config=TALL)
+    reference.dequantize(q, s, want, swizzled=True)
+    assert_bytes_equal(got.view(torch.int32), want.view(torch.int32), "column-major swizzled scales")
+
+
 def test_dequantize_strided_q_and_scales_and_3d_match_reference():
     g = torch.Generator().manual_seed(5)
     wide_q = torch.randint(0, 256, (2, 5, 80), dtype=torch.uint8, generator=g)
