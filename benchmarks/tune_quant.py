@@ -89,8 +89,8 @@ def _whole_chunks(least: int, ks=(256, 512, 1024, 2048)) -> list[LaunchConfig]:
 CANDIDATES = {
     "quantize_mxfp4": (_mxfp4_runner, mxfp4_bytes, [LaunchConfig(m, k, w) for m, k, w in itertools.product(
         (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
-    # Swizzled: also tiles of up to 128 rows, whose scale stores fill more of each 32-byte sector (a
-    # 128-row tile holds every byte of its sectors; 4 rows fill 8 of 32)
+    # Swizzled: also 128-wide tiles of up to 128 rows, whose warps store whole 32-byte sectors of scales
+    # in the kernel's row order (a 4 x 1024 tile's warp stores 4 bytes in each of 8)
     "quantize_mxfp4 (swizzled)": (functools.partial(_mxfp4_runner, swizzled=True), mxfp4_bytes, [
         LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048),
                                                                (1, 2, 4, 8)) if _sensible(m, k, w)]

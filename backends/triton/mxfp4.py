@@ -96,6 +96,10 @@ def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, scale_rows, stride_xm, s
                           BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     BLOCKS: tl.constexpr = BLOCK_K // BLOCK
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    if SWIZZLED:  # rows in the order of a 512-byte scale tile: within each 128 rows, tile-row bits (0, 1-2, 3-6)
+        # become row bits (0, 5-6, 1-4), so 8 rows x 4 blocks held by one warp (a 32 x 128 tile on 4 warps) store
+        # one whole 32-byte sector of scales. A bijection: the grid covers round_up(rows, 128) rows.
+        row = (row & -128) | (row & 1) | (((row >> 1) & 3) << 5) | (((row >> 3) & 15) << 1)
     row_ok = (row < rows)[:, None]
     row64 = row.to(tl.int64)[:, None]  # int64 offsets: tensors past 2^31 elements
     # The 16-byte pieces of a block (vector loads) are the outermost dimension, so the tile's layout puts a
@@ -143,8 +147,10 @@ def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, scale_rows, stride_xm, s
     y = x * pow2(-tl.minimum(e, 126))[:, :, None]
     packed = ENCODE(y, e == 127, nan)
     byte = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-    q_row = tl.multiple_of(k // 2, 16)  # K is a multiple of 32: each row of bytes starts 16-byte aligned
-    tl.store(q_ptr + row64 * q_row + byte[None, :], packed.to(tl.uint8), mask=row_ok & (byte < k // 2)[None, :])
+    # K is a multiple of 32: each row of bytes starts 16-byte aligned, and a mask against q_row (not k // 2)
+    # is constant over 16 bytes, so each thread's 16 bytes go in one store, not two
+    q_row = tl.multiple_of(k // 2, 16)
+    tl.store(q_ptr + row64 * q_row + byte[None, :], packed.to(tl.uint8), mask=row_ok & (byte < q_row)[None, :])
 
 
 # (max rows, max K, config): the first entry that fits wins. Tuned on an H100; see docs/benchmarks.md.
@@ -153,6 +159,10 @@ LAUNCH_TABLE = (
     (1024, None, LaunchConfig(block_m=1, block_k=1024, num_warps=2)),
     (None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),
 )
+# Swizzled scales, large M: 128-wide tiles, whose warps each store one whole sector of scales (the kernel's
+# row order); a 4 x 1024 tile's warp, one row, stores 4 bytes in each of 8 sectors. Chosen by counting
+# sector requests (docs/benchmarks.md), not yet timed.
+SWIZZLED_LAUNCH_TABLE = (*LAUNCH_TABLE[:-1], (None, None, LaunchConfig(block_m=32, block_k=128, num_warps=4)))
 
 
 def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str, swizzled: bool = False,
@@ -179,10 +189,10 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_ru
 @functools.lru_cache(maxsize=1024)
 def launches(k: int, floor: bool, has_eps: bool, scale_f32: bool, swizzled: bool, encode, rceil_exponent,
              config: LaunchConfig | None) -> tuple[tuple[int | None, int, int, Launch], ...]:
-    """(max rows, BLOCK_M, column blocks, launch) for each entry of LAUNCH_TABLE (or just `config`)
-    that takes rows of `k` elements: resolved once per kind of call."""
+    """(max rows, BLOCK_M, column blocks, launch) for each entry of LAUNCH_TABLE (SWIZZLED_LAUNCH_TABLE),
+    or just `config`, that takes rows of `k` elements: resolved once per kind of call."""
     found = []
-    for max_rows, c in fitting(LAUNCH_TABLE, k, config):
+    for max_rows, c in fitting(SWIZZLED_LAUNCH_TABLE if swizzled else LAUNCH_TABLE, k, config):
         block_k = min(c.block_k, triton.next_power_of_2(k))
         if swizzled:  # whole groups of 4 scale columns a program, so the last one writes the padding ones
             block_k = max(block_k, 4 * BLOCK)
