@@ -79,6 +79,11 @@ def _sensible(m: int, k: int, warps: int) -> bool:
     return 1024 <= m * k <= 8192 and 8 <= per_thread <= 32
 
 
+# The FP4 quantizes' tiles (MXFP4, NVFP4)
+QUANTIZE_TILES = [LaunchConfig(m, k, w) for m, k, w in itertools.product(
+    (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]
+
+
 def _whole_chunks(least: int, ks=(256, 512, 1024, 2048)) -> list[LaunchConfig]:
     """Dequantize tiles: a thread holds whole 16-byte chunks of q (MXFP4: whole blocks of 32), so from
     `least` to 64 elements a thread (fewer leave threads idle)."""
@@ -87,13 +92,10 @@ def _whole_chunks(least: int, ks=(256, 512, 1024, 2048)) -> list[LaunchConfig]:
 
 
 CANDIDATES = {
-    "quantize_mxfp4": (_mxfp4_runner, mxfp4_bytes, [LaunchConfig(m, k, w) for m, k, w in itertools.product(
-        (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
+    "quantize_mxfp4": (_mxfp4_runner, mxfp4_bytes, QUANTIZE_TILES),
     # Swizzled: also 128-wide tiles of up to 128 rows, whose warps store whole 32-byte sectors of scales
     # in the kernel's row order (a 4 x 1024 tile's warp stores 4 bytes in each of 8)
-    "quantize_mxfp4 (swizzled)": (functools.partial(_mxfp4_runner, swizzled=True), mxfp4_bytes, [
-        LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048),
-                                                               (1, 2, 4, 8)) if _sensible(m, k, w)]
+    "quantize_mxfp4 (swizzled)": (functools.partial(_mxfp4_runner, swizzled=True), mxfp4_bytes, QUANTIZE_TILES
         + [LaunchConfig(m, 128, w) for m, w in ((32, 4), (64, 8), (128, 8), (128, 16))]),
     "quantize_mxfp8": (_mxfp8_runner, lambda m, k, itemsize: mxfp8_bytes(m, k, itemsize, "swizzled"), [
         LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (128, 256, 512, 1024), (1, 2, 4, 8))
@@ -105,8 +107,7 @@ CANDIDATES = {
     "dequantize_fp8_group_packed": (_dequantize_runner(lowbit.quantize_fp8_group_packed, triton_fp8.dequantize,
                                                        group_size=spec.FP8_DEFAULT_GROUP),
                                     fp8_dequantize_bytes, _whole_chunks(16)),
-    "quantize_nvfp4": (_nvfp4_runner, nvfp4_bytes, [LaunchConfig(m, k, w) for m, k, w in itertools.product(
-        (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048), (1, 2, 4, 8)) if _sensible(m, k, w)]),
+    "quantize_nvfp4": (_nvfp4_runner, nvfp4_bytes, QUANTIZE_TILES),
     "quantize_fp8_group_packed": (_fp8_runner, fp8_bytes, [  # 8 to 128 elements a thread: up to a whole group
         LaunchConfig(m, 512, w) for m, w in itertools.product((2, 4, 8, 16, 32, 64), (1, 2, 4, 8))
         if 8 <= m * 512 // (32 * w) <= 128]),

@@ -265,7 +265,7 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *, swiz
     if q2.stride(1) != 1:
         q2 = q2.contiguous()
     if swizzled:  # read as the flat tiles: contiguous as quantize_mxfp4 returns them
-        s2 = s2 if s2.is_contiguous() else s2.contiguous()
+        s2 = s2.contiguous()
     elif s2.stride(1) != 1:
         s2 = s2.contiguous()
     _, block_m, column_blocks, launch = size_class(dequantize_launches(k, swizzled, out_bits, config), rows)

@@ -178,7 +178,7 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *, swiz
     q2 = q2 if q2.dim() == 2 else q2.reshape(rows, k)  # a view when the leading dims' strides allow it
     s = scales.view(torch.uint8)
     if swizzled:  # read as the flat tiles: contiguous as quantize_mxfp8 returns them
-        s = s if s.is_contiguous() else s.contiguous()
+        s = s.contiguous()
     else:
         s = s if s.dim() == 2 else s.reshape(rows, k // spec.MX_BLOCK)
     int_dtype, out_bits = OUT_BITS[out.dtype]
