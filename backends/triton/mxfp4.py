@@ -264,9 +264,7 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *, swiz
     s2 = scales.view(torch.uint8) if swizzled else scales.view(torch.uint8).reshape(rows, k // BLOCK)
     if q2.stride(1) != 1:
         q2 = q2.contiguous()
-    if swizzled:  # read as the flat tiles: contiguous as quantize_mxfp4 returns them
-        s2 = s2.contiguous()
-    elif s2.stride(1) != 1:
+    if swizzled or s2.stride(1) != 1:  # swizzled ones are read as the flat tiles, in row-major order
         s2 = s2.contiguous()
     _, block_m, column_blocks, launch = size_class(dequantize_launches(k, swizzled, out_bits, config), rows)
     launch((triton.cdiv(rows, block_m), column_blocks, 1), q2, s2, out.view(int_dtype), rows, k, q2.stride(0),
