@@ -149,13 +149,13 @@ def main(argv=None) -> None:
     bench = sub.add_parser("bench", help="GPU benchmarks: `bench quant`, `bench nvfp4`, `bench tune-quant`, "
                                          "`bench attention`, `bench overhead` (needs CUDA and Triton)")
     bench.add_argument("suite", choices=sorted(BENCHMARKS))
-    args, rest = parser.parse_known_args(argv)
+    # REMAINDER hands everything after the suite, --help included, to the suite's own parser
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="the suite's options: `bench SUITE --help`")
+    args = parser.parse_args(argv)
     if args.command == "bench":
-        if not torch.cuda.is_available():
+        if not torch.cuda.is_available() and not {"-h", "--help"} & set(args.options):
             raise SystemExit("lowbit bench: needs a CUDA GPU; the benchmarks time GPU kernels")
-        importlib.import_module(BENCHMARKS[args.suite]).main(rest)
-    elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        importlib.import_module(BENCHMARKS[args.suite]).main(args.options)
     else:
         {"info": info, "demo": demo}[args.command]()
 

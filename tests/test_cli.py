@@ -1,4 +1,4 @@
-"""`python -m lowbit info` and `python -m lowbit demo`."""
+"""`python -m lowbit info`, `python -m lowbit demo` and `python -m lowbit bench`'s parser."""
 
 import functools
 import importlib.util
@@ -110,3 +110,17 @@ def test_demo_runs_and_checks_bits_against_the_reference():
 def test_info_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "lowbit", "info"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "quantize_mxfp4" in result.stdout
+
+
+@pytest.mark.parametrize("suite", sorted(cli.BENCHMARKS))
+def test_bench_help_reaches_the_suites_own_options_without_a_gpu(suite, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", suite, "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m lowbit bench {suite} [-h]")
+
+
+def test_info_refuses_an_unknown_option():
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["info", "--rows", "8"])
+    assert exit_.value.code == 2
