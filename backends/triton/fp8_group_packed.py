@@ -166,15 +166,14 @@ def dequantize_fp8_group_packed_kernel(
 
 
 # (max rows, max K, config): the first entry that fits wins; block_k is fixed by the group (one
-# packed word per program). Tuned on an H100; see docs/benchmarks.md.
+# packed word per program). Small M tuned on an H100, large M on an H200; see docs/benchmarks.md.
 LAUNCH_TABLE = (
     (128, None, LaunchConfig(block_m=2, block_k=4 * spec.FP8_DEFAULT_GROUP, num_warps=4)),
     (1024, None, LaunchConfig(block_m=2, block_k=4 * spec.FP8_DEFAULT_GROUP, num_warps=2)),
-    (None, None, LaunchConfig(block_m=4, block_k=4 * spec.FP8_DEFAULT_GROUP, num_warps=4)),
+    (None, None, LaunchConfig(block_m=8, block_k=4 * spec.FP8_DEFAULT_GROUP, num_warps=1)),
 )
-# dequantize: block_k elements per program (at least one group); the float32-scale FP8 dequantize's config, not
-# tuned for this kernel yet (docs/benchmarks.md)
-DEQUANTIZE_TABLE = ((None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),)
+# dequantize: block_k elements per program (at least one group); tuned on an H200 (docs/benchmarks.md)
+DEQUANTIZE_TABLE = ((None, None, LaunchConfig(block_m=2, block_k=1024, num_warps=2)),)
 
 
 def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, group_size: int, eps: float,

@@ -97,8 +97,9 @@ def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, scale_rows, stride_xm, s
     BLOCKS: tl.constexpr = BLOCK_K // BLOCK
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     if SWIZZLED:  # rows in the order of a 512-byte scale tile: within each 128 rows, tile-row bits (0, 1-2, 3-6)
-        # become row bits (0, 5-6, 1-4), so 8 rows x 4 blocks held by one warp (a 32 x 128 tile on 4 warps) store
-        # one whole 32-byte sector of scales. A bijection: the grid covers round_up(rows, 128) rows.
+        # become row bits (0, 5-6, 1-4), so the 8 rows whose scales share each 32-byte sector are taken together
+        # (by consecutive programs in one-row tiles; its gain there is not measured). A bijection: the grid
+        # covers round_up(rows, 128) rows.
         row = (row & -128) | (row & 1) | (((row >> 1) & 3) << 5) | (((row >> 3) & 15) << 1)
     row_ok = (row < rows)[:, None]
     row64 = row.to(tl.int64)[:, None]  # int64 offsets: tensors past 2^31 elements
@@ -153,16 +154,15 @@ def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, scale_rows, stride_xm, s
     tl.store(q_ptr + row64 * q_row + byte[None, :], packed.to(tl.uint8), mask=row_ok & (byte < q_row)[None, :])
 
 
-# (max rows, max K, config): the first entry that fits wins. Tuned on an H100; see docs/benchmarks.md.
+# (max rows, max K, config): the first entry that fits wins. Small M tuned on an H100, large M on an H200
+# (docs/benchmarks.md).
 LAUNCH_TABLE = (
     (128, None, LaunchConfig(block_m=4, block_k=256, num_warps=4)),
     (1024, None, LaunchConfig(block_m=1, block_k=1024, num_warps=2)),
-    (None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),
+    # one row on one warp is the fastest large-M tile for both scale layouts; for swizzled scales a 32 x 128
+    # tile, whose warps each store one whole sector of scales, took 58 us to its 52 (8192 x 7168)
+    (None, None, LaunchConfig(block_m=1, block_k=1024, num_warps=1)),
 )
-# Swizzled scales, large M: 128-wide tiles, whose warps each store one whole sector of scales (the kernel's
-# row order); a 4 x 1024 tile's warp, one row, stores 4 bytes in each of 8 sectors. Chosen by counting
-# sector requests (docs/benchmarks.md), not yet timed.
-SWIZZLED_LAUNCH_TABLE = (*LAUNCH_TABLE[:-1], (None, None, LaunchConfig(block_m=32, block_k=128, num_warps=4)))
 
 
 def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str, swizzled: bool = False,
@@ -189,10 +189,10 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_ru
 @functools.lru_cache(maxsize=1024)
 def launches(k: int, floor: bool, has_eps: bool, scale_f32: bool, swizzled: bool, encode, rceil_exponent,
              config: LaunchConfig | None) -> tuple[tuple[int | None, int, int, Launch], ...]:
-    """(max rows, BLOCK_M, column blocks, launch) for each entry of LAUNCH_TABLE (SWIZZLED_LAUNCH_TABLE),
-    or just `config`, that takes rows of `k` elements: resolved once per kind of call."""
+    """(max rows, BLOCK_M, column blocks, launch) for each entry of LAUNCH_TABLE (or just `config`)
+    that takes rows of `k` elements: resolved once per kind of call."""
     found = []
-    for max_rows, c in fitting(SWIZZLED_LAUNCH_TABLE if swizzled else LAUNCH_TABLE, k, config):
+    for max_rows, c in fitting(LAUNCH_TABLE, k, config):
         block_k = min(c.block_k, triton.next_power_of_2(k))
         if swizzled:  # whole groups of 4 scale columns a program, so the last one writes the padding ones
             block_k = max(block_k, 4 * BLOCK)
@@ -243,11 +243,11 @@ def dequantize_mxfp4_kernel(q_ptr, s_ptr, out_ptr, rows, k, stride_qm, stride_sm
     store_chunks(out_ptr + row64[:, :, None] * k, col * BLOCK, bits, block_ok)
 
 
-# (max rows, max K, config), as LAUNCH_TABLE; not tuned yet (docs/benchmarks.md). A thread holds whole blocks of
-# 32 (fewer elements a thread leave threads idle)
+# (max rows, max K, config), as LAUNCH_TABLE; large M tuned on an H200 (docs/benchmarks.md). A thread holds whole
+# blocks of 32 (fewer elements a thread leave threads idle)
 DEQUANTIZE_TABLE = (
     (128, None, LaunchConfig(block_m=4, block_k=256, num_warps=1)),
-    (None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),
+    (None, None, LaunchConfig(block_m=2, block_k=1024, num_warps=1)),
 )
 
 

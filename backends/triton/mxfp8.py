@@ -138,16 +138,16 @@ def dequantize_mxfp8_kernel(q_ptr, s_ptr, out_ptr, rows, k, stride_qm, stride_qk
     store_chunks(out_ptr + row64[:, :, None] * k, chunk, bits, chunk_ok)
 
 
-# (max rows, max K, config): the first entry that fits wins. The tiles of fp8_group_packed.py's table
-# (2 or 4 rows x 512 elements), which moves the same bytes per element; see docs/benchmarks.md.
+# (max rows, max K, config): the first entry that fits wins. 2 or 4 rows x 512 elements, as fp8_group_packed.py's
+# small-M tiles (the same bytes per element); not re-tuned, see docs/benchmarks.md.
 QUANTIZE_TABLE = (
     (128, None, LaunchConfig(block_m=2, block_k=512, num_warps=4)),
     (1024, None, LaunchConfig(block_m=2, block_k=512, num_warps=2)),
     (None, None, LaunchConfig(block_m=4, block_k=512, num_warps=4)),
 )
 # dequantize: at least 16 elements a thread (one 16-byte load of q; the tile is whole chunks of 16 a thread, so
-# fewer would leave threads idle), on 64-wide AMD wavefronts too; 1024 divides K = 7168. Not timed yet
-DEQUANTIZE_TABLE = ((None, None, LaunchConfig(block_m=4, block_k=1024, num_warps=4)),)
+# fewer would leave threads idle), on 64-wide AMD wavefronts too; 1024 divides K = 7168. Tuned on an H200
+DEQUANTIZE_TABLE = ((None, None, LaunchConfig(block_m=2, block_k=1024, num_warps=2)),)
 
 
 def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str, swizzled: bool,

@@ -296,7 +296,7 @@ def compile_mxfp8_dequantize(arch, out_bits, swizzled=False):
                  "k": "i32", "stride_qm": "i32", "stride_qk": "constexpr", "stride_sm": "i32", "stride_sk": "constexpr",
                  "SWIZZLED": "constexpr", "OUT": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
     constexprs = {"stride_qk": 1, "stride_sk": 1, "SWIZZLED": swizzled, "OUT": out_bits, "BLOCK_M": 4,
-                  "BLOCK_K": 1024}  # as DEQUANTIZE_TABLE has them
+                  "BLOCK_K": 1024}  # a large-M tile
     return compile_kernel(mxfp8.dequantize_mxfp8_kernel, signature, constexprs, arch,
                           divisible=("q_ptr", "s_ptr", "out_ptr", "k", "stride_qm"), enable_fp_fusion=False)
 

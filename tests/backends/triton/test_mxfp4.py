@@ -38,7 +38,7 @@ POISON = 0xAA
 # Few, large programs: the interpreter's cost is per program, not per element.
 WIDE = LaunchConfig(block_m=1024, block_k=32, num_warps=4)
 TALL = LaunchConfig(block_m=64, block_k=512, num_warps=4)
-SWIZZLED_LARGE_M = kernels.SWIZZLED_LAUNCH_TABLE[-1][2]
+LARGE_M = kernels.LAUNCH_TABLE[-1][2]
 NAN, INF = float("nan"), float("inf")
 
 
@@ -412,8 +412,8 @@ def test_to_f32_widens_every_16_bit_pattern_exactly(dtype):
 
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize(("shape", "config"), [((130, 96), None), ((3, 32), None), ((2, 65, 64), TALL),
-                                               ((257, 1024), WIDE), ((300, 160), SWIZZLED_LARGE_M),
-                                               ((2, 100, 384), SWIZZLED_LARGE_M)], ids=str)
+                                               ((257, 1024), WIDE), ((300, 160), LARGE_M),
+                                               ((2, 100, 384), LARGE_M)], ids=str)
 def test_swizzled_scales_match_reference(spicy, rule, shape, config):
     """Rows past one tile, scale columns not a multiple of 4 (the padding columns), a 3-D input; the
     kernel's row order within 128 rows under tiles of 4 to 1024 rows."""
