@@ -54,6 +54,23 @@ def size_class(tiers, rows: int) -> tuple:
     return tiers[-1]
 
 
+def byte_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """t (..., cols), of a 1-byte dtype, as (rows, cols) with a unit last stride: t itself when it is 2-D
+    with one (Launch passes E2M1 pairs and E8M0 as their bytes: no view to pay for on the common path),
+    else a reshape of its bytes, copied where the strides do not merge. Copies go as uint8: torch does
+    not copy the narrow float dtypes on every device."""
+    if t.dim() == 2 and t.stride(1) == 1:
+        return t
+    b = t.view(torch.uint8).reshape(rows, t.shape[-1])
+    return b if b.stride(1) == 1 else b.contiguous()
+
+
+def flat_bytes(t: torch.Tensor) -> torch.Tensor:
+    """t contiguous, for a kernel that reads it as flat bytes (swizzled scale tiles): itself when it is,
+    else a copy of its bytes (as uint8, like byte_rows)."""
+    return t if t.is_contiguous() else t.view(torch.uint8).contiguous()
+
+
 def on_device(t: torch.Tensor):
     """Launch on `t`'s device (Triton launches on the current one). CPU tensors (the interpreter)
     need no guard, nor does a tensor already on the current device."""

@@ -38,7 +38,7 @@ from .float_bits import (
     store_chunks,
     to_f32,
 )
-from .launch import Launch, LaunchConfig, fitting, size_class
+from .launch import Launch, LaunchConfig, byte_rows, fitting, flat_bytes, size_class
 
 BLOCK = tl.constexpr(spec.MX_BLOCK)  # elements per scale
 ONE_SIXTH_BITS = tl.constexpr(0x3E2AAAAB)  # fl32(1/6), as [MX-RCEIL] multiplies by it
@@ -260,12 +260,8 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *, swiz
     if rows == 0:
         return
     int_dtype, out_bits = OUT_BITS[out.dtype]
-    q2 = q.view(torch.uint8).reshape(rows, k // 2)  # a view when the leading dims allow it, else one copy
-    s2 = scales.view(torch.uint8) if swizzled else scales.view(torch.uint8).reshape(rows, k // BLOCK)
-    if q2.stride(1) != 1:
-        q2 = q2.contiguous()
-    if swizzled or s2.stride(1) != 1:  # swizzled ones are read as the flat tiles, in row-major order
-        s2 = s2.contiguous()
+    q2 = byte_rows(q, rows)
+    s2 = flat_bytes(scales) if swizzled else byte_rows(scales, rows)  # swizzled: the tiles in row-major order
     _, block_m, column_blocks, launch = size_class(dequantize_launches(k, swizzled, out_bits, config), rows)
     launch((triton.cdiv(rows, block_m), column_blocks, 1), q2, s2, out.view(int_dtype), rows, k, q2.stride(0),
            s2.stride(0))

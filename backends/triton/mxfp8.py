@@ -46,7 +46,7 @@ from .float_bits import (
     to_f32,
 )
 from .fp8_group_packed import e4m3_hardware
-from .launch import Launch, LaunchConfig, fitting, size_class
+from .launch import Launch, LaunchConfig, byte_rows, fitting, flat_bytes, size_class
 from .mxfp4 import F32_INF_BITS, swizzled_offset
 
 BLOCK = tl.constexpr(spec.MX_BLOCK)  # elements per scale
@@ -162,7 +162,8 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_ru
     x2 = x if x.dim() == 2 else x.reshape(rows, k)  # a view when the leading dims' strides allow it, else one copy
     _, block_m, column_blocks, launch = size_class(
         launches(k, scale_rule == "floor", swizzled, hardware_e4m3, config), rows)
-    launch((triton.cdiv(scale_rows, block_m), column_blocks, 1), x2, q.view(torch.uint8), scales.view(torch.uint8),
+    # E4M3 elements as their bytes (the kernel writes bits); E8M0 scales go as they are (Launch: their bytes)
+    launch((triton.cdiv(scale_rows, block_m), column_blocks, 1), x2, q.view(torch.uint8), scales,
            rows, k, scale_rows, x2.stride(0), x2.stride(1))
 
 
@@ -176,11 +177,7 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, *, swiz
     rows = out.numel() // k
     q2 = q.view(torch.uint8)
     q2 = q2 if q2.dim() == 2 else q2.reshape(rows, k)  # a view when the leading dims' strides allow it
-    s = scales.view(torch.uint8)
-    if swizzled:  # read as the flat tiles: contiguous as quantize_mxfp8 returns them
-        s = s.contiguous()
-    else:
-        s = s if s.dim() == 2 else s.reshape(rows, k // spec.MX_BLOCK)
+    s = flat_bytes(scales) if swizzled else byte_rows(scales, rows)  # swizzled: the tiles in row-major order
     int_dtype, out_bits = OUT_BITS[out.dtype]
     _, block_m, column_blocks, launch = size_class(dequantize_launches(k, swizzled, out_bits, config), rows)
     launch((triton.cdiv(rows, block_m), column_blocks, 1), q2, s, out.view(int_dtype), rows, k, q2.stride(0),
