@@ -235,3 +235,24 @@ def test_launch_runs_on_its_tensors_device_whatever_the_current_one(monkeypatch)
     assert kernel.seen == [("jit", 0), ("run", 0, "stream 0", "compiled on 0"),
                            ("jit", 1), ("run", 1, "stream 1", "compiled on 1")]
     assert cuda.current == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float4_e2m1fn_x2, torch.float8_e8m0fnu, torch.uint8])
+def test_byte_rows_passes_a_2d_tensor_with_a_unit_last_stride_as_it_is_and_copies_others_as_bytes(dtype):
+    g = torch.Generator().manual_seed(3)
+    wide = torch.randint(0, 256, (2, 3, 10), dtype=torch.uint8, generator=g)
+    flat = wide[0].view(dtype)
+    assert launch_module.byte_rows(flat, 3) is flat  # the common path: no view, no copy
+    for t in (wide.view(dtype), wide[..., 2:8].view(dtype), wide[..., ::2].view(dtype), wide.transpose(0, 1).view(dtype)):
+        rows = t.numel() // t.shape[-1]
+        got = launch_module.byte_rows(t, rows)
+        assert got.dtype == torch.uint8 and got.shape == (rows, t.shape[-1]) and got.stride(1) == 1
+        assert torch.equal(got, t.view(torch.uint8).reshape(rows, t.shape[-1]))
+
+
+def test_flat_bytes_keeps_a_contiguous_tensor_and_copies_others_as_bytes():
+    tiles = torch.arange(512, dtype=torch.int64).to(torch.uint8).view(torch.float8_e8m0fnu).reshape(128, 4)
+    assert launch_module.flat_bytes(tiles) is tiles
+    column_major = tiles.t().contiguous().t()
+    got = launch_module.flat_bytes(column_major)
+    assert got.dtype == torch.uint8 and got.is_contiguous() and torch.equal(got, tiles.view(torch.uint8))
