@@ -57,8 +57,8 @@ def size_class(tiers, rows: int) -> tuple:
 def byte_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     """t (..., cols), of a 1-byte dtype, as (rows, cols) with a unit last stride: t itself when it is 2-D
     with one (Launch passes E2M1 pairs and E8M0 as their bytes: no view to pay for on the common path),
-    else a reshape of its bytes, copied where the strides do not merge. Copies go as uint8: torch does
-    not copy the narrow float dtypes on every device."""
+    else a reshape of its bytes, copied where the strides do not merge. Copies go as uint8, as they always
+    have: no copy kernel for the narrow float dtypes is relied on."""
     if t.dim() == 2 and t.stride(1) == 1:
         return t
     b = t.view(torch.uint8).reshape(rows, t.shape[-1])
