@@ -175,11 +175,11 @@ def tune(shapes=SHAPES, only_splits=False, out=sys.stdout) -> None:
         if only_splits:
             candidates = [(DECODE[128], 1 << i) for i in range(MAX_SPLITS.bit_length())]
         elif shape.decode:
-            candidates = [(AttentionConfig(16, n, w, st, ahead), sp) for n in (64, 128) for w in (2, 4)
-                          for st in (2, 3) for ahead in (False, True) for sp in (1, 2, 4, 8)]
+            candidates = [(AttentionConfig(16, n, w, st), sp) for n in (32, 64, 128) for w in (2, 4) for st in (2, 3, 4)
+                          for sp in (1, 4, 16)]
         else:
-            candidates = [(AttentionConfig(m, n, w, st, ahead), 1) for m in (64, 128) for n in (32, 64, 128)
-                          for w in (4, 8) for st in (2, 3, 4) for ahead in (False, True)]
+            candidates = [(AttentionConfig(m, n, w, st), 1) for m in (64, 128) for n in (32, 64, 128) for w in (4, 8)
+                          for st in (2, 3, 4)]
         timed = []
         for config, splits in candidates:
             try:

@@ -121,28 +121,19 @@ def sweep(acc, m_i, l_i, q, tile_lo, tile_hi, k_base, v_base, table_row,
           stride_k_block, stride_k_slot, stride_v_block, stride_v_slot,
           offs_d, d_ok, kv_len, pos, score_factor, cap_factor, cap_log2, alibi_log2, left, right,
           PAGE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HEAD_MASKED: tl.constexpr,
-          SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-          IDS_AHEAD: tl.constexpr):
+          SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
     """Key tiles tile_lo .. tile_hi - 1 into the running (acc, m_i, l_i), scores in base 2.
     MASKED: some key of a tile may be invisible to some row (or lie past kv_len). The factors are
-    per row: they carry the query's power-of-two scaling (see to_float16). IDS_AHEAD: see
-    AttentionConfig."""
+    per row: they carry the query's power-of-two scaling (see to_float16)."""
     compute = q.dtype
     offs_n = tl.arange(0, BLOCK_N)
-    if IDS_AHEAD:  # [ATTN-PAGES]: only the ids of keys this sweep reads
-        key_end = tl.minimum(kv_len, tile_hi * BLOCK_N)
-        j = tile_lo * BLOCK_N + offs_n
-        next_page = tl.load(table_row + j // PAGE, mask=j < key_end, other=0)
     for tile in range(tile_lo, tile_hi):
         j = tile * BLOCK_N + offs_n
-        in_seq = j < kv_len if MASKED else None
-        if IDS_AHEAD:
-            page = next_page.to(tl.int64)
-            j_next = j + BLOCK_N
-            next_page = tl.load(table_row + j_next // PAGE, mask=j_next < key_end, other=0)
-        elif MASKED:
+        if MASKED:
+            in_seq = j < kv_len
             page = tl.load(table_row + j // PAGE, mask=in_seq, other=0).to(tl.int64)  # [ATTN-PAGES]
         else:
+            in_seq = None
             page = tl.load(table_row + j // PAGE).to(tl.int64)
         slot = (j % PAGE).to(tl.int64)
         k = load_rows(k_base + (page * stride_k_block + slot * stride_k_slot)[:, None] + offs_d[None, :],
@@ -203,7 +194,7 @@ def unified_attention_kernel(
         BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
         SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, SINKS: tl.constexpr, HAS_LEFT: tl.constexpr,
         HAS_RIGHT: tl.constexpr, Q_DESCALE: tl.constexpr, K_DESCALE: tl.constexpr, V_DESCALE: tl.constexpr,
-        FP8_KV: tl.constexpr, DOT_F32: tl.constexpr, IDS_AHEAD: tl.constexpr):
+        FP8_KV: tl.constexpr, DOT_F32: tl.constexpr):
     # the last query blocks of a causal sequence see the most keys: start them first
     block_id = tl.num_programs(0) - 1 - tl.program_id(0)
     kv_head = tl.program_id(1) // CHUNKS
@@ -290,15 +281,15 @@ def unified_attention_kernel(
     acc, m_i, l_i = sweep(acc, m_i, l_i, q, first, full_lo, k_base, v_base, table_row,
                           stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, offs_d, d_ok, kv_len, pos,
                           score_factor, cap_factor, cap_log2, alibi_log2, left, right,
-                          PAGE, BLOCK_N, True, HEAD_MASKED, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT, IDS_AHEAD)
+                          PAGE, BLOCK_N, True, HEAD_MASKED, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT)
     acc, m_i, l_i = sweep(acc, m_i, l_i, q, full_lo, full_hi, k_base, v_base, table_row,
                           stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, offs_d, d_ok, kv_len, pos,
                           score_factor, cap_factor, cap_log2, alibi_log2, left, right,
-                          PAGE, BLOCK_N, False, HEAD_MASKED, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT, IDS_AHEAD)
+                          PAGE, BLOCK_N, False, HEAD_MASKED, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT)
     acc, m_i, l_i = sweep(acc, m_i, l_i, q, full_hi, last, k_base, v_base, table_row,
                           stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, offs_d, d_ok, kv_len, pos,
                           score_factor, cap_factor, cap_log2, alibi_log2, left, right,
-                          PAGE, BLOCK_N, True, HEAD_MASKED, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT, IDS_AHEAD)
+                          PAGE, BLOCK_N, True, HEAD_MASKED, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT)
 
     if SPLITS == 1:  # [ATTN-OUTPUT]: a row that saw no key (l = 0) writes zeros
         scale = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)
@@ -361,16 +352,12 @@ def reduce_splits_kernel(out_ptr, partials, parts, cu_seqlens_q, seqused_k, sink
 
 @dataclass(frozen=True)
 class AttentionConfig:
-    """Rows per program (query tokens x heads of one group), keys per tile, warps, pipeline stages;
-    `ids_ahead`: load each tile's block ids one tile ahead, into registers. The K/V addresses then
-    no longer wait on a copy of the same stage, so the pipeliner can keep copies in flight, at the
-    price of more shared memory (fewer programs per SM)."""
+    """Rows per program (query tokens x heads of one group), keys per tile, warps, pipeline stages."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
-    ids_ahead: bool = False
 
 
 # By padded head size. The 128 entries are tuned on an H100 (docs/benchmarks.md); 64 and 256 are
@@ -498,8 +485,7 @@ def launches(num_heads: int, group: int, head_size: int, page: int, config: Atte
         NUM_HEADS=num_heads, GROUP=group, HEADS=heads, CHUNKS=triton.cdiv(group, heads), HEAD=head_size,
         HEAD_PAD=head_pad, PAGE=page, BLOCK_Q=block_q, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         SPLITS=splits, SOFTCAP=softcap, ALIBI=alibi, SINKS=sinks, HAS_LEFT=has_left, HAS_RIGHT=has_right,
-        Q_DESCALE=q_descale, K_DESCALE=k_descale, V_DESCALE=v_descale, FP8_KV=fp8_kv, DOT_F32=dot_f32,
-        IDS_AHEAD=config.ids_ahead),
+        Q_DESCALE=q_descale, K_DESCALE=k_descale, V_DESCALE=v_descale, FP8_KV=fp8_kv, DOT_F32=dot_f32),
         num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=True)
     if splits == 1:
         return attention, None

@@ -615,7 +615,7 @@ def compile_attention_for(arch: int, q_dtype, kv_dtype):
     constexprs = dict(NUM_HEADS=8, GROUP=4, HEADS=4, CHUNKS=1, HEAD=128, HEAD_PAD=128, PAGE=16, BLOCK_Q=4,
                       BLOCK_M=16, BLOCK_N=64, SPLITS=1, SOFTCAP=False, ALIBI=False, SINKS=False, HAS_LEFT=False,
                       HAS_RIGHT=True, Q_DESCALE=q_dtype == E4M3, K_DESCALE=fp8_kv, V_DESCALE=fp8_kv, FP8_KV=fp8_kv,
-                      DOT_F32=False, IDS_AHEAD=False)
+                      DOT_F32=False)
     assert {name for name, kind in signature.items() if kind == "constexpr"} == set(constexprs), (
         "the kernel's constexprs changed: update this test")
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)

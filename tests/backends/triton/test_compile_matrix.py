@@ -669,8 +669,7 @@ def compile_attention(arch, dtypes="bf16", head_size=128, launch="prefill", opti
                       BLOCK_M=p.config.block_m, BLOCK_N=p.config.block_n, SPLITS=p.splits, SOFTCAP=options_on,
                       ALIBI=options_on, SINKS=options_on, HAS_LEFT=options_on, HAS_RIGHT=True,
                       Q_DESCALE=q_type == "*fp8e4nv", K_DESCALE=kv_type == "*fp8e4nv",
-                      V_DESCALE=kv_type == "*fp8e4nv", FP8_KV=kv_type == "*fp8e4nv", DOT_F32=False,
-                      IDS_AHEAD=p.config.ids_ahead)
+                      V_DESCALE=kv_type == "*fp8e4nv", FP8_KV=kv_type == "*fp8e4nv", DOT_F32=False)
     signature = {}
     for name in fn.arg_names:  # every other argument is an int: a length, a window bound or a stride
         signature[name] = pointers.get(name) or scalars.get(name) or ("constexpr" if name in constexprs else "i32")

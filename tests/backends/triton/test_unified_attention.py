@@ -50,7 +50,6 @@ EXTRA_ROWS = 2  # q rows past cu_seqlens_q[-1]
 # 16 rows x 16 keys per program: several key tiles per sequence, so the masked-left, unmasked and
 # masked-right tile runs all happen, and split-KV has tiles to split
 SMALL = AttentionConfig(16, 16, 4, 1)
-SMALL_IDS_AHEAD = AttentionConfig(16, 16, 4, 1, ids_ahead=True)  # block ids loaded one tile ahead
 DESCALES = {"q": 0.75, "k": 0.5, "v": 0.25}  # the per-tensor values
 
 SEQS = {  # (q_len, kv_len) per sequence
@@ -67,7 +66,7 @@ MODES = {"bf16": (BF16, BF16, BF16), "fp16": (F16, F16, F16), "fp8kv": (BF16, E4
          "fp8kv-fp16": (F16, E4M3, F16), "fp8": (E4M3, E4M3, BF16), "fp8-outfp16": (E4M3, E4M3, F16)}
 LAYOUTS = ["tensor", "seq_head"]  # per-tensor descales, or one per (sequence, KV head)
 SPLITS = [None, 1, 4]  # the plan's choice, the 2-D launch, split-KV (where the plan allows it)
-CONFIGS = {"table": None, "small": SMALL, "small-ids-ahead": SMALL_IDS_AHEAD}
+CONFIGS = {"table": None, "small": SMALL}
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,8 +284,7 @@ def test_the_sample_covers_every_level_of_every_axis_and_the_pairs_that_matter()
         seen = {astuple_field(c, axis) for c in CASES}
         assert all(level in seen for level in levels), (axis, levels, seen)
     pairs = {(c.splits, c.config, c.seqs) for c in CASES}
-    for config in ("small", "small-ids-ahead"):  # split-KV with several tiles
-        assert (4, config, "decode") in pairs and (4, config, "spec") in pairs, config
+    assert (4, "small", "decode") in pairs and (4, "small", "spec") in pairs  # split-KV with several tiles
     assert {c.mode for c in CASES if c.layout == "seq_head"} >= {"fp8kv", "fp8", "fp8kv-fp16", "fp8-outfp16"}
 
 
