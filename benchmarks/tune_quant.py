@@ -94,7 +94,8 @@ def _whole_chunks(least: int, ks=(256, 512, 1024, 2048)) -> list[LaunchConfig]:
 CANDIDATES = {
     "quantize_mxfp4": (_mxfp4_runner, mxfp4_bytes, QUANTIZE_TILES),
     # Swizzled: also 128-wide tiles of up to 128 rows, whose warps store whole 32-byte sectors of scales
-    # in the kernel's row order (a 4 x 1024 tile's warp stores 4 bytes in each of 8)
+    # in the kernel's row order (a 4 x 1024 tile's warp stores 4 bytes in each of 8); on the H200 they lost
+    # to one-row tiles (docs/benchmarks.md)
     "quantize_mxfp4 (swizzled)": (functools.partial(_mxfp4_runner, swizzled=True), mxfp4_bytes, QUANTIZE_TILES
         + [LaunchConfig(m, 128, w) for m, w in ((32, 4), (64, 8), (128, 8), (128, 16))]),
     "quantize_mxfp8": (_mxfp8_runner, lambda m, k, itemsize: mxfp8_bytes(m, k, itemsize, "swizzled"), [
