@@ -10,7 +10,7 @@ import sys
 import torch
 
 from . import __version__, dispatch, registry
-from .capability import arch_name
+from .capability import arch_name, dtype_name
 from .devices import device_arch, present_device_types
 from .ops import OPS
 
@@ -69,15 +69,23 @@ def _arch_ok(cap, device_type: str, arch) -> bool:
 
 
 def _choice(op: str, device_type: str, arch) -> str:
-    """The kernel auto-dispatch picks for a tensor on this device, before any input check."""
+    """The kernel auto-dispatch picks for a tensor on this device, before any input check but the dtype: a
+    kernel for some input dtypes only is named with them, and the search goes on for the rest."""
     opt_ins = dispatch.opted_in("lowbit info")
-    for kernel, native in dispatch.candidates(op, device_type):
+    candidates = dispatch.candidates(op, device_type)
+    every = {d for kernel, _ in candidates for d in kernel.capability.dtypes}
+    picks = []
+    for kernel, native in candidates:
         cap = kernel.capability
         if cap.off_without_opt_in(opt_ins):
             continue
         if not registry.kernel_unavailable(kernel) and (not native or _arch_ok(cap, device_type, arch)):
-            return cap.label + ("" if native else " (pure-PyTorch fallback)")
-    return "none"
+            label = cap.label + ("" if native else " (pure-PyTorch fallback)")
+            if set(cap.dtypes) < every:
+                picks.append(f"{label} for {'/'.join(map(dtype_name, cap.dtypes))}")
+                continue
+            return ", else ".join([*picks, label])
+    return ", else ".join(picks) or "none"
 
 
 def _table(rows: list[dict[str, str]], out) -> None:

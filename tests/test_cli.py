@@ -53,11 +53,11 @@ def test_info_has_an_auto_column_that_names_the_opt_in():
     assert re.split(r"\s{2,}", header.strip())[:3] == ["backend", "here", "auto"]
     for op in VENDOR_MXFP4_OPS:
         rows = info_rows(text, op)
-        assert list(rows) == ["cuda/ptx", "cuda/triton", "xpu/vendor", "xpu/triton", "cpu"]
+        assert list(rows) == ["cuda/ptx", "cuda/bf16x2", "cuda/triton", "xpu/vendor", "xpu/triton", "cpu"]
         assert rows["xpu/vendor"]["auto"] == "only with LOWBIT_XPU_PROVIDER=vendor"
         assert rows["xpu/vendor"]["strides"] == "contiguous"
         assert {label: row["auto"] for label, row in rows.items() if label != "xpu/vendor"} == dict.fromkeys(
-            ["cuda/ptx", "cuda/triton", "xpu/triton", "cpu"], "yes")
+            ["cuda/ptx", "cuda/bf16x2", "cuda/triton", "xpu/triton", "cpu"], "yes")
     for op in OPS:  # every other op's rows are always used by auto-dispatch
         if op not in VENDOR_MXFP4_OPS:
             assert {row["auto"] for row in info_rows(text, op).values()} == {"yes"}, op
@@ -124,3 +124,12 @@ def test_info_refuses_an_unknown_option():
     with pytest.raises(SystemExit) as exit_:
         cli.main(["info", "--rows", "8"])
     assert exit_.value.code == 2
+
+
+def test_info_choice_names_a_kernel_for_some_dtypes_with_them_and_goes_on():
+    """The "on cuda:" answer for an arch: sm_90 takes bfloat16 on its bf16x2 variant, the rest portably."""
+    assert cli._choice("quantize_mxfp4", "cuda", 90) == "cuda/bf16x2 for bfloat16, else cuda/triton"
+    assert cli._choice("per_token_group_quant_mxfp4", "cuda", 90) == "cuda/bf16x2 for bfloat16, else cuda/triton"
+    assert cli._choice("quantize_mxfp4", "cuda", 100) == "cuda/ptx"
+    assert cli._choice("quantize_mxfp4", "cuda", 80) == "cuda/triton"
+    assert cli._choice("quantize_fp8_group_packed", "cuda", 90) == "cuda/triton"

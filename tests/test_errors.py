@@ -123,10 +123,14 @@ def test_supports_meta_cuda_without_an_arch_falls_back_to_cpu():
     assert (v.ok, v.backend, v.fallback) == (True, "cpu", True)
     assert v.reasons == {"cuda/ptx": ["needs {sm_100, sm_103, sm_110, sm_120, sm_121} and cannot tell this cuda "
                                       "device's arch"],
+                         "cuda/bf16x2": ["needs {sm_90} and cannot tell this cuda device's arch",
+                                         "input dtype float32 is not one of bfloat16"],
                          "cuda/triton": ["needs sm_80+ and cannot tell this cuda device's arch"]}
     for arch, variant in (("sm_90", "triton"), ((10, 0), "ptx")):
         v = lowbit.supports("quantize_mxfp4", x, device="cuda", arch=arch)
         assert (v.ok, v.backend, v.variant, v.fallback) == (True, "cuda", variant, False)
+    v = lowbit.supports("quantize_mxfp4", x.bfloat16(), device="cuda", arch="sm_90")
+    assert (v.ok, v.backend, v.variant, v.fallback) == (True, "cuda", "bf16x2", False)
 
 
 def test_supports_meta_cuda_refusal_names_the_constraint():
@@ -134,6 +138,8 @@ def test_supports_meta_cuda_refusal_names_the_constraint():
     assert (v.ok, v.backend) == (False, None)
     assert v.reasons == {"cuda/ptx": ["needs {sm_100, sm_103, sm_110, sm_120, sm_121}, not sm_90",
                                       "last dim 60 is not a multiple of the block size 32"],
+                         "cuda/bf16x2": ["input dtype float32 is not one of bfloat16",
+                                         "last dim 60 is not a multiple of the block size 32"],
                          "cuda/triton": ["last dim 60 is not a multiple of the block size 32"],
                          "cpu": ["last dim 60 is not a multiple of the block size 32"]}
     assert "on cuda" in v.explain() and "Alternative: pad the last dim" in v.explain()

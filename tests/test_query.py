@@ -24,9 +24,9 @@ def test_capabilities_lists_every_op_of_every_backend():
     } | ({("cuda", "unified_attention")} if _cuda_attention_written() else set())
     # highest priority first (cuda and xpu share 10: by name), each backend's variants in its order
     assert [c.label for c in records if c.op == "quantize_mxfp4"] == [
-        "cuda/ptx", "cuda/triton", "xpu/vendor", "xpu/triton", "cpu"]
+        "cuda/ptx", "cuda/bf16x2", "cuda/triton", "xpu/vendor", "xpu/triton", "cpu"]
     assert [c.label for c in records if c.op == "per_token_group_quant_mxfp4"] == [
-        "cuda/ptx", "cuda/triton", "xpu/vendor", "xpu/triton", "cpu"]
+        "cuda/ptx", "cuda/bf16x2", "cuda/triton", "xpu/vendor", "xpu/triton", "cpu"]
     assert [c.label for c in records if c.op == "quantize_nvfp4"] == ["cuda/ptx", "cuda/triton", "xpu/triton", "cpu"]
     assert all(c.fidelity and c.dtypes for c in records)
 
@@ -69,6 +69,8 @@ def test_explain_reads_as_text():
         "lowbit.quantize_mxfp4 for bfloat16 input, ndim 2, last dim 48, scale_rule 'rceil', on cuda sm_100: "
         "no backend can run it:\n"
         "  - cuda/ptx: last dim 48 is not a multiple of the block size 32\n"
+        "  - cuda/bf16x2: needs {sm_90}, not sm_100\n"
+        "  - cuda/bf16x2: last dim 48 is not a multiple of the block size 32\n"
         "  - cuda/triton: last dim 48 is not a multiple of the block size 32\n"
         "  - cpu: last dim 48 is not a multiple of the block size 32\n"
         "Alternative: pad the last dim with zeros to a multiple of 32"

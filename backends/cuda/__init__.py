@@ -27,7 +27,7 @@ BACKEND = Backend(
     name="cuda",
     priority=10,
     summary="Triton kernels on NVIDIA GPUs (MXFP4, NVFP4 and attention sm_80+, FP8 and MXFP8 sm_89+), PTX on the "
-            "sm_100 families",
+            "sm_100 families, MXFP4 on bfloat16 pairs on sm_90",
     kernels=(*mxfp4.KERNELS, *mxfp8.KERNELS, *nvfp4.KERNELS, *fp8_group.KERNELS, *fp8_group_packed.KERNELS,
              *unified_attention.KERNELS),
     unavailable=_unavailable,

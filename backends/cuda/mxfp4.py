@@ -1,7 +1,8 @@
-"""quantize_mxfp4 and per_token_group_quant_mxfp4 on CUDA: the portable Triton kernel (sm_80+),
-and the same kernel with PTX for the E2M1 pair encoding and the rceil scale on the sm_100
-families; dequantize_mxfp4 by its portable Triton kernel. All give the bits of docs/SPEC.md;
-capability records below."""
+"""quantize_mxfp4 and per_token_group_quant_mxfp4 on CUDA: the portable Triton kernel (sm_80+); the
+same kernel with PTX for the E2M1 pair encoding and the rceil scale on the sm_100 families; and on
+sm_90, for bfloat16 input, the same kernel with its element path on bfloat16 pairs (ptx.py).
+dequantize_mxfp4 by its portable Triton kernel. All give the bits of docs/SPEC.md; capability
+records below."""
 
 import torch
 
@@ -12,6 +13,9 @@ from lowbit.capability import ArchRange, Capability
 # The sm_XXXa targets whose ptxas takes ptx.py's cvt.rn.satfinite.e2m1x2.f32 and
 # cvt.rp.satfinite.ue8m0x2.f32 (it rejects them below sm_100, sm_90a included)
 PTX_ARCHS = frozenset({100, 103, 110, 120, 121})
+# The bfloat16-pair hooks (ptx.py): mul.rn.bf16x2 and max.u16x2 need sm_90. Timed on the H100 and H200 only,
+# so the sm_100 families keep the PTX variant
+BF16X2_ARCHS = frozenset({90})
 
 
 def quantize_triton(x, q, scales, *, scale_rule, swizzled, eps=0.0):
@@ -30,12 +34,25 @@ def quantize_ptx(x, q, scales, *, scale_rule, swizzled, eps=0.0):
                    rceil_exponent=rceil_exponent_ptx)
 
 
+def quantize_bf16x2(x, q, scales, *, scale_rule, swizzled, eps=0.0):
+    from lowbit.backends.triton import mxfp4
+
+    from .ptx import amax_bits_bf16x2, encode_bf16x2
+
+    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, swizzled=swizzled, eps=eps, amax_bits=amax_bits_bf16x2,
+                   encode=encode_bf16x2)
+
+
 def quantize_into_triton(x, x_q, x_s, *, eps, swizzled):
     quantize_triton(x, x_q, x_s, scale_rule="rceil", swizzled=swizzled, eps=eps)
 
 
 def quantize_into_ptx(x, x_q, x_s, *, eps, swizzled):
     quantize_ptx(x, x_q, x_s, scale_rule="rceil", swizzled=swizzled, eps=eps)
+
+
+def quantize_into_bf16x2(x, x_q, x_s, *, eps, swizzled):
+    quantize_bf16x2(x, x_q, x_s, scale_rule="rceil", swizzled=swizzled, eps=eps)
 
 
 def dequantize_triton(q, scales, out, *, swizzled):
@@ -56,14 +73,17 @@ _COMMON = dict(
 )
 _PTX = dict(variant="ptx", archs={"cuda": PTX_ARCHS})
 _TRITON = dict(variant="triton", archs={"cuda": ArchRange(80)})
+_BF16X2 = dict(variant="bf16x2", archs={"cuda": BF16X2_ARCHS}, dtypes=(torch.bfloat16,))
 
 _INPUT = dict(dtypes=spec.INPUT_DTYPES)
 
 KERNELS = (
     Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_INPUT, **_PTX, **_COMMON), quantize_ptx),
+    Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_BF16X2, **_COMMON), quantize_bf16x2),
     Kernel(Capability(op="quantize_mxfp4", scale_rules=spec.MX_SCALE_RULES, **_INPUT, **_TRITON, **_COMMON),
            quantize_triton),
     Kernel(Capability(op="per_token_group_quant_mxfp4", **_INPUT, **_PTX, **_COMMON), quantize_into_ptx),
+    Kernel(Capability(op="per_token_group_quant_mxfp4", **_BF16X2, **_COMMON), quantize_into_bf16x2),
     Kernel(Capability(op="per_token_group_quant_mxfp4", **_INPUT, **_TRITON, **_COMMON), quantize_into_triton),
     Kernel(Capability(op="dequantize_mxfp4", dtypes=(spec.MX_Q_DTYPE, torch.uint8), out_dtypes=spec.DEQUANT_DTYPES,
                       **_TRITON, **_COMMON), dequantize_triton),

@@ -4,13 +4,14 @@ One pass: each program loads a BLOCK_M x BLOCK_K tile, reduces each 32-element b
 in registers, derives the E8M0 scale from exponent bits, scales by an exact power of two, rounds
 to E2M1 and writes packed nibbles and scale bytes. The kernel is bound by instructions per element
 more than by bytes, so the element path is integer and bit arithmetic, a handful of operations
-each. Two steps are constexpr hooks, so a device backend can swap in instructions for them
-(backends/cuda passes PTX on sm_100+):
+each. Three steps are constexpr hooks, so a device backend can swap in instructions for them
+(backends/cuda passes PTX: bfloat16 pairs on sm_90, E2M1 and UE8M0 conversions on sm_100+):
 
-- ENCODE(y, half, nan) -> packed bytes: scaled values y (BLOCK_M, BLOCKS, 32), their blocks'
-  `half` flags (the true value is y/2: only e = 127 blocks, see below) and NaN flags, to E2M1
-  bytes (BLOCK_M, BLOCK_K/2), the even element in the low nibble: int32 whose low 8 bits are
-  stored (the bits above may hold anything). Portable: encode_portable.
+- AMAX_BITS(x) -> int32: the float32 bits of each block's largest |x| (NaN above Inf), from the
+  input values x (BLOCK_M, BLOCKS, 32) in the input dtype. Portable: amax_bits_portable.
+- ENCODE(x, e, nan) -> packed bytes: the input values x, their blocks' exponents e (the scale is
+  2^e) and NaN flags, to E2M1 bytes (BLOCK_M, BLOCK_K/2), the even element in the low nibble: int32
+  whose low 8 bits are stored (the bits above may hold anything). Portable: encode_portable.
 - RCEIL_EXPONENT(d) -> int32: ceil(log2 d) for positive normal float32 d. Portable: exponent bits.
 
 The same kernel serves per_token_group_quant_mxfp4 (vLLM's convention): `eps_bits` raises d to at
@@ -66,7 +67,28 @@ def swizzled_offset(row64, col, cols):
 
 
 @triton.jit
-def encode_portable(y, half, nan):
+def amax_bits_portable(x):
+    """[MX-AMAX, MX-NAN]: an unsigned max of the float32 bits shifted left by one, the sign shifted out (a
+    shift runs as a multiply on sm_90, off the logic pipe that bounds this kernel; a mask would not).
+    NaN sorts above +Inf, and a block holding one has its scale and nibbles fixed anyway."""
+    return (tl.max(to_f32(x).to(tl.uint32, bitcast=True) << 1, axis=2) >> 1).to(tl.int32)
+
+
+@triton.jit
+def scaled(x, e):
+    """[MX-SCALING] x * 2^-e in float32, with a normal factor: 2^-127 is a float32 subnormal, which some
+    targets flush, so e = 127 blocks (Inf only) scale by 2^-126 and the encoder halves them."""
+    return to_f32(x) * pow2(-tl.minimum(e, 126))[:, :, None]
+
+
+@triton.jit
+def encode_portable(x, e, nan):
+    """The ENCODE hook: scaled, then e2m1_portable."""
+    return e2m1_portable(scaled(x, e), e == 127, nan)
+
+
+@triton.jit
+def e2m1_portable(y, half, nan):
     """[MX-ROUND, MX-SATURATE, MX-SIGN, MX-NAN] E2M1 nibbles of y (halved where `half`), packed.
 
     a = |y| saturated at 6 (12 before halving). E2M1 steps by 0.5 up to 2, by 1 up to 4 and by 2
@@ -91,9 +113,9 @@ def rceil_exponent_portable(d):
 
 @triton.jit
 def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, scale_rows, stride_xm, stride_xk, eps_bits,
-                          FLOOR: tl.constexpr, ENCODE: tl.constexpr, RCEIL_EXPONENT: tl.constexpr,
-                          HAS_EPS: tl.constexpr, SCALE_F32: tl.constexpr, SWIZZLED: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                          FLOOR: tl.constexpr, AMAX_BITS: tl.constexpr, ENCODE: tl.constexpr,
+                          RCEIL_EXPONENT: tl.constexpr, HAS_EPS: tl.constexpr, SCALE_F32: tl.constexpr,
+                          SWIZZLED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     BLOCKS: tl.constexpr = BLOCK_K // BLOCK
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     if SWIZZLED:  # rows in the order of a 512-byte scale tile: within each 128 rows, tile-row bits (0, 1-2, 3-6)
@@ -111,12 +133,9 @@ def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, scale_rows, stride_xm, s
         + tl.arange(0, PIECE)[None, None, None, :]
     x = tl.load(x_ptr + row64[None, :, :, None] * stride_xm + col.to(tl.int64) * stride_xk,
                 mask=row_ok[None, :, :, None] & (col < k), other=0.0)
-    x = tl.reshape(tl.permute(to_f32(x), (1, 2, 0, 3)), (BLOCK_M, BLOCKS, BLOCK))
+    x = tl.reshape(tl.permute(x, (1, 2, 0, 3)), (BLOCK_M, BLOCKS, BLOCK))
 
-    # [MX-AMAX, MX-NAN]: an unsigned max of the bits shifted left by one, the sign shifted out (a
-    # shift runs as a multiply on sm_90, off the logic pipe that bounds this kernel; a mask would not).
-    # NaN sorts above +Inf, and a block holding one has its scale and nibbles fixed anyway.
-    amax_bits = (tl.max(x.to(tl.uint32, bitcast=True) << 1, axis=2) >> 1).to(tl.int32)
+    amax_bits = AMAX_BITS(x)  # [MX-AMAX, MX-NAN]
     nan = amax_bits > F32_INF_BITS
     amax = amax_bits.to(tl.float32, bitcast=True)
     if FLOOR:  # [MX-FLOOR]
@@ -143,10 +162,7 @@ def quantize_mxfp4_kernel(x_ptr, q_ptr, s_ptr, rows, k, scale_rows, stride_xm, s
         scale = tl.where(nan, 255, e + 127).to(tl.uint8)
         tl.store(s_ptr + row64 * cols + block[None, :], scale, mask=row_ok & (block < cols)[None, :])
 
-    # [MX-SCALING] y = x * 2^-e with a normal factor: 2^-127 is a float32 subnormal, which some
-    # targets flush, so e = 127 blocks (Inf only) scale by 2^-126 and the encoder halves them.
-    y = x * pow2(-tl.minimum(e, 126))[:, :, None]
-    packed = ENCODE(y, e == 127, nan)
+    packed = ENCODE(x, e, nan)  # [MX-SCALING] and the elements
     byte = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
     # K is a multiple of 32: each row of bytes starts 16-byte aligned, and a mask against q_row (not k // 2)
     # is constant over 16 bytes, so each thread's 16 bytes go in one store, not two
@@ -166,8 +182,8 @@ LAUNCH_TABLE = (
 
 
 def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_rule: str, swizzled: bool = False,
-             eps: float = 0.0, encode=encode_portable, rceil_exponent=rceil_exponent_portable,
-             config: LaunchConfig | None = None) -> None:
+             eps: float = 0.0, amax_bits=amax_bits_portable, encode=encode_portable,
+             rceil_exponent=rceil_exponent_portable, config: LaunchConfig | None = None) -> None:
     """Write MXFP4 of `x` (..., K) into contiguous `q` (..., K/2) and `scales`: (..., K/32) E8M0
     bytes or float32 powers of two (when `scales` is float32), or the swizzled E8M0 tiles
     [MX-SWIZZLE]. `eps` is [MX-EPS]'s (rule rceil)."""
@@ -180,14 +196,15 @@ def quantize(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, *, scale_ru
     scale_rows = scales.shape[0] if swizzled else rows
     x2 = x if x.dim() == 2 else x.reshape(rows, k)  # a view when the leading dims' strides allow it, else one copy
     _, block_m, column_blocks, launch = size_class(
-        launches(k, scale_rule == "floor", eps_bits != 0, scale_f32, swizzled, encode, rceil_exponent, config), rows)
+        launches(k, scale_rule == "floor", eps_bits != 0, scale_f32, swizzled, amax_bits, encode, rceil_exponent,
+                 config), rows)
     # float32 scales are written as their bits; q and E8M0 scales go as they are (Launch: their bytes)
     launch((triton.cdiv(scale_rows, block_m), column_blocks, 1), x2, q,
            scales.view(torch.int32) if scale_f32 else scales, rows, k, scale_rows, x2.stride(0), x2.stride(1), eps_bits)
 
 
 @functools.lru_cache(maxsize=1024)
-def launches(k: int, floor: bool, has_eps: bool, scale_f32: bool, swizzled: bool, encode, rceil_exponent,
+def launches(k: int, floor: bool, has_eps: bool, scale_f32: bool, swizzled: bool, amax_bits, encode, rceil_exponent,
              config: LaunchConfig | None) -> tuple[tuple[int | None, int, int, Launch], ...]:
     """(max rows, BLOCK_M, column blocks, launch) for each entry of LAUNCH_TABLE (or just `config`)
     that takes rows of `k` elements: resolved once per kind of call."""
@@ -196,8 +213,8 @@ def launches(k: int, floor: bool, has_eps: bool, scale_f32: bool, swizzled: bool
         block_k = min(c.block_k, triton.next_power_of_2(k))
         if swizzled:  # whole groups of 4 scale columns a program, so the last one writes the padding ones
             block_k = max(block_k, 4 * BLOCK)
-        constexprs = dict(FLOOR=floor, ENCODE=encode, RCEIL_EXPONENT=rceil_exponent, HAS_EPS=has_eps,
-                          SCALE_F32=scale_f32, SWIZZLED=swizzled, BLOCK_M=c.block_m, BLOCK_K=block_k)
+        constexprs = dict(FLOOR=floor, AMAX_BITS=amax_bits, ENCODE=encode, RCEIL_EXPONENT=rceil_exponent,
+                          HAS_EPS=has_eps, SCALE_F32=scale_f32, SWIZZLED=swizzled, BLOCK_M=c.block_m, BLOCK_K=block_k)
         # fp fusion is exact here: every product-then-sum (the encoder's a * 2h + 2^23, ...) has an exact product
         launch = Launch(quantize_mxfp4_kernel, constexprs, num_warps=c.num_warps, enable_fp_fusion=True)
         found.append((max_rows, c.block_m, triton.cdiv(k, block_k), launch))

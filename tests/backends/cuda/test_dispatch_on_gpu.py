@@ -29,16 +29,29 @@ DEQUANTIZE = ("dequantize_fp8_group_packed", "dequantize_mxfp8") if ARCH is not 
 GPU_DEQUANTIZE = tuple(op for op in ("dequantize_mxfp4", "dequantize_fp8_group_packed", "dequantize_mxfp8")
                        if op not in DEQUANTIZE)
 PTX_ARCHS = {100, 103, 110, 120, 121}  # written out here, not read from the backend's record
+BF16X2_ARCHS = {90}  # likewise: MXFP4 on bfloat16 pairs
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 not_ptx_arch = pytest.mark.skipif(ARCH in PTX_ARCHS, reason="this GPU takes the PTX variant")
 fp8_arch = pytest.mark.skipif(ARCH is not None and ARCH < 89, reason="the cuda FP8 kernel needs sm_89+")
 
 
-def expected_label(op: str) -> str:
-    """The kernel auto-dispatch should pick for a CUDA tensor on this GPU (sm_90: cuda/triton for both)."""
+def expected_label(op: str, dtype: torch.dtype = torch.bfloat16) -> str:
+    """The kernel auto-dispatch should pick for a CUDA tensor on this GPU (sm_90: cuda/bf16x2 for MXFP4 of
+    bfloat16, else cuda/triton)."""
     if op == MX:
-        return "cuda/ptx" if ARCH in PTX_ARCHS else "cuda/triton" if ARCH >= 80 else "cpu"
+        if ARCH in PTX_ARCHS:
+            return "cuda/ptx"
+        if ARCH in BF16X2_ARCHS and dtype == torch.bfloat16:
+            return "cuda/bf16x2"
+        return "cuda/triton" if ARCH >= 80 else "cpu"
     return "cuda/triton" if ARCH >= 89 else "cpu"
+
+
+def expected_info_choice(op: str) -> str:
+    """`lowbit info`'s "on cuda:" answer: a kernel for some dtypes only is named with them."""
+    if op == MX and ARCH in BF16X2_ARCHS:
+        return "cuda/bf16x2 for bfloat16, else cuda/triton"
+    return expected_label(op)
 
 
 def lowbit_warnings(caplog) -> list[str]:
@@ -54,13 +67,13 @@ def sample(shape=(5, 2048), dtype=torch.bfloat16, seed=0) -> torch.Tensor:
 
 @pytest.mark.parametrize("op", [MX, FP8])
 def test_auto_picks_the_cuda_backend_for_the_quantize_ops(op):
-    label = expected_label(op)
-    backend, _, variant = label.partition("/")
     base = torch.empty(64, 2048, dtype=torch.bfloat16, device="cuda")
     transposed = torch.empty(2048, 64, dtype=torch.float16, device="cuda").t()
     inputs = [torch.empty(5, 2048, dtype=d, device="cuda") for d in DTYPES]
     inputs += [base[:, :1024], transposed, base[:, ::2], base.view(2, 32, 2048), base.expand(3, 64, 2048)]
     for x in inputs:
+        label = expected_label(op, x.dtype)
+        backend, _, variant = label.partition("/")
         verdict = lowbit.supports(op, x)
         assert verdict.call.arch == ARCH
         want = (backend, variant, backend == "cpu")  # the reference only as a fallback (sm_80 for FP8)
@@ -70,11 +83,11 @@ def test_auto_picks_the_cuda_backend_for_the_quantize_ops(op):
 
 @not_ptx_arch
 def test_explain_names_the_ptx_variants_arch_refusal():
-    x = torch.empty(5, 2048, dtype=torch.bfloat16, device="cuda")
+    x = torch.empty(5, 2048, dtype=torch.float16, device="cuda")  # float16: not the bf16x2 variant's
     for rule in ("rceil", "floor"):
         verdict = lowbit.supports(MX, x, scale_rule=rule)
         assert (verdict.backend, verdict.variant, verdict.fallback) == ("cuda", "triton", False)
-        assert [name for name, _ in verdict.rejected] == ["cuda/ptx"]
+        assert [name for name, _ in verdict.rejected] == ["cuda/ptx", "cuda/bf16x2"]
         text = verdict.explain()
         assert "runs on backend 'cuda' (triton)" in text, text
         assert "cuda/ptx: needs {sm_100" in text and f"not sm_{ARCH}" in text, text
@@ -110,7 +123,7 @@ def test_info_reports_the_cuda_choice_for_every_op():
     assert f"cuda (sm_{ARCH})" in text.splitlines()[0]
     assert "cannot load" not in text, text  # the cuda backend loads: triton is installed
     for op in (MX, FP8):
-        assert f"  on cuda: {expected_label(op)}" in sections[op], "\n".join(sections[op])
+        assert f"  on cuda: {expected_info_choice(op)}" in sections[op], "\n".join(sections[op])
         assert "  on cpu: cpu" in sections[op]
     for op in DEQUANTIZE:
         assert "  on cuda: cpu (pure-PyTorch fallback)" in sections[op], "\n".join(sections[op])
@@ -123,12 +136,14 @@ def test_info_reports_the_cuda_choice_for_every_op():
 
 
 @pytest.mark.skipif(ARCH != 90, reason="the H100's expectations, word for word (sm_90)")
-def test_on_the_h100_both_quantize_ops_say_cuda_triton():
+def test_on_the_h100_mxfp4_of_bfloat16_says_cuda_bf16x2_and_the_rest_cuda_triton():
     _, sections = info_sections()
-    for op in (MX, FP8):
-        assert "  on cuda: cuda/triton" in sections[op]
-        verdict = lowbit.supports(op, torch.empty(4, 256, dtype=torch.bfloat16, device="cuda"))
-        assert (verdict.backend, verdict.variant, verdict.fallback) == ("cuda", "triton", False)
+    assert "  on cuda: cuda/bf16x2 for bfloat16, else cuda/triton" in sections[MX]
+    assert "  on cuda: cuda/triton" in sections[FP8]
+    for op, dtype, variant in ((MX, torch.bfloat16, "bf16x2"), (MX, torch.float16, "triton"),
+                               (FP8, torch.bfloat16, "triton")):
+        verdict = lowbit.supports(op, torch.empty(4, 256, dtype=dtype, device="cuda"))
+        assert (verdict.backend, verdict.variant, verdict.fallback) == ("cuda", variant, False)
 
 
 # --- fallbacks and strict mode --------------------------------------------------------------------

@@ -97,11 +97,13 @@ def test_the_fast_path_matches_the_reference_across_specialisations():
 
 def test_a_launch_keeps_one_compiled_kernel_per_specialisation():
     x = sample((16, 4096), 5).cuda()
-    lowbit.quantize_mxfp4(x)
-    lowbit.quantize_mxfp4(x)
-    lowbit.quantize_mxfp4(torch.cat([x, x], 1)[:, 1:4097])  # unaligned, row stride 8192: another specialisation
-    tiers = triton_mxfp4.launches(4096, False, False, False, False, triton_mxfp4.encode_portable,
-                                  triton_mxfp4.rceil_exponent_portable, None)
+    portable = "cuda/triton"  # the launches looked up below are the portable hooks'
+    lowbit.quantize_mxfp4(x, backend=portable)
+    lowbit.quantize_mxfp4(x, backend=portable)
+    # unaligned, row stride 8192: another specialisation
+    lowbit.quantize_mxfp4(torch.cat([x, x], 1)[:, 1:4097], backend=portable)
+    tiers = triton_mxfp4.launches(4096, False, False, False, False, triton_mxfp4.amax_bits_portable,
+                                  triton_mxfp4.encode_portable, triton_mxfp4.rceil_exponent_portable, None)
     max_rows, _, _, launch = tiers[0]
     assert max_rows >= 16 and len(launch.compiled) >= 2
 

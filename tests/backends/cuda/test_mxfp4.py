@@ -70,7 +70,8 @@ def assert_same_mx(got, want, x: torch.Tensor | None = None) -> None:
 
 
 def gpu_backends(verdict) -> list[str]:
-    """Auto, plus the portable variant forced when auto picked another one (the PTX variant on sm_100+)."""
+    """Auto, plus the portable variant forced when auto picked another one (PTX on sm_100+, bfloat16 pairs
+    on sm_90)."""
     return ["auto"] + ([] if verdict.variant == "triton" else ["cuda/triton"])
 
 
@@ -329,16 +330,18 @@ def check_group_quant(x: torch.Tensor, xd: torch.Tensor | None = None, scale_dty
                 assert_same_group_quant(got, want, x, f"{dtype_id(scale_dtype)} x_s, eps {eps}, {backend}")
 
 
-def test_per_token_group_quant_auto_dispatch_picks_cuda_triton_on_sm90_and_the_arch_variant_here():
-    """sm_90 (asked with arch=, so any GPU answers it) has no PTX variant: the portable kernel.
-    On this GPU the choice is the PTX variant on the sm_100 families, else the portable one."""
-    x = torch.zeros(4, 256, dtype=torch.bfloat16, device="cuda")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
+def test_per_token_group_quant_auto_dispatch_on_sm90_and_the_arch_variant_here(dtype):
+    """sm_90 (asked with arch=, so any GPU answers it) has no PTX variant: bfloat16 pairs for bfloat16, else
+    the portable kernel. On this GPU: the PTX variant on the sm_100 families, and the same as sm_90 below."""
+    x = torch.zeros(4, 256, dtype=dtype, device="cuda")
+    on_sm90 = "bf16x2" if dtype == torch.bfloat16 else "triton"
     for scale_dtype in SCALE_DTYPES:
         buffers = group_buffers(x, scale_dtype)
         sm90 = lowbit.supports(GROUP_OP, x, *buffers, arch="sm_90")
-        assert (sm90.backend, sm90.variant, sm90.fallback) == ("cuda", "triton", False), sm90.explain()
+        assert (sm90.backend, sm90.variant, sm90.fallback) == ("cuda", on_sm90, False), sm90.explain()
         here = lowbit.supports(GROUP_OP, x, *buffers)
-        want = "ptx" if ARCH in cuda_mxfp4.PTX_ARCHS else "triton"
+        want = "ptx" if ARCH in cuda_mxfp4.PTX_ARCHS else on_sm90 if ARCH in cuda_mxfp4.BF16X2_ARCHS else "triton"
         assert (here.backend, here.variant, here.fallback) == ("cuda", want, False), here.explain()
 
 

@@ -32,19 +32,33 @@ def ask(op, x=None, arch="sm_90", **kwargs):
 
 # --- the records say what the issue asks, as data -------------------------------------------------
 
-def test_mxfp4_has_a_ptx_variant_before_the_portable_one():
-    variants = [k.capability.variant for k in cuda.BACKEND.kernels_for(MX)]
-    assert variants == ["ptx", "triton"]
+def mx_record(variant: str, op: str = MX):
+    [kernel] = [k for k in cuda.BACKEND.kernels_for(op) if k.capability.variant == variant]
+    return kernel.capability
+
+
+@pytest.mark.parametrize("op", [MX, "per_token_group_quant_mxfp4"])
+def test_mxfp4_has_the_ptx_and_bf16x2_variants_before_the_portable_one(op):
+    variants = [k.capability.variant for k in cuda.BACKEND.kernels_for(op)]
+    assert variants == ["ptx", "bf16x2", "triton"]
 
 
 def test_ptx_archs_are_the_sm100_families_and_exclude_hopper():
-    ptx = cuda.BACKEND.kernels_for(MX)[0].capability
+    ptx = mx_record("ptx")
     assert set(ptx.archs["cuda"]) == {100, 103, 110, 120, 121}
     assert 90 not in ptx.archs["cuda"] and 89 not in ptx.archs["cuda"]
 
 
+@pytest.mark.parametrize("op", [MX, "per_token_group_quant_mxfp4"])
+def test_bf16x2_variant_is_sm90_and_bfloat16_only(op):
+    # mul.rn.bf16x2 and max.u16x2 need sm_90; only bfloat16 comes in pairs of bfloat16
+    bf16x2 = mx_record("bf16x2", op)
+    assert set(bf16x2.archs["cuda"]) == {90}
+    assert bf16x2.dtypes == (torch.bfloat16,)
+
+
 def test_portable_mxfp4_needs_sm80_and_fp8_needs_sm89():
-    portable = cuda.BACKEND.kernels_for(MX)[1].capability
+    portable = mx_record("triton")
     fp8 = cuda.BACKEND.kernel(FP8).capability
     assert 80 in portable.archs["cuda"] and 75 not in portable.archs["cuda"]
     assert 89 in fp8.archs["cuda"] and 86 not in fp8.archs["cuda"]
@@ -61,7 +75,8 @@ def test_cuda_records_are_bit_exact_graph_safe_and_nd(op):
         assert cap.fidelity == "bit-exact to SPEC"
         assert cap.graph_safe and cap.compile_safe
         assert cap.max_ndim is None and not cap.last_dim_contiguous  # N-D, any strides
-        assert cap.dtypes == (torch.float32, torch.float16, torch.bfloat16)
+        want = (torch.bfloat16,) if cap.variant == "bf16x2" else (torch.float32, torch.float16, torch.bfloat16)
+        assert cap.dtypes == want
 
 
 def test_mxfp4_takes_both_scale_rules():
@@ -88,11 +103,18 @@ def test_fp8_group_packed_dequantize_on_sm90_runs_cuda_and_on_sm80_falls_back():
 
 # --- dispatch: PTX -> portable Triton -> reference ----------------------------------------------
 
-def test_sm90_runs_the_portable_variant_without_a_fallback_warning():
-    verdict = ask(MX)
-    assert (verdict.backend, verdict.variant, verdict.fallback) == ("cuda", "triton", False)
+def test_sm90_runs_bfloat16_on_the_bf16x2_variant_without_a_fallback_warning():
+    verdict = ask(MX)  # bfloat16
+    assert (verdict.backend, verdict.variant, verdict.fallback) == ("cuda", "bf16x2", False)
     assert verdict.reasons == {"cuda/ptx": ["needs {sm_100, sm_103, sm_110, sm_120, sm_121}, not sm_90"]}
-    assert "runs on backend 'cuda' (triton)" in verdict.explain()
+    assert "runs on backend 'cuda' (bf16x2)" in verdict.explain()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_sm90_runs_other_dtypes_on_the_portable_variant(dtype):
+    verdict = ask(MX, meta(64, 7168, dtype=dtype))
+    assert (verdict.backend, verdict.variant, verdict.fallback) == ("cuda", "triton", False)
+    assert verdict.reasons["cuda/bf16x2"] == [f"input dtype {str(dtype).removeprefix('torch.')} is not one of bfloat16"]
 
 
 @pytest.mark.parametrize("arch", ["sm_100", "sm_103", "sm_110", "sm_120", "sm_121"])
@@ -146,7 +168,9 @@ def test_forcing_the_ptx_variant_on_sm90_names_the_archs_it_needs():
 
 
 def test_forcing_the_backend_tries_its_variants_in_order():
-    assert ask(MX, backend="cuda").variant == "triton"
+    assert ask(MX, backend="cuda").variant == "bf16x2"
+    assert ask(MX, backend="cuda/triton").variant == "triton"
+    assert ask(MX, meta(64, 7168, dtype=torch.float16), backend="cuda").variant == "triton"
     assert ask(MX, arch="sm_100", backend="cuda").variant == "ptx"
     assert ask(MX, arch="sm_100", backend="cuda/triton").variant == "triton"
 

@@ -54,14 +54,18 @@ def compile_kernel(fn, signature, constexprs, arch, divisible, **options):
 
 def compile_mxfp4(arch, *, dtype="*bf16", floor=False, hooks="portable", index="i32", scale_f32=False, has_eps=False,
                   swizzled=False):
-    encode, rceil = {"portable": (mxfp4.encode_portable, mxfp4.rceil_exponent_portable),
-                     "ptx": (ptx.encode_ptx, ptx.rceil_exponent_ptx)}[hooks]
+    portable = mxfp4.amax_bits_portable, mxfp4.encode_portable, mxfp4.rceil_exponent_portable
+    amax, encode, rceil = {"portable": portable,
+                           "ptx": (mxfp4.amax_bits_portable, ptx.encode_ptx, ptx.rceil_exponent_ptx),
+                           "bf16x2": (ptx.amax_bits_bf16x2, ptx.encode_bf16x2, mxfp4.rceil_exponent_portable)}[hooks]
     signature = {"x_ptr": dtype, "q_ptr": "*u8", "s_ptr": "*i32" if scale_f32 else "*u8", "rows": "i32", "k": "i32",
                  "scale_rows": "i32", "stride_xm": index, "stride_xk": "constexpr", "eps_bits": "i32",
-                 "FLOOR": "constexpr", "ENCODE": "constexpr", "RCEIL_EXPONENT": "constexpr", "HAS_EPS": "constexpr",
-                 "SCALE_F32": "constexpr", "SWIZZLED": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
-    constexprs = {"stride_xk": 1, "FLOOR": floor, "ENCODE": encode, "RCEIL_EXPONENT": rceil, "HAS_EPS": has_eps,
-                  "SCALE_F32": scale_f32, "SWIZZLED": swizzled, "BLOCK_M": BLOCK_M, "BLOCK_K": BLOCK_K}
+                 "FLOOR": "constexpr", "AMAX_BITS": "constexpr", "ENCODE": "constexpr", "RCEIL_EXPONENT": "constexpr",
+                 "HAS_EPS": "constexpr", "SCALE_F32": "constexpr", "SWIZZLED": "constexpr", "BLOCK_M": "constexpr",
+                 "BLOCK_K": "constexpr"}
+    constexprs = {"stride_xk": 1, "FLOOR": floor, "AMAX_BITS": amax, "ENCODE": encode, "RCEIL_EXPONENT": rceil,
+                  "HAS_EPS": has_eps, "SCALE_F32": scale_f32, "SWIZZLED": swizzled, "BLOCK_M": BLOCK_M,
+                  "BLOCK_K": BLOCK_K}
     return compile_kernel(mxfp4.quantize_mxfp4_kernel, signature, constexprs, arch,
                           divisible=("x_ptr", "q_ptr", "s_ptr", "k", "stride_xm"))
 
@@ -186,6 +190,30 @@ def test_mxfp4_ptx_variant_fails_to_assemble_below_sm100(arch, capfd):
     capfd.readouterr()  # Triton prints the whole PTX on an assembler error: drop it
     assert type(failure.value).__name__ == "PTXASError"
     assert f"sm_{arch}" in str(failure.value)
+
+
+BF16X2_OPS = {"mul.rn.bf16x2", "fma.rn.bf16x2", "min.bf16x2", "max.u16x2"}
+
+
+@pytest.mark.parametrize("swizzled", [False, True], ids=["linear", "swizzled"])
+@pytest.mark.parametrize("floor", [False, True], ids=["rceil", "floor"])
+@pytest.mark.parametrize("group_quant", [False, True], ids=["quantize", "group_quant"])
+def test_mxfp4_bf16x2_variant_assembles_for_sm90_on_bfloat16_pairs(swizzled, floor, group_quant):
+    compiled = compile_mxfp4(90, hooks="bf16x2", floor=floor, swizzled=swizzled, scale_f32=group_quant,
+                             has_eps=group_quant)
+    assert_compiled_without_flushing_subnormals(compiled, 90)
+    assert_vector_loads(compiled, 90)
+    assert BF16X2_OPS <= ptx_ops(compiled), sorted(ptx_ops(compiled))
+
+
+@pytest.mark.parametrize("arch", [80, 89], ids=ARCH_IDS)
+def test_mxfp4_bf16x2_variant_fails_to_assemble_below_sm90(arch, capfd):
+    # mul.rn.bf16x2 and max.u16x2 need sm_90: the record's arch set is where ptxas takes them
+    assert cuda_mxfp4.BF16X2_ARCHS == {90}
+    with pytest.raises(Exception, match=r"bf16x2|u16x2") as failure:
+        compile_mxfp4(arch, hooks="bf16x2")
+    capfd.readouterr()
+    assert type(failure.value).__name__ == "PTXASError"
 
 
 def test_ptx_capability_record_excludes_the_archs_whose_ptxas_rejects_it():

@@ -291,13 +291,13 @@ def test_group_quant_eps_and_float32_scales_match_reference(spicy, scale_dtype, 
 
 @triton.jit
 def _encode_probe(y_ptr, half_ptr, nan_ptr, out_ptr, blocks, BLOCK_M: tl.constexpr):
-    """ENCODE over `blocks` blocks of 32 values, one block per row: bytes (blocks, 16)."""
+    """e2m1_portable over `blocks` blocks of 32 values, one block per row: bytes (blocks, 16)."""
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     ok = row < blocks
     y = tl.load(y_ptr + row[:, None] * 32 + tl.arange(0, 32)[None, :], mask=ok[:, None], other=0.0)
     half = tl.load(half_ptr + row, mask=ok, other=0) != 0
     nan = tl.load(nan_ptr + row, mask=ok, other=0) != 0
-    packed = kernels.encode_portable(tl.reshape(y, (BLOCK_M, 1, 32)), half[:, None], nan[:, None])
+    packed = kernels.e2m1_portable(tl.reshape(y, (BLOCK_M, 1, 32)), half[:, None], nan[:, None])
     tl.store(out_ptr + row[:, None] * 16 + tl.arange(0, 16)[None, :], packed.to(tl.uint8), mask=ok[:, None])
 
 
@@ -362,18 +362,18 @@ def run_encode_probe(y: np.ndarray, half: bool, nan: bool) -> np.ndarray:
     return out.numpy()
 
 
-def test_encode_portable_rounds_like_an_independent_nearest_even():
+def test_e2m1_portable_rounds_like_an_independent_nearest_even():
     y = encode_probe_values()
     np.testing.assert_array_equal(run_encode_probe(y, half=False, nan=False), expected_bytes(y))
 
 
-def test_encode_portable_halved_blocks_round_the_halved_values():
+def test_e2m1_portable_halved_blocks_round_the_halved_values():
     # the kernel passes Inf blocks (e = 127) scaled by 2^-126 with `half` set: the value is y / 2
     y = encode_probe_values()
     np.testing.assert_array_equal(run_encode_probe(y, half=True, nan=False), expected_bytes(y / np.float32(2)))
 
 
-def test_encode_portable_nan_blocks_are_all_0x7():
+def test_e2m1_portable_nan_blocks_are_all_0x7():
     y = encode_probe_values()[:64]
     y[1, 3] = np.nan
     for half in (False, True):
