@@ -35,12 +35,24 @@ def quantize_ptx(x, q, scales, *, scale_rule, swizzled, eps=0.0):
 
 
 def quantize_bf16x2(x, q, scales, *, scale_rule, swizzled, eps=0.0):
+    """The bfloat16-pair hooks where pairs_in_registers(x) holds, else the portable ones (the same bits)."""
     from lowbit.backends.triton import mxfp4
 
     from .ptx import amax_bits_bf16x2, encode_bf16x2
 
-    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, swizzled=swizzled, eps=eps, amax_bits=amax_bits_bf16x2,
-                   encode=encode_bf16x2)
+    if x.numel() and x.dim() != 2:
+        x = x.reshape(-1, x.shape[-1])  # as mxfp4.quantize would: a view where the strides allow, else a copy
+    hooks = dict(amax_bits=amax_bits_bf16x2, encode=encode_bf16x2) if pairs_in_registers(x) else {}
+    mxfp4.quantize(x, q, scales, scale_rule=scale_rule, swizzled=swizzled, eps=eps, **hooks)
+
+
+def pairs_in_registers(x2: torch.Tensor) -> bool:
+    """Whether the pair hooks see each pair (2i, 2i + 1) of a row in one register: Triton loads rows in
+    16-byte vectors only where it knows the start and the row stride are multiples of 16 bytes (it
+    specialises integers divisible by 16), and tiles one block wide (K <= 64) lay out otherwise too. On
+    the H100 both kinds gave wrong scales; the portable hooks take them."""
+    return (x2.numel() > 0 and x2.shape[1] > 64 and x2.stride(1) == 1 and x2.stride(0) % 16 == 0
+            and x2.data_ptr() % 16 == 0)
 
 
 def quantize_into_triton(x, x_q, x_s, *, eps, swizzled):

@@ -682,3 +682,16 @@ def test_fp8_does_not_compile_for_sm80_so_the_records_split(q_dtype, kv_dtype, c
             compile_attention_for(80, q_dtype, kv_dtype)
     finally:
         capfd.readouterr()  # Triton prints the kernel source on a compilation error: drop it
+
+
+def test_bf16x2_takes_the_pair_hooks_only_for_rows_it_loads_in_16_byte_vectors():
+    from lowbit.backends.cuda.mxfp4 import pairs_in_registers
+
+    base = torch.zeros(8, 2113, dtype=torch.bfloat16)
+    assert pairs_in_registers(torch.zeros(8, 128, dtype=torch.bfloat16))
+    assert pairs_in_registers(torch.zeros(8, 96, dtype=torch.bfloat16))
+    assert not pairs_in_registers(torch.zeros(8, 64, dtype=torch.bfloat16))  # one-block-wide tiles
+    assert not pairs_in_registers(torch.zeros(0, 128, dtype=torch.bfloat16))
+    assert not pairs_in_registers(base[:, :2048])  # row stride 2113: no multiple of 16
+    assert not pairs_in_registers(torch.zeros(8, 160, dtype=torch.bfloat16)[:, 1:129])  # starts 2 bytes in
+    assert not pairs_in_registers(torch.zeros(128, 8, dtype=torch.bfloat16).t())  # last stride 8
