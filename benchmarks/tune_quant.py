@@ -33,9 +33,15 @@ from .quant import (
 from .timing import copy_gbps, median_us
 
 
-def _mxfp4_runner(x, config, swizzled=False):
+def _mxfp4_runner(x, config, swizzled=False, pairs=False):
+    """pairs: the cuda/bf16x2 variant's hooks (sm_90, bfloat16), which share LAUNCH_TABLE."""
     q, s = mxfp4.quantize_outputs(x, "swizzled" if swizzled else "linear")
-    return lambda: triton_mxfp4.quantize(x, q, s, scale_rule="rceil", swizzled=swizzled, config=config)
+    hooks = {}
+    if pairs:
+        from lowbit.backends.cuda import ptx
+
+        hooks = dict(amax_bits=ptx.amax_bits_bf16x2, encode=ptx.encode_bf16x2)
+    return lambda: triton_mxfp4.quantize(x, q, s, scale_rule="rceil", swizzled=swizzled, config=config, **hooks)
 
 
 def _mxfp8_runner(x, config):
@@ -98,6 +104,9 @@ CANDIDATES = {
     # to one-row tiles (docs/benchmarks.md)
     "quantize_mxfp4 (swizzled)": (functools.partial(_mxfp4_runner, swizzled=True), mxfp4_bytes, QUANTIZE_TILES
         + [LaunchConfig(m, 128, w) for m, w in ((32, 4), (64, 8), (128, 8), (128, 16))]),
+    "quantize_mxfp4 (bf16x2)": (functools.partial(_mxfp4_runner, pairs=True), mxfp4_bytes, QUANTIZE_TILES),
+    "quantize_mxfp4 (swizzled, bf16x2)": (functools.partial(_mxfp4_runner, swizzled=True, pairs=True), mxfp4_bytes,
+                                          QUANTIZE_TILES),
     "quantize_mxfp8": (_mxfp8_runner, lambda m, k, itemsize: mxfp8_bytes(m, k, itemsize, "swizzled"), [
         LaunchConfig(m, k, w) for m, k, w in itertools.product((1, 2, 4, 8), (128, 256, 512, 1024), (1, 2, 4, 8))
         if _sensible(m, k, w)]),
@@ -137,6 +146,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lowbit bench tune-quant")
     parser.add_argument("--shapes", nargs="*", default=["1x7168", "16x7168", "128x7168", "1024x7168",
                                                          "8192x7168", "32768x7168", "8192x2048", "8192x4096"])
-    parser.add_argument("--ops", nargs="*", default=list(CANDIDATES))
+    parser.add_argument("--ops", nargs="*", help="default: every op this GPU runs (the bf16x2 hooks need sm_90)")
     args = parser.parse_args(argv)
-    run([tuple(map(int, s.split("x"))) for s in args.shapes], ops=args.ops)
+    from lowbit.backends.cuda.mxfp4 import BF16X2_ARCHS
+
+    major, minor = torch.cuda.get_device_capability()
+    ops = args.ops or [op for op in CANDIDATES if "bf16x2" not in op or 10 * major + minor in BF16X2_ARCHS]
+    run([tuple(map(int, s.split("x"))) for s in args.shapes], ops=ops)
