@@ -47,10 +47,12 @@ def quantize_bf16x2(x, q, scales, *, scale_rule, swizzled, eps=0.0):
 
 
 def pairs_in_registers(x2: torch.Tensor) -> bool:
-    """Whether the pair hooks see each pair (2i, 2i + 1) of a row in one register: Triton loads rows in
-    16-byte vectors only where it knows the start and the row stride are multiples of 16 bytes (it
-    specialises integers divisible by 16), and tiles one block wide (K <= 64) lay out otherwise too. On
-    the H100 both kinds gave wrong scales; the portable hooks take them."""
+    """Whether the pair hooks see each pair (2i, 2i + 1) of a row in one register. Triton gives a thread
+    consecutive elements only where it knows the start and the row stride are multiples of 16 bytes (it
+    specialises integers divisible by 16), and no more of them than the tile has per thread: at K = 32
+    the small-M tile holds one element a thread. From K = 96 every LAUNCH_TABLE tile holds at least two
+    (tests/backends/cuda/test_records.py checks the table). On the H100 both kinds of input gave wrong
+    scales with the pair hooks; the portable hooks take them."""
     return (x2.numel() > 0 and x2.shape[1] > 64 and x2.stride(1) == 1 and x2.stride(0) % 16 == 0
             and x2.data_ptr() % 16 == 0)
 

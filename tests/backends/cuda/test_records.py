@@ -695,3 +695,14 @@ def test_bf16x2_takes_the_pair_hooks_only_for_rows_it_loads_in_16_byte_vectors()
     assert not pairs_in_registers(base[:, :2048])  # row stride 2113: no multiple of 16
     assert not pairs_in_registers(torch.zeros(8, 160, dtype=torch.bfloat16)[:, 1:129])  # starts 2 bytes in
     assert not pairs_in_registers(torch.zeros(128, 8, dtype=torch.bfloat16).t())  # last stride 8
+
+
+def test_every_mxfp4_tile_holds_pairs_from_the_smallest_k_the_pair_hooks_take():
+    """pairs_in_registers lets K >= 96 through: each table tile at that K must give a thread two or more
+    elements, or Triton lays the tile one element a thread and a register holds no pair."""
+    from lowbit.backends.triton import mxfp4 as kernels
+
+    k = 96
+    for _, _, c in kernels.LAUNCH_TABLE:
+        block_k = min(c.block_k, 1 << (k - 1).bit_length())  # as launches() clips it
+        assert c.block_m * block_k >= 2 * 32 * c.num_warps, c
