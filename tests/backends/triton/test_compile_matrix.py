@@ -53,7 +53,10 @@ def compile_kernel(fn, signature, constexprs, arch, divisible, **options):
 
 
 def compile_mxfp4(arch, *, dtype="*bf16", floor=False, hooks="portable", index="i32", scale_f32=False, has_eps=False,
-                  swizzled=False):
+                  swizzled=False, config=None, aligned=True):
+    """config: the tile (default BLOCK_M x BLOCK_K on NUM_WARPS); aligned: x and its row stride known to be
+    multiples of 16 (Triton's specialisation), else neither."""
+    config = config or LaunchConfig(BLOCK_M, BLOCK_K, NUM_WARPS)
     portable = mxfp4.amax_bits_portable, mxfp4.encode_portable, mxfp4.rceil_exponent_portable
     amax, encode, rceil = {"portable": portable,
                            "ptx": (mxfp4.amax_bits_portable, ptx.encode_ptx, ptx.rceil_exponent_ptx),
@@ -64,10 +67,11 @@ def compile_mxfp4(arch, *, dtype="*bf16", floor=False, hooks="portable", index="
                  "HAS_EPS": "constexpr", "SCALE_F32": "constexpr", "SWIZZLED": "constexpr", "BLOCK_M": "constexpr",
                  "BLOCK_K": "constexpr"}
     constexprs = {"stride_xk": 1, "FLOOR": floor, "AMAX_BITS": amax, "ENCODE": encode, "RCEIL_EXPONENT": rceil,
-                  "HAS_EPS": has_eps, "SCALE_F32": scale_f32, "SWIZZLED": swizzled, "BLOCK_M": BLOCK_M,
-                  "BLOCK_K": BLOCK_K}
-    return compile_kernel(mxfp4.quantize_mxfp4_kernel, signature, constexprs, arch,
-                          divisible=("x_ptr", "q_ptr", "s_ptr", "k", "stride_xm"))
+                  "HAS_EPS": has_eps, "SCALE_F32": scale_f32, "SWIZZLED": swizzled, "BLOCK_M": config.block_m,
+                  "BLOCK_K": config.block_k}
+    divisible = ("x_ptr", "q_ptr", "s_ptr", "k", "stride_xm") if aligned else ("q_ptr", "s_ptr", "k")
+    return compile_kernel(mxfp4.quantize_mxfp4_kernel, signature, constexprs, arch, divisible=divisible,
+                          num_warps=config.num_warps)
 
 
 def compile_fp8(arch, *, hardware_e4m3, dtype="*bf16", index="i32"):
@@ -204,6 +208,37 @@ def test_mxfp4_bf16x2_variant_assembles_for_sm90_on_bfloat16_pairs(swizzled, flo
     assert_compiled_without_flushing_subnormals(compiled, 90)
     assert_vector_loads(compiled, 90)
     assert BF16X2_OPS <= ptx_ops(compiled), sorted(ptx_ops(compiled))
+
+
+def pair_hook_register_bases(compiled) -> list[list[int]]:
+    """The register bases of the layout in which the bf16x2 encoder's inline asm takes x: with
+    pack=2 it pairs a thread's consecutive registers, so the first basis must step the last dim by 1."""
+    ttgir = compiled.asm["ttgir"]
+    layout = re.search(r'tt\.elementwise_inline_asm "\{ \.reg \.b32 y, .*?: tensor<[^>]*?, (#\w+)>', ttgir).group(1)
+    text = re.search(rf"^{re.escape(layout)} = (.*)$", ttgir, re.M).group(1)
+    assert text.startswith("#ttg.linear"), text  # what Triton 3.9 gives after the tile's permute and reshape
+    registers = re.search(r"register = \[(.*?)\], lane", text).group(1)
+    return [[int(v) for v in basis.split(",")] for basis in re.findall(r"\[([\d, ]+)\]", registers)]
+
+
+@pytest.mark.parametrize("k", [96, 7168])
+@pytest.mark.parametrize("entry", range(len(mxfp4.LAUNCH_TABLE)))
+def test_mxfp4_bf16x2_hooks_get_pairs_in_one_register_on_every_launch_tile(entry, k):
+    """pairs_in_registers (backends/cuda/mxfp4.py) lets K >= 96 with 16-byte rows through: every table tile
+    must then hand the pair hooks (2i, 2i + 1) in one register."""
+    c = mxfp4.LAUNCH_TABLE[entry][2]
+    config = LaunchConfig(c.block_m, min(c.block_k, triton.next_power_of_2(k)), c.num_warps)  # as launches()
+    bases = pair_hook_register_bases(compile_mxfp4(90, hooks="bf16x2", config=config))
+    assert bases and bases[0] == [0, 0, 1], (config, bases)
+
+
+@pytest.mark.parametrize("config, aligned", [(LaunchConfig(4, 32, 4), True), (LaunchConfig(1, 1024, 1), False)],
+                         ids=["k32_tile", "unaligned_rows"])
+def test_mxfp4_bf16x2_hooks_get_no_pairs_where_the_launcher_routes_away(config, aligned):
+    """The two kinds of input that gave wrong scales on the H100: a K = 32 tile (one element a thread) and
+    rows Triton cannot assume 16-byte aligned (element-wise loads)."""
+    bases = pair_hook_register_bases(compile_mxfp4(90, hooks="bf16x2", config=config, aligned=aligned))
+    assert not bases or bases[0] != [0, 0, 1], bases
 
 
 @pytest.mark.parametrize("arch", [80, 89], ids=ARCH_IDS)
