@@ -13,8 +13,8 @@ from lowbit.capability import ArchRange, Capability
 # The sm_XXXa targets whose ptxas takes ptx.py's cvt.rn.satfinite.e2m1x2.f32 and
 # cvt.rp.satfinite.ue8m0x2.f32 (it rejects them below sm_100, sm_90a included)
 PTX_ARCHS = frozenset({100, 103, 110, 120, 121})
-# The bfloat16-pair hooks (ptx.py): mul.rn.bf16x2 and max.u16x2 need sm_90. Timed on the H100 and H200 only,
-# so the sm_100 families keep the PTX variant
+# The bfloat16-pair hooks (ptx.py): mul.rn.bf16x2 and max.u16x2 need sm_90. Timed on the H100 only, so the
+# sm_100 families keep the PTX variant
 BF16X2_ARCHS = frozenset({90})
 
 
@@ -51,8 +51,8 @@ def pairs_in_registers(x2: torch.Tensor) -> bool:
     consecutive elements only where it knows the start and the row stride are multiples of 16 bytes (it
     specialises integers divisible by 16), and no more of them than the tile has per thread: at K = 32
     the small-M tile holds one element a thread. From K = 96 every LAUNCH_TABLE tile holds at least two
-    (tests/backends/cuda/test_records.py checks the table). On the H100 both kinds of input gave wrong
-    scales with the pair hooks; the portable hooks take them."""
+    (test_records.py checks the table; the compile row reads the layouts Triton gives). On the H100 both
+    kinds of input gave wrong scales with the pair hooks; the portable hooks take them."""
     return (x2.numel() > 0 and x2.shape[1] > 64 and x2.stride(1) == 1 and x2.stride(0) % 16 == 0
             and x2.data_ptr() % 16 == 0)
 
