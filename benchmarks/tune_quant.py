@@ -40,7 +40,7 @@ def _mxfp4_runner(x, config, swizzled=False, pairs=False):
     if pairs:
         from lowbit.backends.cuda import ptx
 
-        hooks = dict(amax_bits=ptx.amax_bits_bf16x2, encode=ptx.encode_bf16x2)
+        hooks = ptx.BF16X2_HOOKS
     return lambda: triton_mxfp4.quantize(x, q, s, scale_rule="rceil", swizzled=swizzled, config=config, **hooks)
 
 

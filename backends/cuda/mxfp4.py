@@ -38,11 +38,11 @@ def quantize_bf16x2(x, q, scales, *, scale_rule, swizzled, eps=0.0):
     """The bfloat16-pair hooks where pairs_in_registers(x) holds, else the portable ones (the same bits)."""
     from lowbit.backends.triton import mxfp4
 
-    from .ptx import amax_bits_bf16x2, encode_bf16x2
+    from .ptx import BF16X2_HOOKS
 
     if x.numel() and x.dim() != 2:
         x = x.reshape(-1, x.shape[-1])  # as mxfp4.quantize would: a view where the strides allow, else a copy
-    hooks = dict(amax_bits=amax_bits_bf16x2, encode=encode_bf16x2) if pairs_in_registers(x) else {}
+    hooks = BF16X2_HOOKS if pairs_in_registers(x) else {}
     mxfp4.quantize(x, q, scales, scale_rule=scale_rule, swizzled=swizzled, eps=eps, **hooks)
 
 

@@ -121,3 +121,7 @@ def encode_bf16x2(x, e, nan):
          _per_pair(n, x)], dtype=tl.int32, is_pure=True, pack=2)
     byte, _ = tl.split(tl.reshape(out, (x.shape[0], x.shape[1] * x.shape[2] // 2, 2)))
     return byte
+
+
+# The hooks the cuda/bf16x2 variant passes to backends/triton/mxfp4.quantize (RCEIL_EXPONENT stays portable)
+BF16X2_HOOKS = dict(amax_bits=amax_bits_bf16x2, encode=encode_bf16x2)
