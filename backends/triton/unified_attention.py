@@ -10,13 +10,13 @@ past the diagonal or the sequence's end; only the outer runs compute a mask.
 
 Two launches share the kernel:
 - 2-D (query blocks x KV heads): each program sweeps all its keys and writes normalised rows.
-- split-KV (query blocks x KV heads x splits), for decode batches with too few (sequence, KV head)
+- split-KV (sequences x KV heads x splits), for decode batches with too few (sequence, KV head)
   pairs to fill the GPU: each program sweeps one slice of the keys and writes float32 partials
   (running max, sum, unnormalised output); `reduce_splits_kernel` merges them, adds the sink and
   the value descale.
-The grid comes from host ints only (num_tokens, num_seqs, max_seqlen_q, max_seqlen_k): a program
-finds its sequence by binary search over cu_seqlens_q, so nothing waits for the device and the
-launch can be captured in a CUDA graph.
+The grid comes from host ints only (num_tokens, num_seqs, max_seqlen_q, max_seqlen_k): a 2-D
+program finds its sequence by binary search over cu_seqlens_q, so nothing waits for the device and
+the launch can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -67,13 +67,13 @@ def sequence_of(cu_seqlens_q, seqused_k, seq, num_tokens, max_seqlen_q, max_seql
 
 
 @triton.jit
-def pages_in_cache(table_row, kv_len, num_blocks, PAGE: tl.constexpr):
-    """Whether the block ids of the pages that hold keys 0 .. kv_len - 1 all lie in 0 .. num_blocks - 1
+def pages_in_cache(table_row, key_lo, key_hi, num_blocks, PAGE: tl.constexpr):
+    """Whether the block ids of the pages that hold keys key_lo .. key_hi - 1 all lie in 0 .. num_blocks - 1
     ([ATTN-METADATA]). The launcher keeps those pages inside the table's width (max_seqlen_k)."""
     CHUNK: tl.constexpr = 128
-    pages = tl.cdiv(kv_len, PAGE)
+    pages = tl.cdiv(key_hi, PAGE)
     outside = tl.full((), 0, tl.int32)
-    for first in range(0, pages, CHUNK):
+    for first in range(key_lo // PAGE, pages, CHUNK):
         i = first + tl.arange(0, CHUNK)
         ids = tl.load(table_row + i, mask=i < pages, other=0)
         outside += tl.sum(((ids < 0) | (ids >= num_blocks)).to(tl.int32), 0)
@@ -195,21 +195,30 @@ def unified_attention_kernel(
         SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, SINKS: tl.constexpr, HAS_LEFT: tl.constexpr,
         HAS_RIGHT: tl.constexpr, Q_DESCALE: tl.constexpr, K_DESCALE: tl.constexpr, V_DESCALE: tl.constexpr,
         FP8_KV: tl.constexpr, DOT_F32: tl.constexpr):
-    # the last query blocks of a causal sequence see the most keys: start them first
-    block_id = tl.num_programs(0) - 1 - tl.program_id(0)
     kv_head = tl.program_id(1) // CHUNKS
     chunk = tl.program_id(1) % CHUNKS
-    seq = find_sequence(cu_seqlens_q, num_seqs, block_id, BLOCK_Q)
-    if seq < 0:  # before cu_seqlens_q[0] > 0: no sequence's rows
-        return
+    if SPLITS > 1:  # each sequence's queries fit one block (the plan's rule): program i takes sequence i
+        seq = tl.program_id(0)
+    else:  # the last query blocks of a causal sequence see the most keys: start them first
+        block_id = tl.num_programs(0) - 1 - tl.program_id(0)
+        seq = find_sequence(cu_seqlens_q, num_seqs, block_id, BLOCK_Q)
+        if seq < 0:  # before cu_seqlens_q[0] > 0: no sequence's rows
+            return
     q_start, q_len, used, ok = sequence_of(cu_seqlens_q, seqused_k, seq, num_tokens, max_seqlen_q, max_seqlen_k)
-    q_block = block_id - (q_start // BLOCK_Q + seq)
+    q_block = 0
+    if SPLITS == 1:
+        q_block = block_id - (q_start // BLOCK_Q + seq)
     if q_block * BLOCK_Q >= q_len:
         return
     table_row = block_table + seq.to(tl.int64) * stride_table
-    # [ATTN-METADATA]: a malformed sequence reads no key and writes NaN rows; only rows of q and out
-    # are touched, whatever the metadata
-    ok = ok & pages_in_cache(table_row, tl.where(ok, used, 0), num_blocks, PAGE)
+    # [ATTN-METADATA]: a malformed sequence writes NaN rows; only rows of q and out are touched, and
+    # only pages checked here are read (a split checks its own keys'), whatever the metadata
+    checked_lo = 0
+    checked_hi = tl.where(ok, used, 0)
+    if SPLITS > 1:
+        checked_lo = tl.program_id(2) * tiles_per_split * BLOCK_N
+        checked_hi = tl.minimum(checked_hi, checked_lo + tiles_per_split * BLOCK_N)
+    ok = ok & pages_in_cache(table_row, checked_lo, checked_hi, num_blocks, PAGE)
     kv_len = tl.where(ok, used, 0)
 
 
@@ -299,9 +308,10 @@ def unified_attention_kernel(
         o_rows = row.to(tl.int64) * stride_o_token + head * stride_o_head
         tl.store(out_ptr + o_rows[:, None] + offs_d[None, :], o.to(out_ptr.dtype.element_ty),
                  mask=row_ok[:, None] & d_ok[None, :])
-    else:  # partials, indexed ((token * NUM_HEADS + head) * SPLITS + split); NaN ones merge to NaN rows
+    else:  # partials, indexed (((seq * BLOCK_Q + token) * NUM_HEADS + head) * SPLITS + split): a sequence's
+        # own, whatever cu_seqlens_q holds; NaN ones merge to NaN rows
         acc = tl.where(ok, acc, float("nan"))
-        part = (row.to(tl.int64) * NUM_HEADS + head) * SPLITS + tl.program_id(2)
+        part = ((seq.to(tl.int64) * BLOCK_Q + token) * NUM_HEADS + head) * SPLITS + tl.program_id(2)
         part_max = partials + parts.to(tl.int64) * HEAD_PAD  # the workspace: rows of acc, then max, then sum
         tl.store(part_max + part, m_i, mask=row_ok)
         tl.store(part_max + parts + part, l_i, mask=row_ok)
@@ -310,7 +320,7 @@ def unified_attention_kernel(
 
 @triton.jit
 def reduce_splits_kernel(out_ptr, partials, parts, cu_seqlens_q, seqused_k, sinks_ptr, v_descale,
-                         num_seqs, num_tokens, max_seqlen_q, max_seqlen_k,
+                         num_tokens, max_seqlen_q, max_seqlen_k,
                          stride_o_token, stride_o_head, stride_vd_seq, stride_vd_head,
                          NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD: tl.constexpr,
                          HEAD_PAD: tl.constexpr, SPLITS: tl.constexpr, BLOCK_Q: tl.constexpr,
@@ -319,10 +329,6 @@ def reduce_splits_kernel(out_ptr, partials, parts, cu_seqlens_q, seqused_k, sink
     seq = tl.program_id(0)
     head = tl.program_id(1)
     q_start, q_len, used, ok = sequence_of(cu_seqlens_q, seqused_k, seq, num_tokens, max_seqlen_q, max_seqlen_k)
-    # A well-formed sequence here has one query block. The program that wrote its partials found it
-    # by this search; with cu_seqlens_q out of order the search may find another sequence, whose
-    # partials these are not ([ATTN-METADATA]: NaN rows then, never stale workspace)
-    ok = ok & (find_sequence(cu_seqlens_q, num_seqs, q_start // BLOCK_Q + seq, BLOCK_Q) == seq)
     splits = tl.arange(0, SPLITS)
     offs_d = tl.arange(0, HEAD_PAD)
     sink = float("-inf")
@@ -336,7 +342,10 @@ def reduce_splits_kernel(out_ptr, partials, parts, cu_seqlens_q, seqused_k, sink
     row_lo = tl.maximum(q_start, 0)  # rows of out only, whatever the metadata
     for i in range(0, tl.minimum(q_start + q_len, num_tokens) - row_lo):
         token = row_lo.to(tl.int64) + i
-        part = (token * NUM_HEADS + head) * SPLITS + splits
+        # a well-formed sequence has at most BLOCK_Q tokens; a longer one writes NaN rows, so any of
+        # its own partials will do for the rest
+        in_block = tl.minimum(token - q_start, BLOCK_Q - 1)
+        part = ((seq * BLOCK_Q + in_block) * NUM_HEADS + head) * SPLITS + splits
         m = tl.load(part_max + part)
         m_all = tl.maximum(tl.max(m, 0), sink)
         m_safe = tl.where(m_all == float("-inf"), 0.0, m_all)
@@ -375,7 +384,7 @@ class Plan(NamedTuple):
     heads: int  # query heads per program (a power of two)
     block_q: int  # query tokens per program
     splits: int  # 1: the 2-D launch; more: split-KV with a reduction
-    query_blocks: int  # grid dim 0: an upper bound on the query blocks of all sequences
+    query_blocks: int  # grid dim 0: an upper bound on the query blocks of all sequences (split-KV: one each)
     tiles_per_split: int  # key tiles each split sweeps
 
 
@@ -385,7 +394,6 @@ def plan(*, num_tokens: int, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int
     block and the 2-D grid would leave most of the GPU idle. `splits` and `config` force a choice."""
     # decode-sized or not depends on max_seqlen_q only up to 16 tokens
     config, heads, block_q = tile(head_size, group, min(max_seqlen_q, 17), config)
-    query_blocks = num_tokens // block_q + num_seqs
     tiles = -(-max(max_seqlen_k, 1) // config.block_n)
     if splits is None:
         programs = num_seqs * kv_heads * -(-group // heads)
@@ -395,6 +403,7 @@ def plan(*, num_tokens: int, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int
     splits = max(1, min(_floor_power_of_2(splits), _floor_power_of_2(tiles)))  # every split sweeps a tile
     if max_seqlen_q > block_q:
         splits = 1  # the reduction takes one query block per sequence
+    query_blocks = num_seqs if splits > 1 else num_tokens // block_q + num_seqs
     return Plan(config, heads, block_q, splits, query_blocks, -(-tiles // splits))
 
 
@@ -452,7 +461,7 @@ def attend(q, k_cache, v_cache, out, *, cu_seqlens_q, seqused_k, block_table, ma
     # An absent optional tensor is passed as cu_seqlens_q (never read: its flag is off)
     absent = cu_seqlens_q
     if p.splits > 1:  # one workspace: the partial rows, then their maxima, then their sums
-        parts = num_tokens * num_heads * p.splits
+        parts = num_seqs * p.block_q * num_heads * p.splits
         partials = torch.empty(parts * (padded_head(head_size) + 2), dtype=torch.float32, device=q.device)
     else:
         parts, partials = 0, absent
@@ -470,7 +479,7 @@ def attend(q, k_cache, v_cache, out, *, cu_seqlens_q, seqused_k, block_table, ma
     if reduction is not None:
         reduction((num_seqs, num_heads, 1), out, partials, parts, cu_seqlens_q, seqused_k,
                   absent if sinks is None else sinks, absent if v_descale is None else v_descale,
-                  num_seqs, num_tokens, max_seqlen_q, max_seqlen_k, *out.stride()[:2], *vd)
+                  num_tokens, max_seqlen_q, max_seqlen_k, *out.stride()[:2], *vd)
 
 
 @functools.lru_cache(maxsize=1024)

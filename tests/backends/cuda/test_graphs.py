@@ -154,24 +154,26 @@ def test_forced_reference_on_cuda_tensors_is_captured_and_replays_the_eager_byte
     run_case(name, "cpu", monkeypatch)
 
 
-def _attention_case(seed: int):
+def _attention_case(seed: int, pages: int):
     g = torch.Generator().manual_seed(seed)
     seqs = 3
     q = torch.randn(seqs * 2 + 1, 8, 64, generator=g).bfloat16()
-    cache = torch.randn(4 * seqs, 16, 2, 64, generator=g).bfloat16()
-    table = torch.randperm(4 * seqs, generator=g).to(torch.int32).reshape(seqs, 4)
+    cache = torch.randn(pages * seqs, 16, 2, 64, generator=g).bfloat16()
+    table = torch.randperm(pages * seqs, generator=g).to(torch.int32).reshape(seqs, pages)
     cu = torch.arange(0, 2 * seqs + 1, 2, dtype=torch.int32)
-    used = torch.randint(2, 64, (seqs,), generator=g, dtype=torch.int32)
+    used = torch.randint(2, 16 * pages, (seqs,), generator=g, dtype=torch.int32)
     return q, cache, cache.flip(0).contiguous(), cu, used, table
 
 
 def _attend(q, k, v, cu, used, table, out):
     return lowbit.unified_attention(q, k, v, cu_seqlens_q=cu, seqused_k=used, block_table=table, max_seqlen_q=2,
-                                    max_seqlen_k=64, out=out)
+                                    max_seqlen_k=table.shape[1] * 16, out=out)
 
 
-def test_unified_attention_auto_dispatch_path_is_captured_and_replays_the_eager_bytes():
-    static = [t.cuda() for t in _attention_case(0)]
+# 4 pages a sequence: one key tile, the 2-D launch; 32: split-KV and its reduction
+@pytest.mark.parametrize("pages", [4, 32], ids=["2d", "split"])
+def test_unified_attention_auto_dispatch_path_is_captured_and_replays_the_eager_bytes(pages):
+    static = [t.cuda() for t in _attention_case(0, pages)]
     out = torch.zeros(static[0].shape, dtype=torch.bfloat16, device="cuda")  # rows outside sequences stay 0
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -182,7 +184,7 @@ def test_unified_attention_auto_dispatch_path_is_captured_and_replays_the_eager_
     with torch.cuda.graph(graph):
         _attend(*static, out)
     for seed in (1, 2):
-        new = _attention_case(seed)
+        new = _attention_case(seed, pages)
         for s, n in zip(static, new):
             s.copy_(n)
         graph.replay()

@@ -747,7 +747,7 @@ def compile_reduce_splits(arch, head_size=128, sinks=False, v_descale=False, out
     fn = unified_attention.reduce_splits_kernel
     signature = {"out_ptr": out_type, "partials": "*fp32", "parts": "i32", "cu_seqlens_q": "*i32",
                  "seqused_k": "*i32", "sinks_ptr": "*fp32" if sinks else "*i32",
-                 "v_descale": "*fp32" if v_descale else "*i32", "num_seqs": "i32", "num_tokens": "i32",
+                 "v_descale": "*fp32" if v_descale else "*i32", "num_tokens": "i32",
                  "max_seqlen_q": "i32", "max_seqlen_k": "i32", "stride_o_token": "i32", "stride_o_head": "i32",
                  "stride_vd_seq": "i32", "stride_vd_head": "i32", "NUM_HEADS": "constexpr", "GROUP": "constexpr",
                  "HEAD": "constexpr", "HEAD_PAD": "constexpr", "SPLITS": "constexpr", "BLOCK_Q": "constexpr",

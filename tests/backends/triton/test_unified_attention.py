@@ -576,13 +576,14 @@ def owner(cu: list[int], block_q: int, block_id: int) -> int:
     return max(s for s in range(len(cu) - 1) if cu[s] // block_q + s <= block_id)
 
 
-def assignment(cu: list[int], block_q: int, query_blocks: int) -> dict:
+def assignment(cu: list[int], block_q: int, query_blocks: int, splits: int = 1) -> dict:
     """(sequence, query block) -> the program ids that compute it, as the kernel assigns them: a
-    program whose query block starts past its sequence's rows returns without work."""
+    program whose query block starts past its sequence's rows returns without work. Split-KV
+    programs take one sequence each, in order."""
     found = {}
     for pid in range(query_blocks):
-        s = owner(cu, block_q, pid)
-        q_block = pid - (cu[s] // block_q + s)
+        s = owner(cu, block_q, pid) if splits == 1 else pid
+        q_block = pid - (cu[s] // block_q + s) if splits == 1 else 0
         if q_block * block_q < cu[s + 1] - cu[s]:
             found.setdefault((s, q_block), []).append(pid)
     return found
@@ -678,7 +679,7 @@ def test_plan_grid_gives_every_query_block_exactly_one_program():
             p = call_plan(args, config=config)
             lens = args["lens"]
             cu = [0, *itertools.accumulate(lens)]
-            got = assignment(cu, p.block_q, p.query_blocks)
+            got = assignment(cu, p.block_q, p.query_blocks, p.splits)
             want = {(s, b) for s, n in enumerate(lens) for b in range(-(-n // p.block_q))}
             assert set(got) == want, f"{args}: blocks without a program: {sorted(want - set(got))[:5]}"
             assert all(len(pids) == 1 for pids in got.values()), f"{args}: a block computed twice"
